@@ -1,0 +1,104 @@
+"""Generation backends behind one interface: `iter_generate(requests, sampling, seed)` yields finished batches.
+
+A request is (key, messages, response_prefix). Yielding batch by batch lets the caller cache each batch as soon as
+it is done, so a killed run loses at most one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ctxsynth.text import stable_int
+
+
+@dataclass(frozen=True)
+class Request:
+    key: str
+    messages: list[dict]
+    response_prefix: str = ""
+
+
+def model_identity(model_dir: Path | str) -> str:
+    """Name and content hash of a model directory, from the provenance the fetch stage wrote beside it."""
+    import json
+
+    model_dir = Path(model_dir)
+    provenance_path = model_dir / "provenance.json"
+    if provenance_path.is_file():
+        provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
+        name = provenance.get("model_name") or provenance.get("name") or model_dir.name
+        version = provenance.get("member_sha256") or provenance.get("revision") or provenance.get("weights_sha256")
+        return f"{name}@{version}"
+    from ctxsynth.io import sha256_file
+
+    weights = sorted(model_dir.glob("*.safetensors"))
+    return f"{model_dir.name}@{sha256_file(weights[0]) if weights else 'unknown'}"
+
+
+class TransformersBackend:
+    """Batched `generate` with left padding and length-sorted batches (CPU or CUDA)."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir: Path | str, batch_size: int = 16, device: str = "auto", dtype: str = "float32"):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
+                                                          attn_implementation="sdpa").to(self.device).eval()
+        self.batch_size = batch_size
+        self.model_id = model_identity(model_dir)
+
+    def prompt_text(self, request: Request) -> str:
+        prompt = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        return prompt + request.response_prefix
+
+    def iter_generate(self, requests: list[Request], sampling: dict, seed: int) -> Iterator[list[tuple[Request, dict]]]:
+        import torch
+
+        prompts = [self.prompt_text(r) for r in requests]
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False).input_ids]
+        order = sorted(range(len(requests)), key=lambda i: (-lengths[i], requests[i].key))
+        eos_ids = set(self._eos_ids())
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            encoded = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
+                                     add_special_tokens=False).to(self.device)
+            # Seeded by the batch's content, so a resumed run draws the same samples for the same batch.
+            torch.manual_seed(stable_int(seed, *(requests[i].key for i in batch)) % (2**63))
+            do_sample = float(sampling.get("temperature", 0)) > 0
+            kwargs = {"max_new_tokens": int(sampling["max_new_tokens"]), "do_sample": do_sample,
+                      "pad_token_id": self.tokenizer.pad_token_id}
+            if do_sample:
+                kwargs.update(temperature=float(sampling["temperature"]), top_p=float(sampling.get("top_p", 1.0)))
+            if sampling.get("repetition_penalty"):
+                kwargs["repetition_penalty"] = float(sampling["repetition_penalty"])
+            with torch.inference_mode():
+                output = self.model.generate(**encoded, **kwargs)
+            new_tokens = output[:, encoded.input_ids.shape[1]:].tolist()
+            results = []
+            for i, tokens in zip(batch, new_tokens):
+                stop = next((n for n, t in enumerate(tokens) if t in eos_ids), None)
+                kept = tokens if stop is None else tokens[:stop]
+                text = requests[i].response_prefix + self.tokenizer.decode(kept, skip_special_tokens=True)
+                results.append((requests[i], {"text": text, "generated_tokens": len(kept),
+                                              "finish_reason": "length" if stop is None else "stop"}))
+            yield results
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos]
+        return [i for i in ids + [self.tokenizer.eos_token_id, self.tokenizer.pad_token_id] if i is not None]
+
+
+def make_backend(name: str, model_dir: Path | str, **options):
+    if name == "transformers":
+        return TransformersBackend(model_dir, **options)
+    raise ValueError(f"unknown synthesize.backend {name!r}; available: transformers")

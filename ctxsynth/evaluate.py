@@ -1,0 +1,240 @@
+"""Evaluate the base model and base + LoRA adapter on long-context tasks (LongBench protocol) through lm-eval.
+
+Per doc: the task template (tasks.yaml) is filled with context + input and truncated in the MIDDLE to `max_length`
+tokens of the model's tokenizer (LongBench's rule: keep the first and last halves; lm-eval's HF backend would cut
+from the left, so nothing reaches it over length). lm-eval then applies the chat template, generates greedily with
+the task's `max_new_tokens`, and scores with LongBench's metric functions (ctxsynth.scoring). Scores are x100.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ctxsynth.io import InputError, read_jsonl, write_json, write_jsonl
+from ctxsynth.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
+from ctxsynth.scoring import delta, summarize
+from ctxsynth.tasks import get_task, templates_version
+
+log = logging.getLogger(__name__)
+
+PAPER_TASKS = ("narrativeqa", "qasper", "hotpotqa", "2wikimqa", "musique", "gov_report", "qmsum", "multi_news")
+REQUIRED_FIELDS = ("_id", "input", "context", "answers")
+CHAT_MARGIN = 8  # tokens: re-tokenizing the decoded halves can merge/split a few tokens at the cut
+
+
+@dataclass
+class EvalSettings:
+    tasks: list[str] = field(default_factory=lambda: ["squad_long", "hotpotqa_long", "niah_single"])
+    max_length: int | None = 2048      # prompt tokens before the chat template; None: model window - budgets
+    batch_size: int = 4
+    limit: int | None = None           # first N docs per task (None: all)
+    apply_chat_template: bool = True
+    longbench_dir: str | None = None   # THUDM layout: <dir>/data/<task>.jsonl (or <dir>/<task>.jsonl)
+    longbench_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
+    device: str = "auto"
+    dtype: str = "auto"                # auto: float32 on CPU, the checkpoint's dtype on GPU
+    score_base: bool = True
+
+    @classmethod
+    def from_params(cls, params: dict | None, source: str = "params.yaml") -> "EvalSettings":
+        params = dict(params or {})
+        known = {f.name for f in fields(cls)}
+        for key in params:
+            if key not in known:
+                raise InputError(source, f"unknown key (known: {', '.join(sorted(known))})", field=f"evaluate.{key}")
+        for key in ("tasks", "longbench_tasks"):
+            if key in params and not (isinstance(params[key], list) and all(isinstance(t, str) for t in params[key])):
+                raise InputError(source, "expected a list of task names", field=f"evaluate.{key}")
+        for key in ("max_length", "limit"):
+            if params.get(key) is not None and (not isinstance(params[key], int) or params[key] < 1):
+                raise InputError(source, "expected a positive integer or null", field=f"evaluate.{key}")
+        settings = cls(**params)
+        for name in settings.tasks + (settings.longbench_tasks if settings.longbench_dir else []):
+            try:
+                get_task(name)
+            except KeyError as error:
+                raise InputError(source, error.args[0], field="evaluate.tasks") from None
+        if settings.max_length is not None and int(settings.max_length) < 16:
+            raise InputError(source, "must be at least 16 tokens (or null)", field="evaluate.max_length")
+        return settings
+
+
+def load_benchmark(path: Path, task: str) -> list[dict]:
+    """LongBench-layout docs, validated: errors name the file, line and field."""
+    docs = read_jsonl(path, required=REQUIRED_FIELDS, types={"input": str, "context": str, "answers": list})
+    expected = get_task(task).name
+    if not docs:
+        raise InputError(path, "no documents")
+    seen: set[str] = set()
+    for number, doc in enumerate(docs, start=1):  # read_jsonl skips blank lines: _line_of counts them
+        if str(doc["_id"]) in seen:
+            raise InputError(path, f"duplicate _id {doc['_id']!r}", line=_line_of(path, number), field="_id")
+        seen.add(str(doc["_id"]))
+        if not doc["answers"] or not all(isinstance(answer, str) for answer in doc["answers"]):
+            raise InputError(path, "expected a non-empty list of strings", line=_line_of(path, number),
+                             field="answers")
+        dataset = doc.get("dataset")
+        if dataset is not None and _canonical(dataset) != expected:
+            raise InputError(path, f"doc belongs to {dataset!r}, expected {task!r}", line=_line_of(path, number),
+                             field="dataset")
+    return docs
+
+
+def _line_of(path: Path, record_number: int) -> int:
+    with Path(path).open(encoding="utf-8") as handle:
+        seen = 0
+        for line_number, line in enumerate(handle, start=1):
+            seen += bool(line.strip())
+            if seen == record_number:
+                return line_number
+    return record_number
+
+
+def _canonical(name: str) -> str | None:
+    try:
+        return get_task(name).name
+    except KeyError:
+        return None
+
+
+def middle_truncate(tokenizer, text: str, max_length: int) -> tuple[str, int, bool]:
+    """Keep the first max_length//2 and the last max_length - max_length//2 tokens (LongBench keeps two equal
+    halves; for odd lengths we keep one more at the end). Returns (text, original token count, truncated?)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_length:
+        return text, len(ids), False
+    head = max_length // 2
+    tail = max_length - head
+    kept = (tokenizer.decode(ids[:head], skip_special_tokens=True)
+            + tokenizer.decode(ids[len(ids) - tail:], skip_special_tokens=True))
+    return kept, len(ids), True
+
+
+def find_sources(benchmark_dir: Path, settings: EvalSettings) -> list[tuple[str, Path]]:
+    """(task, file) pairs: settings.tasks from benchmark_dir; the LongBench tasks from longbench_dir if usable."""
+    sources = [(task, Path(benchmark_dir) / f"{task}.jsonl") for task in settings.tasks]
+    if settings.longbench_dir:
+        root = Path(settings.longbench_dir)
+        for task in settings.longbench_tasks:
+            candidates = [root / "data" / f"{task}.jsonl", root / f"{task}.jsonl"]
+            found = next((path for path in candidates if path.is_file()), None)
+            if found is None:
+                log.warning("LongBench task %s skipped: %s not found. Either unzip THUDM/LongBench's data.zip so that "
+                            "%s exists (set evaluate.longbench_dir to that directory), or, on a machine with hub "
+                            "access, run lm-eval's own hub tasks (`lm_eval --tasks longbench_%s`, dataset "
+                            "Xnhyacinth/LongBench). The other tasks still run.", task, candidates[0],
+                            candidates[0], task)
+                continue
+            sources.append((task, found))
+    names = [task for task, _ in sources]
+    if len(set(names)) != len(names):
+        raise InputError("params.yaml", f"a task is listed twice: {names}", field="evaluate.tasks")
+    return sources
+
+
+def evaluate(model_dir: Path, adapter_dir: Path | None, benchmark_dir: Path, metrics_path: Path,
+             predictions_path: Path, settings: EvalSettings, work_dir: Path | None = None) -> dict:
+    """Score base and base + adapter; write eval.json and predictions.jsonl; return the eval.json content."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
+        log.warning("no adapter at %s (no adapter_config.json): scoring the base model only", adapter_dir)
+        adapter_dir = None
+    variants = ([("base", None)] if settings.score_base else []) + ([("finetuned", adapter_dir)] if adapter_dir else [])
+    if not variants:
+        raise InputError("params.yaml", "nothing to score: score_base is false and there is no adapter",
+                         field="evaluate.score_base")
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    _check_not_stale_gguf(model_dir, config)
+    window = _model_window(config)
+    sources = find_sources(benchmark_dir, settings)
+    specs = {task: get_task(task) for task, _ in sources}
+    overhead = _chat_overhead(tokenizer) if settings.apply_chat_template else 1
+    max_length = settings.max_length
+    if max_length is None:
+        max_length = window - max(spec.max_new_tokens for spec in specs.values()) - overhead - CHAT_MARGIN
+    for task, spec in specs.items():
+        if max_length + overhead + CHAT_MARGIN + spec.max_new_tokens > window:
+            raise InputError("params.yaml", f"max_length {max_length} + chat template ({overhead}) + {task}'s "
+                             f"{spec.max_new_tokens} new tokens exceed the model window ({window})",
+                             field="evaluate.max_length")
+
+    with tempfile.TemporaryDirectory(prefix="ctxsynth-eval-", dir=work_dir) as tmp:
+        tmp = Path(tmp)
+        (tmp / "data").mkdir()
+        tasks, prepared = [], {}
+        for task, path in sources:
+            docs = load_benchmark(path, task)[: settings.limit]
+            prepared[task] = [_prepare(doc, specs[task], tokenizer, max_length) for doc in docs]
+            data_file = tmp / "data" / f"{task}.jsonl"
+            write_jsonl(data_file, prepared[task])
+            tasks.append(LmEvalTask(task, data_file, specs[task].max_new_tokens))
+            log.info("%s: %d docs from %s (%d truncated to %d tokens)", task, len(docs), path,
+                     sum(doc["truncated"] for doc in prepared[task]), max_length)
+        runner = LmEvalRunner(render_task_dir(tasks, tmp / "tasks", templates_version(), cache_dir=tmp / "hf_cache"))
+        report: dict = {"base": None, "finetuned": None, "delta": None}
+        predictions = []
+        for variant, adapter in variants:
+            outputs = runner.run(model_dir, tasks, adapter_dir=adapter, batch_size=settings.batch_size,
+                                 device=settings.device, dtype=settings.dtype, max_length=window,
+                                 apply_chat_template=settings.apply_chat_template)
+            scores = {task: 100.0 * output["score"] for task, output in outputs.items()}
+            report[variant] = summarize(scores, {task: spec.category for task, spec in specs.items()})
+            for task, output in outputs.items():
+                predictions += [_prediction_record(variant, task, sample) for sample in output["samples"]]
+    report["delta"] = delta(report["base"], report["finetuned"])
+    write_jsonl(predictions_path, predictions)
+    write_json(metrics_path, report)
+    return report
+
+
+def _prepare(doc: dict, spec, tokenizer, max_length: int) -> dict:
+    prompt, original, truncated = middle_truncate(tokenizer, spec.render(doc["context"], doc["input"]), max_length)
+    kept = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) if truncated else original
+    return {"_id": str(doc["_id"]), "prompt": prompt, "answers": doc["answers"], "metric": spec.metric,
+            "original_tokens": original, "prompt_tokens": kept, "truncated": truncated}
+
+
+def _prediction_record(variant: str, task: str, sample: dict) -> dict:
+    doc = sample["doc"]
+    return {"variant": variant, "task": task, "_id": doc["_id"], "prediction": sample["prediction"],
+            "answers": doc["answers"], "score": round(100.0 * sample["score"], 4),
+            "prompt_tokens": doc["prompt_tokens"], "original_tokens": doc["original_tokens"],
+            "truncated": doc["truncated"]}
+
+
+def _check_not_stale_gguf(model_dir: Path, config) -> None:
+    """A dequantized GGUF saved as safetensors may keep `quantization_config: {quant_method: gguf}`; lm-eval passes it
+    back to from_pretrained as a GgufConfig, which transformers refuses without a gguf_file. Say so up front."""
+    quantization = getattr(config, "quantization_config", None)
+    if isinstance(quantization, dict):
+        method = quantization.get("quant_method")
+    else:
+        method = getattr(quantization, "quant_method", None)
+    if str(getattr(method, "value", method)) == "gguf" and not any(Path(model_dir).glob("*.gguf")):
+        raise InputError(Path(model_dir) / "config.json", "stale GGUF quantization_config in a safetensors model "
+                         "directory (lm-eval cannot load it): delete the key and re-save the model",
+                         field="quantization_config")
+
+
+def _model_window(config) -> int:
+    config = getattr(config, "text_config", None) or config
+    for attribute in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if getattr(config, attribute, None):
+            return int(getattr(config, attribute))
+    return 2048
+
+
+def _chat_overhead(tokenizer) -> int:
+    """Tokens the chat template adds around a user message (system prompt, role markers, generation prompt)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("params.yaml", "the model's tokenizer has no chat template: set it to false for a base "
+                         "(non-chat) model", field="evaluate.apply_chat_template")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=True, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1

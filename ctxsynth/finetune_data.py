@@ -1,0 +1,212 @@
+"""Training examples for the finetune stage: validated chat records -> token ids with answer-only labels.
+
+Every sample is rendered with the base model's own chat template. The prompt (every message but the last, plus the
+generation prompt) is masked with -100; the labels are the answer tokens and the end-of-turn token that closes them.
+Over-long samples are either cut in the middle of the prompt (the answer is never cut) or dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ctxsynth.io import InputError, read_jsonl
+
+IGNORE_INDEX = -100
+OVERLENGTH_MODES = ("truncate_middle", "drop")
+# A prompt cut below this many tokens has lost its instruction scaffolding: drop the sample instead.
+MIN_PROMPT_TOKENS = 16
+
+
+class TemplateError(ValueError):
+    """The chat template does not render the prompt as a prefix of the full conversation."""
+
+
+@dataclass
+class Example:
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    removed_tokens: int = 0  # prompt tokens cut out by truncate_middle
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def target_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+@dataclass
+class PreparedData:
+    examples: list[Example]
+    total: int
+    truncated: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    removed_tokens: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "samples_total": self.total,
+            "samples_used": len(self.examples),
+            "samples_truncated": len(self.truncated),
+            "samples_dropped": len(self.dropped),
+            "prompt_tokens_removed": self.removed_tokens,
+            "dataset_tokens": sum(len(example) for example in self.examples),
+            "dataset_target_tokens": sum(example.target_tokens for example in self.examples),
+            "max_sample_tokens": max((len(example) for example in self.examples), default=0),
+        }
+
+
+def _record_lines(path: Path) -> list[int]:
+    """Line numbers of the non-blank lines: the records read_jsonl returns, in order."""
+    with path.open(encoding="utf-8") as handle:
+        return [number for number, line in enumerate(handle, start=1) if line.strip()]
+
+
+def validate_messages(path: os.PathLike | str, line: int, messages: Any) -> None:
+    """[system?] user, assistant, ..., user, assistant: the last assistant turn is the training target."""
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise InputError(path, "expected a list of at least a user and an assistant message", line=line,
+                         field="messages")
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise InputError(path, f"expected an object, got {type(message).__name__}", line=line, field=where)
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                raise InputError(path, "missing or not a string", line=line, field=f"{where}.{key}")
+        body = messages[1:] if messages[0]["role"] == "system" else messages
+        offset = len(messages) - len(body)
+        if index >= offset:
+            expected = "user" if (index - offset) % 2 == 0 else "assistant"
+            if message["role"] != expected:
+                raise InputError(path, f"expected role '{expected}', got '{message['role']}'", line=line,
+                                 field=f"{where}.role")
+    if messages[-1]["role"] != "assistant":
+        raise InputError(path, f"the last message must be the assistant's answer, got '{messages[-1]['role']}'",
+                         line=line, field=f"messages[{len(messages) - 1}].role")
+    if not messages[-1]["content"].strip():
+        raise InputError(path, "empty answer", line=line, field=f"messages[{len(messages) - 1}].content")
+
+
+def load_chat_records(path: os.PathLike | str) -> list[tuple[int, dict]]:
+    """(line number, record) for every sample, validated; raises InputError naming file, line and field."""
+    path = Path(path)
+    records = read_jsonl(path, required=["id", "messages"], types={"id": str, "messages": list})
+    if not records:
+        raise InputError(path, "no training samples (the file is empty)")
+    lines = _record_lines(path)
+    for line, record in zip(lines, records):
+        validate_messages(path, line, record["messages"])
+    return list(zip(lines, records))
+
+
+def end_of_turn_ids(tokenizer, generation_config=None) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(value) for value in source)
+    if not ids:
+        raise TemplateError("the tokenizer has no eos token: cannot mark the end of the answer")
+    return ids
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    # The chat template writes its own special tokens (as apply_chat_template(tokenize=True) assumes).
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_chat(tokenizer, messages: Sequence[dict], end_ids: Iterable[int]) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids): the answer runs up to and including its end-of-turn token."""
+    end_ids = set(end_ids)
+    prompt_text = tokenizer.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(list(messages), tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise TemplateError("the chat template's generation prompt is not a prefix of the rendered conversation "
+                            f"(prompt ends {prompt_text[-60:]!r}, conversation has {full_text[:len(prompt_text)][-60:]!r})")
+    prompt_ids, full_ids = _ids(tokenizer, prompt_text), _ids(tokenizer, full_text)
+    if full_ids[:len(prompt_ids)] != prompt_ids:
+        at = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), len(full_ids))
+        raise TemplateError(f"the prompt's tokens are not a prefix of the conversation's tokens (they differ at "
+                            f"token {at} of {len(prompt_ids)}); the answer probably merges with the end of the "
+                            "prompt, e.g. it starts with whitespace")
+    answer_ids = full_ids[len(prompt_ids):]
+    ends = [index for index, token in enumerate(answer_ids) if token in end_ids]
+    if ends:
+        answer_ids = answer_ids[:ends[-1] + 1]  # drop what the template writes after the turn (a newline)
+    else:
+        answer_ids = answer_ids + [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(end_ids)]
+    return prompt_ids, answer_ids
+
+
+def fit_length(prompt_ids: list[int], answer_ids: list[int], max_tokens: int | None,
+               overlength: str) -> tuple[list[int], int] | None:
+    """(prompt ids that fit, number of tokens removed), or None when the sample must be dropped.
+
+    truncate_middle keeps the first and the last half of the prompt budget (the way LongBench truncates at
+    evaluation), so the start of the prompt and its end (the question, the generation prompt) survive.
+    """
+    if overlength not in OVERLENGTH_MODES:
+        raise ValueError(f"overlength must be one of {OVERLENGTH_MODES}, got {overlength!r}")
+    if not max_tokens or len(prompt_ids) + len(answer_ids) <= max_tokens:
+        return prompt_ids, 0
+    if overlength == "drop":
+        return None
+    keep = max_tokens - len(answer_ids)
+    if keep < min(MIN_PROMPT_TOKENS, len(prompt_ids)):
+        return None  # the answer alone (nearly) fills the budget, and it is never cut
+    head = keep // 2
+    tail = keep - head
+    return prompt_ids[:head] + prompt_ids[len(prompt_ids) - tail:], len(prompt_ids) - keep
+
+
+def prepare_examples(records: Sequence[tuple[int, dict]], tokenizer, *, max_tokens: int | None, overlength: str,
+                     end_ids: Iterable[int], path: os.PathLike | str = "<records>") -> PreparedData:
+    end_ids = set(end_ids)
+    data = PreparedData(examples=[], total=len(records))
+    for line, record in records:
+        try:
+            prompt_ids, answer_ids = encode_chat(tokenizer, record["messages"], end_ids)
+        except TemplateError as error:
+            raise InputError(path, str(error), line=line, field="messages") from None
+        fitted = fit_length(prompt_ids, answer_ids, max_tokens, overlength)
+        if fitted is None:
+            data.dropped.append(record["id"])
+            continue
+        prompt_ids, removed = fitted
+        if removed:
+            data.truncated.append(record["id"])
+            data.removed_tokens += removed
+        data.examples.append(Example(id=record["id"], input_ids=prompt_ids + answer_ids,
+                                     labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids, removed_tokens=removed))
+    if not data.examples:
+        raise InputError(path, f"all {data.total} samples are longer than max_tokens={max_tokens} and were dropped")
+    return data
+
+
+@dataclass
+class PadCollator:
+    """Right-pads a batch: pad id in input_ids, 0 in attention_mask, -100 in labels."""
+
+    pad_token_id: int
+
+    def __call__(self, features: Sequence[Example | dict]) -> dict:
+        import torch
+
+        features = [feature if isinstance(feature, dict) else {"input_ids": feature.input_ids,
+                                                                "labels": feature.labels} for feature in features]
+        width = max(len(feature["input_ids"]) for feature in features)
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        for row, feature in enumerate(features):
+            length = len(feature["input_ids"])
+            input_ids[row, :length] = torch.tensor(feature["input_ids"], dtype=torch.long)
+            attention_mask[row, :length] = 1
+            labels[row, :length] = torch.tensor(feature["labels"], dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,127 @@
+"""File I/O shared by every stage: validated JSONL, atomic writes, hashes, params.
+
+Errors name the file, the line and the field so a user can fix bad input without guessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import yaml
+
+
+class InputError(ValueError):
+    """Bad user input, located by file, line and field."""
+
+    def __init__(self, path: os.PathLike | str, message: str, line: int | None = None, field: str | None = None):
+        where = str(path)
+        if line is not None:
+            where += f", line {line}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {message}")
+        self.path, self.line, self.field = str(path), line, field
+
+
+def read_jsonl(path: os.PathLike | str, required: Iterable[str] = (), types: dict[str, type] | None = None) -> list[dict]:
+    """Read a JSONL file; every non-blank line must be an object holding the required fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(path, f"malformed JSON ({error.msg} at column {error.colno})", line=number) from None
+            if not isinstance(record, dict):
+                raise InputError(path, f"expected a JSON object, got {type(record).__name__}", line=number)
+            for field in required:
+                if field not in record or record[field] is None:
+                    raise InputError(path, "missing required field", line=number, field=field)
+            for field, kind in (types or {}).items():
+                if field in record and record[field] is not None and not isinstance(record[field], kind):
+                    raise InputError(path, f"expected {kind.__name__}, got {type(record[field]).__name__}",
+                                     line=number, field=field)
+            records.append(record)
+    return records
+
+
+def dumps(record: Any) -> str:
+    """Canonical JSON: sorted keys and no ASCII escaping, so equal data gives equal bytes."""
+    return json.dumps(record, ensure_ascii=False, sort_keys=True)
+
+
+@contextmanager
+def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
+    """Yield a temporary path beside `path` and rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_jsonl(path: os.PathLike | str, records: Iterable[dict]) -> int:
+    count = 0
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(dumps(record) + "\n")
+            count += 1
+    return count
+
+
+def write_json(path: os.PathLike | str, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, ensure_ascii=False, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+
+
+def read_json(path: os.PathLike | str) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except json.JSONDecodeError as error:
+        raise InputError(path, f"malformed JSON ({error.msg})", line=error.lineno) from None
+
+
+def sha256_file(path: os.PathLike | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """Shared across checkouts and `dvc exp` temp dirs, so experiments reuse each other's downloads and generations."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root, "ctxsynth", *parts)
+
+
+def load_params(section: str, path: os.PathLike | str = "params.yaml") -> dict:
+    """One stage's section of params.yaml (stages read only their own knobs)."""
+    params = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if section not in params:
+        raise InputError(path, "missing params section", field=section)
+    return params[section]

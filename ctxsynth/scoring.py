@@ -1,0 +1,68 @@
+"""Per-sample scoring and score aggregation for the evaluate stage.
+
+QA F1 and ROUGE-L are LongBench's own functions as shipped in lm-eval (`lm_eval.tasks.longbench.metrics`), so our
+numbers match lm-eval's longbench tasks and THUDM's eval.py. `niah_recall` is RULER's `string_match_all`: the
+fraction of expected strings found in the prediction, case-insensitively. Per-sample scores are in [0, 1];
+task scores in metrics/eval.json are x100 like LongBench's tables.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+METRICS = ("qa_f1", "rouge_l", "niah_recall")
+
+
+def niah_recall(prediction: str, answers: Sequence[str]) -> float:
+    """RULER string_match_all: share of the expected answers that occur in the prediction (case-insensitive)."""
+    if not answers:
+        raise ValueError("niah_recall needs at least one expected answer")
+    lowered = prediction.lower()
+    return sum(1.0 for answer in answers if answer.lower() in lowered) / len(answers)
+
+
+def score_prediction(metric: str, prediction: str, answers: Sequence[str]) -> float:
+    """Score one prediction against its reference answers (best over answers for F1 / ROUGE-L)."""
+    if metric == "niah_recall":
+        return niah_recall(prediction, answers)
+    from lm_eval.tasks.longbench import metrics as longbench  # imports jieba/rouge/fuzzywuzzy: the longbench extra
+
+    doc, results = {"answers": list(answers)}, [prediction]
+    if metric == "qa_f1":
+        return float(longbench.get_qa_f1_with_score(doc, results)["score"])
+    if metric == "rouge_l":
+        return float(longbench.get_rouge_with_score(doc, results)["score"])
+    raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
+
+
+def process_results(doc: Mapping, results: Sequence[str]) -> dict[str, float]:
+    """lm-eval `process_results` hook: the prepared doc names its metric; one generation per doc."""
+    return {"score": score_prediction(doc["metric"], results[0], doc["answers"])}
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def summarize(task_scores: Mapping[str, float], categories: Mapping[str, str]) -> dict:
+    """{"tasks": {task: score}, "categories": {category: mean of its tasks}, "overall": unweighted task mean}."""
+    by_category: dict[str, list[float]] = {}
+    for task, value in task_scores.items():
+        by_category.setdefault(categories[task], []).append(value)
+    return {
+        "tasks": {task: round(value, 4) for task, value in task_scores.items()},
+        "categories": {name: _mean(values) for name, values in sorted(by_category.items())},
+        "overall": _mean(task_scores.values()),
+    }
+
+
+def delta(base: Mapping | None, finetuned: Mapping | None) -> dict | None:
+    """finetuned minus base, overall and per task (None unless both variants were scored)."""
+    if not base or not finetuned or base["overall"] is None or finetuned["overall"] is None:
+        return None
+    return {
+        "overall": round(finetuned["overall"] - base["overall"], 4),
+        "tasks": {task: round(finetuned["tasks"][task] - base["tasks"][task], 4)
+                  for task in base["tasks"] if task in finetuned["tasks"]},
+    }

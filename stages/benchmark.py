@@ -1,0 +1,42 @@
+"""Stage benchmark: held-out long-context evaluation sets (LongBench layout) and the items they reserve."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ctxsynth.benchmark import build_hotpotqa_long, build_niah_single, build_squad_long  # noqa: E402
+from ctxsynth.io import load_params, read_json, write_json, write_jsonl  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", default="data/raw", type=Path)
+    parser.add_argument("--out", default="data/benchmark", type=Path)
+    args = parser.parse_args()
+    params = load_params("benchmark")
+    seed = int(params["seed"])
+    squad = params["squad_long"]
+    hotpot = params["hotpotqa_long"]
+    niah = params["niah_single"]
+    squad_items, squad_reserved = build_squad_long(read_json(args.raw / "squad.json"), int(squad["count"]),
+                                                   int(squad["target_words"]), seed)
+    hotpot_items, hotpot_reserved = build_hotpotqa_long(read_json(args.raw / "hotpotqa.json"), int(hotpot["count"]),
+                                                        int(hotpot["target_words"]), seed)
+    essays = read_json(args.raw / "PaulGrahamEssays.json")["text"]
+    niah_items = build_niah_single(essays, [int(n) for n in niah["lengths"]], [float(d) for d in niah["depths"]],
+                                   int(niah["samples"]), seed)
+    counts = {}
+    for task, items in (("squad_long", squad_items), ("hotpotqa_long", hotpot_items), ("niah_single", niah_items)):
+        counts[task] = write_jsonl(args.out / f"{task}.jsonl", items)
+    reserved = {"ids": sorted(set(squad_reserved["ids"] + hotpot_reserved["ids"])),
+                "questions": sorted(set(squad_reserved["questions"] + hotpot_reserved["questions"])),
+                "paragraphs": sorted(squad_reserved["paragraphs"]),
+                "niah_keys": sorted({item["needle_key"] for item in niah_items})}
+    write_json(args.out / "reserved.json", reserved)
+    print(f"benchmark: {counts}")
+
+
+if __name__ == "__main__":
+    main()

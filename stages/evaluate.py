@@ -1,0 +1,39 @@
+"""Stage evaluate: score the base model and base + LoRA adapter on the long-context benchmark through lm-eval."""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Offline by construction: lm-eval reads local JSON files only and the model is a local directory.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ctxsynth.evaluate import EvalSettings, evaluate  # noqa: E402
+from ctxsynth.io import load_params  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="data/model", type=Path)
+    parser.add_argument("--adapter", default="data/adapter", type=Path)
+    parser.add_argument("--benchmark-dir", default="data/benchmark", type=Path)
+    parser.add_argument("--metrics", default="metrics/eval.json", type=Path)
+    parser.add_argument("--predictions", default="data/eval/predictions.jsonl", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = EvalSettings.from_params(load_params("evaluate"))
+    report = evaluate(args.model, args.adapter, args.benchmark_dir, args.metrics, args.predictions, settings)
+    for variant in ("base", "finetuned"):
+        if report[variant] is None:
+            print(f"evaluate: {variant}: not scored" + (" (no adapter)" if variant == "finetuned" else ""))
+        else:
+            print(f"evaluate: {variant}: overall {report[variant]['overall']} {report[variant]['tasks']}")
+    if report["delta"] is not None:
+        print(f"evaluate: delta overall {report['delta']['overall']:+.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The evaluate stage: scoring through lm-eval's own loader, middle truncation, input errors, end to end runs."""
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctxsynth.evaluate import EvalSettings, evaluate, find_sources, load_benchmark, middle_truncate
+from ctxsynth.io import InputError
+from ctxsynth.lm_eval_runner import LmEvalTask, base_task_yaml, render_task_dir
+from ctxsynth.scoring import niah_recall, score_prediction
+from ctxsynth.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def process_results():
+    """The process_results function exactly as lm-eval resolves `!function utils.process_results`."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    return load_yaml(base_task_yaml())["process_results"]
+
+
+def score(process_results, metric, prediction, answers):
+    return process_results({"metric": metric, "answers": answers}, [prediction])["score"]
+
+
+# ---- scoring -----------------------------------------------------------------------------------------------------
+
+def test_qa_f1_hand_computed(process_results):
+    # "The cat sat" -> normalized tokens [cat, sat]; "a cat" -> [cat]: P = 1/2, R = 1, F1 = 2PR/(P+R) = 2/3
+    assert score(process_results, "qa_f1", "The cat sat", ["a cat"]) == pytest.approx(2 / 3)
+    # "New York City." -> [new, york, city] vs [york]: P = 1/3, R = 1, F1 = 1/2; best over answers
+    assert score(process_results, "qa_f1", "New York City.", ["Boston", "York"]) == pytest.approx(0.5)
+    # punctuation, case and articles are ignored: exact match after normalization
+    assert score(process_results, "qa_f1", "  The Eiffel Tower!\n", ["eiffel tower"]) == pytest.approx(1.0)
+    # [cat, sat, on, mat] vs [dog, sat, on, rug]: 2 common, P = R = 1/2, F1 = 1/2
+    assert score(process_results, "qa_f1", "the cat sat on the mat", ["a dog sat on a rug"]) == pytest.approx(0.5)
+    assert score(process_results, "qa_f1", "Paris", ["London"]) == 0.0
+
+
+def test_rouge_l_hand_computed(process_results):
+    # LCS of "the cat sat on a mat" / "the cat is on a mat" = "the cat on a mat": 5 of 6 words each side,
+    # P = R = 5/6, so ROUGE-L F = 5/6
+    assert score(process_results, "rouge_l", "the cat sat on a mat", ["the cat is on a mat"]) \
+        == pytest.approx(5 / 6, abs=1e-6)
+    # The `rouge` package (LongBench's choice) counts DISTINCT words (exclusive n-grams): with "the" twice, both
+    # sides have 5 distinct words and the LCS "the cat on the mat" has 4 distinct ones: P = R = F = 4/5, not 5/6
+    assert score(process_results, "rouge_l", "the cat sat on the mat", ["the cat is on the mat"]) \
+        == pytest.approx(4 / 5, abs=1e-6)
+    assert score(process_results, "rouge_l", "", ["a summary"]) == 0.0  # empty prediction scores 0, no crash
+
+
+def test_niah_recall(process_results):
+    assert score(process_results, "niah_recall", "The numbers are 123 and 456.", ["123", "456", "789"]) \
+        == pytest.approx(2 / 3)
+    assert niah_recall("ANSWER: Key-ABC", ["key-abc"]) == 1.0  # case-insensitive substring
+    assert niah_recall("nothing here", ["4821"]) == 0.0
+    with pytest.raises(ValueError):
+        niah_recall("x", [])
+    with pytest.raises(ValueError, match="unknown metric"):
+        score_prediction("bleu", "x", ["x"])
+
+
+# ---- middle truncation -------------------------------------------------------------------------------------------
+
+def test_middle_truncation_keeps_first_and_last_halves(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "".join(chr(ord("a") + i % 26) for i in range(100))  # byte-level tokenizer: one token per letter
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 100
+    for max_length in (10, 11):
+        kept, original, truncated = middle_truncate(tokenizer, text, max_length)
+        head, tail = max_length // 2, max_length - max_length // 2
+        assert (original, truncated) == (100, True)
+        assert tokenizer(kept, add_special_tokens=False)["input_ids"] == ids[:head] + ids[-tail:]
+        assert kept == text[:head] + text[-tail:]
+    assert middle_truncate(tokenizer, text, 100) == (text, 100, False)
+
+
+# ---- input validation --------------------------------------------------------------------------------------------
+
+def longbench_doc(task, index, context, question, answers):
+    return {"_id": f"{task}-{index}", "input": question, "context": context, "answers": answers,
+            "length": len(context.split()), "dataset": task, "language": "en", "all_classes": None}
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_missing_answers_names_file_line_field(tmp_path):
+    good = json.dumps(longbench_doc("squad_long", 0, "ctx", "q?", ["a"]))
+    bad = longbench_doc("squad_long", 1, "ctx", "q?", ["a"])
+    del bad["answers"]
+    path = write_lines(tmp_path / "squad_long.jsonl", [good, json.dumps(bad)])
+    with pytest.raises(InputError) as error:
+        load_benchmark(path, "squad_long")
+    assert (error.value.line, error.value.field) == (2, "answers")
+    assert str(path) in str(error.value)
+
+
+def test_malformed_line_and_bad_fields(tmp_path):
+    good = json.dumps(longbench_doc("squad_long", 0, "ctx", "q?", ["a"]))
+    path = write_lines(tmp_path / "squad_long.jsonl", [good, "", good, '{"_id": "x", "input": '])
+    with pytest.raises(InputError, match="line 4") as error:
+        load_benchmark(path, "squad_long")
+    assert "malformed JSON" in str(error.value)
+
+    empty = json.dumps(longbench_doc("squad_long", 1, "ctx", "q?", []))
+    with pytest.raises(InputError) as error:  # a blank line before it: the message still gives the file's line
+        load_benchmark(write_lines(tmp_path / "b.jsonl", [good, "", empty]), "squad_long")
+    assert (error.value.line, error.value.field) == (3, "answers")
+
+    other = json.dumps(longbench_doc("niah_single", 1, "ctx", "q?", ["a"]))
+    with pytest.raises(InputError) as error:
+        load_benchmark(write_lines(tmp_path / "c.jsonl", [good, other]), "squad_long")
+    assert (error.value.line, error.value.field) == (2, "dataset")
+
+    with pytest.raises(InputError, match="unknown key"):
+        EvalSettings.from_params({"max_len": 100})
+    with pytest.raises(InputError, match="unknown task"):
+        EvalSettings.from_params({"tasks": ["nope"]})
+
+
+def test_missing_longbench_dir_is_reported_and_skipped(tmp_path, caplog):
+    settings = EvalSettings(tasks=["squad_long"], longbench_dir=str(tmp_path / "LongBench"),
+                            longbench_tasks=["hotpotqa", "qasper"])
+    (tmp_path / "LongBench" / "data").mkdir(parents=True)
+    write_lines(tmp_path / "LongBench" / "data" / "hotpotqa.jsonl", ["{}"])
+    with caplog.at_level(logging.WARNING):
+        sources = find_sources(tmp_path / "bench", settings)
+    assert sources == [("squad_long", tmp_path / "bench" / "squad_long.jsonl"),
+                       ("hotpotqa", tmp_path / "LongBench" / "data" / "hotpotqa.jsonl")]
+    message = caplog.text
+    assert "qasper" in message and "data.zip" in message and "longbench_qasper" in message
+    assert "hotpotqa skipped" not in message
+
+
+def test_task_yaml_has_absolute_data_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    directory = render_task_dir([LmEvalTask("squad_long", Path("rel/data.jsonl"), 32)], Path("tasks"), 1)
+    config = yaml.safe_load((directory / "ctxsynth_squad_long.yaml").read_text())
+    assert Path(config["dataset_kwargs"]["data_files"]["test"]) == tmp_path / "rel" / "data.jsonl"
+    assert Path(config["include"]).is_absolute() and config["generation_kwargs"]["max_gen_toks"] == 32
+
+
+# ---- end to end through lm-eval with the tiny model ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def benchmark_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("benchmark")
+    filler = "The quick brown fox jumps over the lazy dog. " * 12  # ~540 bytes = tokens (byte-level tokenizer)
+    squad = [longbench_doc("squad_long", 0, "Paris is the capital of France.", "What is the capital?", ["Paris"]),
+             longbench_doc("squad_long", 1, filler + "Mount Everest is 8848 m high." + filler,
+                           "How high is Everest?", ["8848 m", "8,848 metres"]),
+             longbench_doc("squad_long", 2, "Water boils at 100 C.", "When does water boil?", ["100 C"])]
+    niah = [longbench_doc("niah_single", i, filler[: 100 * (i + 1)] + f"The magic number is {4000 + i}.",
+                          "What is the magic number?", [str(4000 + i)]) for i in range(3)]
+    for task, docs in (("squad_long", squad), ("niah_single", niah)):
+        write_lines(directory / f"{task}.jsonl", [json.dumps(doc) for doc in docs])
+    return directory
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    # init_lora_weights=False: random A and B, so the adapter really changes the outputs
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                  init_lora_weights=False))
+    directory = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(directory)
+    return directory
+
+
+def test_end_to_end_base_and_adapter(tiny_model_dir, adapter_dir, benchmark_dir, tmp_path):
+    settings = EvalSettings(tasks=["squad_long", "niah_single"], max_length=512, batch_size=2, device="cpu")
+    metrics, predictions = tmp_path / "metrics" / "eval.json", tmp_path / "eval" / "predictions.jsonl"
+    report = evaluate(tiny_model_dir, adapter_dir, benchmark_dir, metrics, predictions, settings)
+
+    written = json.loads(metrics.read_text())
+    assert written == report
+    assert set(written) == {"base", "finetuned", "delta"}
+    for variant in ("base", "finetuned"):
+        assert set(written[variant]) == {"tasks", "categories", "overall"}
+        assert set(written[variant]["tasks"]) == {"squad_long", "niah_single"}
+        assert set(written[variant]["categories"]) == {"single_doc_qa", "retrieval"}
+    assert set(written["delta"]) == {"overall", "tasks"}
+
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert len(records) == 12
+    assert {(r["variant"], r["task"]) for r in records} == {(v, t) for v in ("base", "finetuned")
+                                                           for t in ("squad_long", "niah_single")}
+    assert {r["_id"] for r in records} == {f"{t}-{i}" for t in ("squad_long", "niah_single") for i in range(3)}
+    for record in records:  # every per-sample score is recomputable from the saved prediction
+        expected = 100 * score_prediction(get_task(record["task"]).metric, record["prediction"], record["answers"])
+        assert record["score"] == pytest.approx(expected, abs=1e-3)
+        assert record["prompt_tokens"] <= 512
+    long_doc = next(r for r in records if r["_id"] == "squad_long-1")
+    assert long_doc["truncated"] and long_doc["original_tokens"] > 1000 and long_doc["prompt_tokens"] >= 500
+
+    for variant in ("base", "finetuned"):  # task score = mean of its samples; overall = mean of tasks
+        tasks = written[variant]["tasks"]
+        for task in tasks:
+            scores = [r["score"] for r in records if r["variant"] == variant and r["task"] == task]
+            assert tasks[task] == pytest.approx(sum(scores) / 3, abs=1e-3)
+        assert written[variant]["overall"] == pytest.approx(sum(tasks.values()) / 2, abs=1e-3)
+        assert written[variant]["categories"]["retrieval"] == tasks["niah_single"]
+    assert written["delta"]["overall"] == pytest.approx(written["finetuned"]["overall"] - written["base"]["overall"],
+                                                        abs=1e-3)
+    base = [r["prediction"] for r in records if r["variant"] == "base"]
+    tuned = [r["prediction"] for r in records if r["variant"] == "finetuned"]
+    assert base != tuned, "the adapter was not applied: identical predictions"
+
+
+def test_no_adapter_scores_base_only(tiny_model_dir, benchmark_dir, tmp_path, caplog):
+    settings = EvalSettings(tasks=["niah_single"], max_length=128, limit=2, device="cpu")
+    with caplog.at_level(logging.WARNING):
+        report = evaluate(tiny_model_dir, tmp_path / "no-adapter", benchmark_dir, tmp_path / "eval.json",
+                          tmp_path / "predictions.jsonl", settings)
+    assert "scoring the base model only" in caplog.text
+    assert report["finetuned"] is None and report["delta"] is None
+    assert not math.isnan(report["base"]["overall"])
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 2

@@ -1,0 +1,114 @@
+import json
+
+import pytest
+from fixtures import ESSAYS, make_hotpot, make_squad
+
+from ctxsynth.benchmark import NEEDLE, build_hotpotqa_long, build_niah_single, build_squad_long
+from ctxsynth.io import InputError
+from ctxsynth.seeds import load_paper_seeds, select_seeds
+from ctxsynth.text import normalize_text
+
+
+@pytest.fixture
+def raw_dir(tmp_path):
+    (tmp_path / "squad.json").write_text(json.dumps(make_squad()))
+    (tmp_path / "hotpotqa.json").write_text(json.dumps(make_hotpot()))
+    return tmp_path
+
+
+def reserved_from(raw_dir):
+    squad_items, squad_reserved = build_squad_long(make_squad(), count=3, target_words=60, seed=1)
+    hotpot_items, hotpot_reserved = build_hotpotqa_long(make_hotpot(), count=3, target_words=60, seed=1)
+    reserved = {"ids": squad_reserved["ids"] + hotpot_reserved["ids"],
+                "questions": squad_reserved["questions"] + hotpot_reserved["questions"],
+                "paragraphs": squad_reserved["paragraphs"]}
+    return squad_items + hotpot_items, reserved
+
+
+def test_squad_long_hides_gold_paragraph_among_other_articles():
+    items, reserved = build_squad_long(make_squad(), count=3, target_words=120, seed=7)
+    for item in items:
+        article = item["_id"].split(":q")[1].split("-")[0]
+        assert f"Article {article} paragraph" in item["context"] and item["answers"][0] in item["context"]
+        other_paragraphs = [p for p in item["context"].split("\n\n") if not p.startswith(f"Article {article} ")]
+        assert len(other_paragraphs) >= 1 and item["length"] >= 120
+        assert set(item) >= {"_id", "input", "context", "answers", "length", "dataset", "language", "all_classes"}
+    assert len(reserved["paragraphs"]) == 3 and len(reserved["ids"]) == 3 * 3  # every question of each paragraph
+
+
+def test_seeds_are_disjoint_from_evaluation_by_id_and_question(raw_dir):
+    eval_items, reserved = reserved_from(raw_dir)
+    sources = [{"type": "squad", "task": "squad_long", "count": None},
+               {"type": "hotpotqa", "task": "hotpotqa_long", "count": None}]
+    seeds, report = select_seeds(sources, raw_dir, reserved, seed=3)
+    eval_questions = {normalize_text(i["input"]) for i in eval_items}
+    eval_ids = {i["_id"] for i in eval_items}
+    assert not eval_questions & {normalize_text(s["instruction"]) for s in seeds}
+    assert not eval_ids & {s["id"] for s in seeds}
+    assert report["squad_long"]["removed_reserved"] == 3 * 2  # answerable questions of the 3 reserved paragraphs
+    assert report["hotpotqa_long"]["removed_reserved"] == 3
+    # A question text reserved under another id is caught by its normalized text.
+    reworded = dict(reserved, ids=[], paragraphs=[])
+    seeds_by_text, _ = select_seeds(sources[1:], raw_dir, reworded, seed=3)
+    assert len(seeds_by_text) == 12 - 3
+
+
+def test_per_task_sampling_is_seeded(raw_dir):
+    sources = [{"type": "squad", "task": "squad_long", "count": 5}]
+    empty = {"ids": [], "questions": [], "paragraphs": []}
+    first, _ = select_seeds(sources, raw_dir, empty, seed=1)
+    again, _ = select_seeds(sources, raw_dir, empty, seed=1)
+    other, _ = select_seeds(sources, raw_dir, empty, seed=2)
+    assert [s["id"] for s in first] == [s["id"] for s in again] and len(first) == 5
+    assert [s["id"] for s in first] != [s["id"] for s in other]
+
+
+def test_unknown_source_and_bad_jsonl_are_located(raw_dir, tmp_path):
+    empty = {"ids": [], "questions": [], "paragraphs": []}
+    with pytest.raises(InputError, match="unknown seed source type 'web'"):
+        select_seeds([{"type": "web"}], raw_dir, empty, seed=0)
+    user = tmp_path / "mine.jsonl"
+    user.write_text('{"instruction": "q1", "answer": "a1", "task": "hotpotqa"}\n{"instruction": "q2", "task": "hotpotqa"}\n')
+    with pytest.raises(InputError, match=r"mine.jsonl, line 2, field 'answer'"):
+        select_seeds([{"type": "jsonl", "path": str(user)}], raw_dir, empty, seed=0)
+    user.write_text('{"instruction": "q1", "answer": "a1"}\n')
+    with pytest.raises(InputError, match=r"line 1, field 'task'"):
+        select_seeds([{"type": "jsonl", "path": str(user)}], raw_dir, empty, seed=0)
+    user.write_text("")
+    with pytest.raises(InputError, match="empty file"):
+        select_seeds([{"type": "jsonl", "path": str(user), "task": "hotpotqa"}], raw_dir, empty, seed=0)
+
+
+def test_paper_layout_with_aligned_contexts(tmp_path):
+    (tmp_path / "seed_instruction").mkdir()
+    (tmp_path / "seed_context").mkdir()
+    (tmp_path / "seed_instruction" / "2wikiqa.jsonl").write_text('{"instruction": "q", "answer": "a"}\n' * 3)
+    (tmp_path / "seed_context" / "2wikiqa.jsonl").write_text('{"context": "c"}\n' * 2)
+    with pytest.raises(InputError, match="line-aligned"):
+        load_paper_seeds(tmp_path, None)
+    (tmp_path / "seed_context" / "2wikiqa.jsonl").write_text('{"context": "c"}\n' * 3)
+    records = load_paper_seeds(tmp_path, None)
+    assert [r["task"] for r in records] == ["2wikimqa"] * 3 and records[0]["context"] == "c"
+
+
+def test_the_papers_own_seeds(paper_seeds_dir):
+    records = load_paper_seeds(paper_seeds_dir, None)
+    by_task = {}
+    for record in records:
+        by_task[record["task"]] = by_task.get(record["task"], 0) + 1
+    assert by_task == {t: 200 for t in ["2wikimqa", "gov_report", "hotpotqa", "multi_news", "musique",
+                                        "narrativeqa", "qasper", "qmsum"]}
+    with_context = {r["task"] for r in records if r["context"]}
+    assert with_context == {"2wikimqa", "hotpotqa", "multi_news", "musique"}
+
+
+def test_niah_needles_sit_at_their_depth_and_are_seeded():
+    items = build_niah_single(ESSAYS, lengths=[100, 300], depths=[0.0, 0.5, 1.0], samples=1, seed=5)
+    assert len(items) == 6
+    for item in items:
+        needle = NEEDLE.format(key=item["needle_key"], value=item["answers"][0])
+        position = item["context"].index(needle) / len(item["context"])
+        assert abs(position - item["niah_depth"]) < 0.15
+        assert item["needle_key"] in item["input"] and item["length"] >= item["niah_length"]
+    assert items == build_niah_single(ESSAYS, lengths=[100, 300], depths=[0.0, 0.5, 1.0], samples=1, seed=5)
+    assert len({i["answers"][0] for i in items}) == 6

@@ -1,0 +1,107 @@
+import json
+
+import pytest
+
+from ctxsynth.backends import TransformersBackend
+from ctxsynth.cache import GenerationCache
+from ctxsynth.prompts import get_prompt
+from ctxsynth.synthesis import parse_context, summarize, synthesize_contexts
+
+# The paper's Figure 3, as given in its specification (shared/notes/PAPER.md), with {length} = 2000.
+PAPER_SYSTEM = 'Please infer the missing context. Always start with "Context:" and do not provide any explanation.'
+PAPER_USER = """Context: [MISSING]
+Question: Who wrote Hamlet?
+Answer: William Shakespeare
+
+The above is a question-answer pair based on a context which is missing. Write the missing context to provide relevant background information that leads to both the question and the answer, ensuring that any necessary numerical or factual details are included. The context also should include relevant details about the character, their environment, aspirations, challenges, and relationships. It should be sufficiently detailed to reach approximately 2000 words."""
+
+SEEDS = [{"id": f"s{i}", "task": "hotpotqa", "instruction": f"Question number {i}?", "answer": f"answer {i}"}
+         for i in range(5)]
+
+
+def test_prompt_matches_the_paper_exactly():
+    messages = get_prompt("context_synthesis").messages(instruction="Who wrote Hamlet?",
+                                                         answer="William Shakespeare", length=2000)
+    assert messages == [{"role": "system", "content": PAPER_SYSTEM}, {"role": "user", "content": PAPER_USER}]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Context: The play was written in 1600.", ("The play was written in 1600.", "ok")),
+    ("Sure! Context:\nA story.\n", ("A story.", "ok")),
+    ("A story with no marker.", (None, "missing_marker")),
+    ("Context:   \n", (None, "empty")),
+    ("Context: first Context: second", ("first Context: second", "ok")),
+])
+def test_parse_context(text, expected):
+    assert parse_context(text, "Context:") == expected
+
+
+class CountingBackend:
+    """A stand-in generator that records what it was asked, to check what the cache spares."""
+
+    name, model_id = "fake", "fake-model@1"
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.fail_after = [], fail_after
+
+    def iter_generate(self, requests, sampling, seed):
+        for request in requests:
+            if self.fail_after is not None and len(self.calls) >= self.fail_after:
+                raise KeyboardInterrupt("killed")
+            self.calls.append(request.key)
+            question = request.messages[1]["content"].split("\n")[1]
+            text = "no marker" if "3" in question else f"Context: background for {question}"
+            yield [(request, {"text": text, "generated_tokens": 7, "finish_reason": "stop"})]
+
+
+def run(backend, cache, seeds=SEEDS, sampling=None):
+    return synthesize_contexts(seeds, backend, cache, get_prompt("context_synthesis"),
+                               sampling or {"max_new_tokens": 8, "temperature": 0.0}, seed=0, target_words=50)
+
+
+def test_records_carry_status_and_provenance_and_failures_are_counted(tmp_path):
+    records, stats = run(CountingBackend(), GenerationCache(tmp_path))
+    assert [r["id"] for r in records] == [s["id"] for s in SEEDS]
+    failed = [r for r in records if r["parse_status"] != "ok"]
+    assert [r["id"] for r in failed] == ["s3"] and failed[0]["context"] is None
+    assert failed[0]["raw_output"] == "no marker"
+    provenance = records[0]["provenance"]
+    assert provenance["model"] == "fake-model@1" and provenance["prompt_version"] == "fig3-v1"
+    assert provenance["sampling"] == {"max_new_tokens": 8, "temperature": 0.0} and provenance["seed"] == 0
+    summary = summarize(records)
+    assert summary["parse_failures"] == 1 and summary["tasks"]["hotpotqa"]["missing_marker"] == 1
+    assert stats["generated"] == 5
+
+
+def test_cache_spares_reruns_resumes_after_a_kill_and_distrusts_corrupt_entries(tmp_path):
+    cache = GenerationCache(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run(CountingBackend(fail_after=2), cache)
+    resumed = CountingBackend()
+    records, stats = run(resumed, cache)
+    assert len(resumed.calls) == 3 and stats["from_cache"] == 2  # only the three unfinished items
+    again = CountingBackend()
+    assert run(again, cache)[0] == records and again.calls == []
+    # A changed sampling parameter is a different generation.
+    changed = CountingBackend()
+    run(changed, cache, sampling={"max_new_tokens": 9, "temperature": 0.0})
+    assert len(changed.calls) == 5
+    # A truncated cache file is regenerated, not trusted.
+    key = records[0]["provenance"]["cache_key"]
+    entry = tmp_path / key[:2] / f"{key}.json"
+    entry.write_text(entry.read_text()[:20])
+    repaired = CountingBackend()
+    run(repaired, GenerationCache(tmp_path))
+    assert len(repaired.calls) == 1
+
+
+def test_transformers_backend_batches_real_generation(tiny_model_dir, tmp_path):
+    backend = TransformersBackend(tiny_model_dir, batch_size=2)
+    records, stats = run(backend, GenerationCache(tmp_path), sampling={"max_new_tokens": 6, "temperature": 0.0})
+    assert stats["generated"] == 5 and stats["generated_tokens"] > 0
+    assert all(r["finish_reason"] in {"stop", "length"} and r["generated_tokens"] <= 6 for r in records)
+    # Greedy batched output equals one-at-a-time output: left padding does not change the result.
+    single = TransformersBackend(tiny_model_dir, batch_size=1)
+    alone, _ = run(single, GenerationCache(tmp_path / "other"), sampling={"max_new_tokens": 6, "temperature": 0.0})
+    assert [r["raw_output"] for r in alone] == [r["raw_output"] for r in records]
+    assert json.dumps(records[0]["provenance"])  # serializable
