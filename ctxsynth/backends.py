@@ -6,6 +6,7 @@ it is done, so a killed run loses at most one batch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -98,7 +99,20 @@ class TransformersBackend:
         return [i for i in ids + [self.tokenizer.eos_token_id, self.tokenizer.pad_token_id] if i is not None]
 
 
-def make_backend(name: str, model_dir: Path | str, **options):
+BACKENDS = ("transformers", "openai")
+
+
+def make_backend(name: str, model_dir: Path | str, batch_size: int = 16, device: str = "auto",
+                 dtype: str = "float32", openai: dict | None = None):
+    """The generator named by `synthesize.backend`; heavy or optional libraries are imported only when chosen."""
     if name == "transformers":
-        return TransformersBackend(model_dir, **options)
-    raise ValueError(f"unknown synthesize.backend {name!r}; available: transformers")
+        return TransformersBackend(model_dir, batch_size=batch_size, device=device, dtype=dtype)
+    if name == "openai":
+        from ctxsynth.openai_backend import OpenAIBackend
+
+        options = dict(openai or {})
+        # By default the served model is taken to be the pipeline's base model, so cache entries are shared.
+        options["model_id"] = options.get("model_id") or model_identity(model_dir)
+        options["api_key"] = options.get("api_key") or os.environ.get(options.pop("api_key_env", None) or "OPENAI_API_KEY")
+        return OpenAIBackend(**options)
+    raise ValueError(f"unknown synthesize.backend {name!r}; available: {', '.join(BACKENDS)}")

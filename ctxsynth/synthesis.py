@@ -36,14 +36,14 @@ def build_requests(seeds: list[dict], prompt: PromptSpec, model_id: str, samplin
     return requests
 
 
-def synthesize_contexts(seeds: list[dict], backend, cache: GenerationCache, prompt: PromptSpec, sampling: dict,
-                        seed: int, target_words: int, response_prefix: str = "", progress=None) -> tuple[list[dict], dict]:
-    requests = build_requests(seeds, prompt, backend.model_id, sampling, seed, target_words, response_prefix)
+def generate_cached(requests: list[Request], backend, cache: GenerationCache, sampling: dict, seed: int,
+                    progress=None, label: str = "synthesize") -> tuple[dict[str, dict], dict]:
+    """Generations for every request: from the cache when present, else generated and cached batch by batch."""
     generations = {r.key: cache.get(r.key) for r in requests}
     missing = list({r.key: r for r in requests if generations[r.key] is None}.values())
     started, generated_tokens = time.perf_counter(), 0
     if missing:
-        task = progress.add_task("synthesize", total=len(missing)) if progress else None
+        task = progress.add_task(label, total=len(missing)) if progress else None
         for batch in backend.iter_generate(missing, sampling, seed):
             for request, result in batch:
                 cache.put(request.key, result)
@@ -52,9 +52,23 @@ def synthesize_contexts(seeds: list[dict], backend, cache: GenerationCache, prom
             if progress:
                 progress.advance(task, len(batch))
     seconds = time.perf_counter() - started
-    provenance = {"model": backend.model_id, "backend": backend.name, "prompt": prompt.name,
-                  "prompt_version": prompt.version, "sampling": sampling, "seed": seed, "target_words": target_words,
-                  "response_prefix": response_prefix}
+    stats = {"generated": len(missing), "from_cache": len(requests) - len(missing),
+             "corrupt_cache_entries": cache.corrupt, "generated_tokens": generated_tokens,
+             "tokens_per_second": round(generated_tokens / seconds, 2) if missing and seconds > 0 else None}
+    return generations, stats
+
+
+def run_provenance(backend, prompt: PromptSpec, sampling: dict, seed: int, **extra) -> dict:
+    return {"model": backend.model_id, "backend": backend.name, "prompt": prompt.name,
+            "prompt_version": prompt.version, "sampling": sampling, "seed": seed, **extra}
+
+
+def synthesize_contexts(seeds: list[dict], backend, cache: GenerationCache, prompt: PromptSpec, sampling: dict,
+                        seed: int, target_words: int, response_prefix: str = "", progress=None) -> tuple[list[dict], dict]:
+    requests = build_requests(seeds, prompt, backend.model_id, sampling, seed, target_words, response_prefix)
+    generations, stats = generate_cached(requests, backend, cache, sampling, seed, progress)
+    provenance = run_provenance(backend, prompt, sampling, seed, target_words=target_words,
+                                response_prefix=response_prefix)
     records = []
     for record, request in zip(seeds, requests):
         generation = generations[request.key]
@@ -65,9 +79,6 @@ def synthesize_contexts(seeds: list[dict], backend, cache: GenerationCache, prom
                         "generated_tokens": generation["generated_tokens"],
                         "words": count_words(context) if context else 0,
                         "provenance": {**provenance, "cache_key": request.key}})
-    stats = {"generated": len(missing), "from_cache": len(requests) - len(missing),
-             "corrupt_cache_entries": cache.corrupt, "generated_tokens": generated_tokens,
-             "tokens_per_second": round(generated_tokens / seconds, 2) if missing and seconds > 0 else None}
     return records, stats
 
 

@@ -10,9 +10,12 @@ from rich.progress import Progress  # noqa: E402
 
 from ctxsynth.backends import make_backend  # noqa: E402
 from ctxsynth.cache import GenerationCache  # noqa: E402
+from ctxsynth.instruction_synthesis import synthesize_instructions  # noqa: E402
 from ctxsynth.io import load_params, read_jsonl, user_cache_dir, write_json, write_jsonl  # noqa: E402
 from ctxsynth.prompts import get_prompt  # noqa: E402
 from ctxsynth.synthesis import summarize, synthesize_contexts  # noqa: E402
+
+METHODS = ("context_synthesis", "instruction_synthesis")
 
 
 def main() -> None:
@@ -23,21 +26,25 @@ def main() -> None:
     parser.add_argument("--metrics", default="metrics/synthesize.json", type=Path)
     args = parser.parse_args()
     params = load_params("synthesize")
-    if params["method"] != "context_synthesis":
-        raise SystemExit(f"params.yaml: synthesize.method {params['method']!r} is not available yet "
-                         "(context_synthesis is)")
+    if params["method"] not in METHODS:
+        raise SystemExit(f"params.yaml: synthesize.method must be one of {', '.join(METHODS)}, not {params['method']!r}")
     seeds = [r for path in sorted(args.seeds.glob("*.jsonl"))
              for r in read_jsonl(path, required=("id", "task", "instruction", "answer"))]
     backend = make_backend(params["backend"], args.model, batch_size=int(params["batch_size"]),
-                           device=params["device"], dtype=params["dtype"])
+                           device=params["device"], dtype=params["dtype"], openai=params.get("openai"))
     cache = GenerationCache(Path(params["cache_dir"]).expanduser() if params.get("cache_dir") else user_cache_dir("generations"))
+    sampling, seed = dict(params["sampling"]), int(params["seed"])
     with Progress() as progress:
-        records, stats = synthesize_contexts(seeds, backend, cache, get_prompt("context_synthesis"),
-                                             dict(params["sampling"]), int(params["seed"]),
-                                             int(params["target_words"]), params.get("response_prefix") or "",
-                                             progress)
+        if params["method"] == "context_synthesis":
+            records, stats = synthesize_contexts(seeds, backend, cache, get_prompt("context_synthesis"), sampling,
+                                                 seed, int(params["target_words"]),
+                                                 params.get("response_prefix") or "", progress)
+        else:
+            records, stats = synthesize_instructions(seeds, backend, cache, get_prompt("instruction_synthesis"),
+                                                     sampling, seed, int(params["chunk_words"]),
+                                                     int(params["max_attempts"]), progress)
     write_jsonl(args.out, records)
-    write_json(args.metrics, {**summarize(records), "run": stats})
+    write_json(args.metrics, {**summarize(records), "method": params["method"], "run": stats})
     print(f"synthesize: {len(records)} records, {stats['generated']} generated, {stats['from_cache']} from cache")
 
 

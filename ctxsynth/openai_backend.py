@@ -1,0 +1,130 @@
+"""Any OpenAI-compatible chat-completions server as a generator (a `vllm serve` fleet, llama.cpp, OpenAI).
+
+Requests run with bounded concurrency, spread round-robin over one or more base URLs, and are retried with
+exponential backoff and full jitter on 429 (honouring Retry-After), 5xx, timeouts, dropped connections and
+malformed replies. When retries run out the run stops with a clear error; it never writes an empty context.
+Finished items are yielded one by one, so the caller caches each as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Iterator
+
+from ctxsynth.backends import Request
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class GenerationError(RuntimeError):
+    pass
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, base_urls: list[str] | str, model: str, model_id: str | None = None, api_key: str | None = None,
+                 concurrency: int = 8, timeout: float = 120.0, max_retries: int = 6, backoff_base: float = 1.0,
+                 backoff_max: float = 60.0):
+        self.base_urls = [u.rstrip("/") for u in ([base_urls] if isinstance(base_urls, str) else base_urls)]
+        if not self.base_urls:
+            raise ValueError("synthesize.openai.base_urls is empty")
+        self.model = model
+        # The cache key names the model, not the server: the same weights behind another backend share entries.
+        self.model_id = model_id or model
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.retries = 0
+
+    def payload(self, request: Request, sampling: dict, seed: int) -> dict:
+        if request.response_prefix:
+            raise ValueError("synthesize.response_prefix is not supported by chat-completions servers; set it to \"\"")
+        body = {"model": self.model, "messages": request.messages, "max_tokens": int(sampling["max_new_tokens"]),
+                "temperature": float(sampling.get("temperature", 0.0)), "seed": int(seed)}
+        if "top_p" in sampling:
+            body["top_p"] = float(sampling["top_p"])
+        if sampling.get("repetition_penalty"):
+            body["repetition_penalty"] = float(sampling["repetition_penalty"])  # a vLLM / llama.cpp extension
+        return body
+
+    def _post(self, url: str, body: dict) -> dict:
+        data = json.dumps(body).encode("utf-8")
+        http_request = urllib.request.Request(f"{url}/chat/completions", data=data, method="POST", headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"})
+        try:
+            with urllib.request.urlopen(http_request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            if error.code in RETRYABLE_STATUS:
+                retry_after = error.headers.get("Retry-After")
+                raise _Retryable(f"HTTP {error.code}", float(retry_after) if retry_after else None) from None
+            raise GenerationError(f"{url}: HTTP {error.code}: {error.read()[:300]!r}") from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as error:
+            raise _Retryable(f"{type(error).__name__}: {error}") from None
+        try:
+            reply = json.loads(raw)
+            choice = reply["choices"][0]
+            text = choice["message"]["content"]
+            if not isinstance(text, str):
+                raise TypeError("content is not a string")
+        except (ValueError, KeyError, IndexError, TypeError) as error:
+            raise _Retryable(f"malformed reply ({error})") from None
+        usage = reply.get("usage") or {}
+        return {"text": text, "finish_reason": choice.get("finish_reason") or "stop",
+                "generated_tokens": int(usage.get("completion_tokens") or 0)}
+
+    def _generate_one(self, index: int, request: Request, sampling: dict, seed: int) -> dict:
+        body = self.payload(request, sampling, seed)
+        failures = []
+        for attempt in range(self.max_retries + 1):
+            url = self.base_urls[(index + attempt) % len(self.base_urls)]
+            try:
+                return self._post(url, body)
+            except _Retryable as error:
+                failures.append(f"{url}: {error}")
+                if attempt == self.max_retries:
+                    break
+                self.retries += 1
+                delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** attempt))
+                time.sleep(max(delay, error.retry_after or 0.0))
+        raise GenerationError(f"request {request.key[:12]} failed after {self.max_retries + 1} attempts: "
+                              + "; ".join(failures[-3:]))
+
+    def iter_generate(self, requests: list[Request], sampling: dict, seed: int) -> Iterator[list[tuple[Request, dict]]]:
+        """Yield finished items as they arrive; after a final failure, keep what is in flight, then raise."""
+        error = None
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            pending = {pool.submit(self._generate_one, i, r, sampling, seed): r for i, r in enumerate(requests)}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                finished = []
+                for future in done:
+                    request = pending.pop(future)
+                    if future.cancelled():
+                        continue
+                    if future.exception() is not None:
+                        error = error or future.exception()
+                        continue
+                    finished.append((request, future.result()))
+                if error is not None:
+                    for future in pending:
+                        future.cancel()
+                if finished:
+                    yield finished
+        if error is not None:
+            raise error

@@ -1,0 +1,67 @@
+"""A chat-completions server on 127.0.0.1 for backend tests, with faults injected on demand."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class ChatServer:
+    """Answers `Context: reply to <first line of the last user message>`; `faults` are consumed one per request:
+    "429", "500", "slow", "malformed", "drop", or None for a normal reply. Questions containing `fail_matching`
+    always get a 500."""
+
+    def __init__(self, faults: list[str | None] | None = None, slow_seconds: float = 1.0, fail_matching: str | None = None):
+        self.faults, self.fail_matching, self.slow_seconds = list(faults or []), fail_matching, slow_seconds
+        self.lock = threading.Lock()
+        self.received: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                question = body["messages"][-1]["content"].split("\n")[1]
+                with server.lock:
+                    server.received.append(question)
+                    if server.fail_matching and server.fail_matching in question:
+                        fault = "500"
+                    else:
+                        fault = server.faults.pop(0) if server.faults else None
+                if fault == "drop":
+                    self.connection.shutdown(2)
+                    return
+                if fault == "slow":
+                    time.sleep(server.slow_seconds)
+                if fault in ("429", "500"):
+                    self.send_response(int(fault))
+                    if fault == "429":
+                        self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                reply = b"{not json" if fault == "malformed" else json.dumps({
+                    "choices": [{"message": {"role": "assistant", "content": f"Context: reply to {question}"},
+                                 "finish_reason": "stop"}],
+                    "usage": {"completion_tokens": 5}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
