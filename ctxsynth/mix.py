@@ -28,6 +28,21 @@ def pool_for_variant(variant: str, seeds: list[dict], synthesized: list[dict]) -
     raise ValueError(f"unknown mix.variant {variant!r}; expected one of {', '.join(VARIANTS)}")
 
 
+def apply_filter(pool: list[dict], thresholds: dict) -> tuple[list[dict], dict]:
+    """Keep records whose verification scores pass `mix.filter`; report kept / dropped per task."""
+    from ctxsynth.verify import passes
+
+    kept, report = [], {}
+    for record in pool:
+        ok = passes(record, thresholds.get("min_support"), thresholds.get("max_leakage"),
+                    thresholds.get("min_answerability"))
+        entry = report.setdefault(record["task"], {"kept": 0, "dropped": 0})
+        entry["kept" if ok else "dropped"] += 1
+        if ok:
+            kept.append(record)
+    return kept, report
+
+
 def assemble(records: list[dict], variant: str, num_contexts: int, seed: int,
              summarization_distractors: bool = True, separator: str = "\n\n") -> list[dict]:
     """One chat sample per record, in the order of `records` sorted by (task, id)."""

@@ -20,6 +20,9 @@ def _rebuild_and_save(model, tokenizer, out_dir: Path) -> None:
 
     config = model.config
     config.dtype = torch.float32
+    # The weights are dequantized now; a leftover GGUF quantization_config makes later loaders look for the GGUF.
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
     with torch.device("cpu"):
         clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = clean.load_state_dict(model.state_dict(), strict=False)

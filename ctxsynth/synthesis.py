@@ -93,9 +93,15 @@ def summarize(records: list[dict]) -> dict:
         entry["hit_max_tokens"] += record["finish_reason"] == "length"
         if record["context"]:
             entry["words"].append(record["words"])
+        for name, value in (record.get("verification") or {}).items():
+            if value is not None:
+                entry.setdefault(f"verify_{name}", []).append(value)
     for entry in tasks.values():
         words = entry.pop("words")
         entry["mean_words"] = round(sum(words) / len(words), 1) if words else 0.0
+        for name in [k for k in entry if k.startswith("verify_")]:
+            values = entry.pop(name)
+            entry[f"mean_{name}"] = round(sum(values) / len(values), 4)
     total = sum(e["total"] for e in tasks.values())
     failures = sum(e["total"] - e["ok"] for e in tasks.values())
     return {"tasks": tasks, "total": total, "parse_failures": failures,

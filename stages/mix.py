@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctxsynth.io import load_params, read_jsonl, write_json, write_jsonl  # noqa: E402
-from ctxsynth.mix import assemble, length_stats, pool_for_variant  # noqa: E402
+from ctxsynth.mix import apply_filter, assemble, length_stats, pool_for_variant  # noqa: E402
 from ctxsynth.tasks import templates_version  # noqa: E402
 
 
@@ -24,6 +24,10 @@ def main() -> None:
              for r in read_jsonl(path, required=("id", "task", "instruction", "answer"))]
     synthesized = read_jsonl(args.contexts, required=("id", "task", "instruction", "answer", "parse_status"))
     pool = pool_for_variant(params["variant"], seeds, synthesized)
+    thresholds = params.get("filter") or {}
+    filter_report = {}
+    if params["variant"] == "context_synthesis" and any(v is not None for v in thresholds.values()):
+        pool, filter_report = apply_filter(pool, thresholds)
     if not pool:
         raise SystemExit(f"mix: no records usable for variant {params['variant']!r} "
                          f"(seeds in {args.seeds}, contexts in {args.contexts})")
@@ -35,7 +39,8 @@ def main() -> None:
     stats = length_stats(samples, AutoTokenizer.from_pretrained(args.model))
     write_json(args.metrics, {**stats, "variant": params["variant"], "num_contexts": int(params["num_contexts"]),
                               "templates_version": templates_version(),
-                              "records_available": len(pool), "records_total": len(seeds)})
+                              "records_available": len(pool), "records_total": len(seeds),
+                              "filter": filter_report})
     print(f"mix: {len(samples)} samples ({params['variant']}, n={params['num_contexts']})")
 
 

@@ -14,6 +14,7 @@ from ctxsynth.instruction_synthesis import synthesize_instructions  # noqa: E402
 from ctxsynth.io import load_params, read_jsonl, user_cache_dir, write_json, write_jsonl  # noqa: E402
 from ctxsynth.prompts import get_prompt  # noqa: E402
 from ctxsynth.synthesis import summarize, synthesize_contexts  # noqa: E402
+from ctxsynth.verify import answerability_scores, verify_records  # noqa: E402
 
 METHODS = ("context_synthesis", "instruction_synthesis")
 
@@ -43,6 +44,10 @@ def main() -> None:
             records, stats = synthesize_instructions(seeds, backend, cache, get_prompt("instruction_synthesis"),
                                                      sampling, seed, int(params["chunk_words"]),
                                                      int(params["max_attempts"]), progress)
+    verify = params.get("verify") or {}
+    if verify.get("enabled"):
+        scores = answerability_scores(records, backend, cache, seed) if verify.get("answerability") else None
+        verify_records(records, int(verify["max_answer_words"]), scores)
     write_jsonl(args.out, records)
     write_json(args.metrics, {**summarize(records), "method": params["method"], "run": stats})
     print(f"synthesize: {len(records)} records, {stats['generated']} generated, {stats['from_cache']} from cache")
