@@ -29,7 +29,7 @@ CHAT_MARGIN = 8  # tokens: re-tokenizing the decoded halves can merge/split a fe
 class EvalSettings:
     tasks: list[str] = field(default_factory=lambda: ["squad_long", "hotpotqa_long", "niah_single"])
     max_length: int | None = 2048      # prompt tokens before the chat template; None: model window - budgets
-    batch_size: int = 4
+    batch_size: int = 1                # CPU: long prompts are prefill-bound, batching pads and only adds memory
     limit: int | None = None           # first N docs per task (None: all)
     apply_chat_template: bool = True
     longbench_dir: str | None = None   # THUDM layout: <dir>/data/<task>.jsonl (or <dir>/<task>.jsonl)

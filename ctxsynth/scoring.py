@@ -8,6 +8,7 @@ task scores in metrics/eval.json are x100 like LongBench's tables.
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Mapping, Sequence
 
 METRICS = ("qa_f1", "rouge_l", "niah_recall")
@@ -25,7 +26,9 @@ def score_prediction(metric: str, prediction: str, answers: Sequence[str]) -> fl
     """Score one prediction against its reference answers (best over answers for F1 / ROUGE-L)."""
     if metric == "niah_recall":
         return niah_recall(prediction, answers)
-    from lm_eval.tasks.longbench import metrics as longbench  # imports jieba/rouge/fuzzywuzzy: the longbench extra
+    with warnings.catch_warnings():  # fuzzywuzzy warns about its pure-python matcher (only code tasks use it)
+        warnings.simplefilter("ignore", UserWarning)
+        from lm_eval.tasks.longbench import metrics as longbench  # needs jieba/rouge/fuzzywuzzy: the longbench extra
 
     doc, results = {"answers": list(answers)}, [prediction]
     if metric == "qa_f1":

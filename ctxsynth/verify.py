@@ -15,6 +15,7 @@ from collections import Counter
 
 from ctxsynth.backends import Request
 from ctxsynth.cache import GenerationCache, cache_key
+from ctxsynth.scoring import score_prediction
 from ctxsynth.synthesis import generate_cached
 from ctxsynth.tasks import get_task
 from ctxsynth.text import normalize_text
@@ -38,12 +39,6 @@ def leakage_score(context: str, instruction: str, answer: str) -> float:
     return round(sum((context_words & pair_words).values()) / sum(context_words.values()), 4)
 
 
-def qa_f1(prediction: str, answer: str) -> float:
-    from lm_eval.tasks.longbench.metrics import qa_f1_score  # LongBench's own F1, as evaluation uses
-
-    return float(qa_f1_score(prediction, answer))
-
-
 def answerability_scores(records: list[dict], backend, cache: GenerationCache, seed: int) -> dict[str, float]:
     """Greedy answers from each context alone, scored against the gold answer; keyed by record id."""
     candidates = [r for r in records if r.get("context")]
@@ -64,7 +59,8 @@ def answerability_scores(records: list[dict], backend, cache: GenerationCache, s
         generations, _ = generate_cached(subset, backend, cache, sampling, seed, label="answerability")
         for record, request in zip(candidates, requests):
             if request.key in generations:
-                scores[record["id"]] = round(qa_f1(generations[request.key]["text"], record["answer"]), 4)
+                text = generations[request.key]["text"]
+                scores[record["id"]] = round(score_prediction("qa_f1", text, [record["answer"]]), 4)
     return scores
 
 

@@ -11,7 +11,7 @@ import yaml
 from ctxsynth.evaluate import EvalSettings, evaluate, find_sources, load_benchmark, middle_truncate
 from ctxsynth.io import InputError
 from ctxsynth.lm_eval_runner import LmEvalTask, base_task_yaml, render_task_dir
-from ctxsynth.scoring import niah_recall, score_prediction
+from ctxsynth.scoring import delta, niah_recall, score_prediction, summarize
 from ctxsynth.tasks import get_task
 
 
@@ -62,6 +62,18 @@ def test_niah_recall(process_results):
         niah_recall("x", [])
     with pytest.raises(ValueError, match="unknown metric"):
         score_prediction("bleu", "x", ["x"])
+
+
+def test_summary_categories_overall_and_delta():
+    names = ("squad_long", "narrativeqa", "hotpotqa_long", "niah_single")
+    categories = {name: get_task(name).category for name in names}
+    base = summarize(dict(zip(names, (50.0, 30.0, 20.0, 80.0))), categories)
+    assert base["categories"] == {"single_doc_qa": 40.0, "multi_doc_qa": 20.0, "retrieval": 80.0}
+    assert base["overall"] == 45.0  # unweighted mean of the 4 tasks, not of the 3 categories (46.67)
+    tuned = summarize(dict(zip(names, (60.0, 30.0, 10.0, 100.0))), categories)
+    assert delta(base, tuned) == {"overall": 5.0, "tasks": {"squad_long": 10.0, "narrativeqa": 0.0,
+                                                          "hotpotqa_long": -10.0, "niah_single": 20.0}}
+    assert delta(base, None) is None and summarize({}, {})["overall"] is None
 
 
 # ---- middle truncation -------------------------------------------------------------------------------------------
@@ -232,3 +244,23 @@ def test_no_adapter_scores_base_only(tiny_model_dir, benchmark_dir, tmp_path, ca
     assert report["finetuned"] is None and report["delta"] is None
     assert not math.isnan(report["base"]["overall"])
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_model_problems_are_reported_before_loading(tiny_model_dir, benchmark_dir, tmp_path):
+    import shutil
+
+    stale = tmp_path / "stale-gguf"
+    shutil.copytree(tiny_model_dir, stale)
+    config = json.loads((stale / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gguf", "gguf_file": "model.gguf", "dequantize": False}
+    (stale / "config.json").write_text(json.dumps(config))
+    settings = EvalSettings(tasks=["niah_single"], device="cpu")
+    with pytest.raises(InputError) as error:
+        evaluate(stale, None, benchmark_dir, tmp_path / "e.json", tmp_path / "p.jsonl", settings)
+    assert error.value.field == "quantization_config" and "config.json" in str(error.value)
+
+    too_long = EvalSettings(tasks=["niah_single"], max_length=8190, device="cpu")  # window 8192
+    with pytest.raises(InputError) as error:
+        evaluate(tiny_model_dir, None, benchmark_dir, tmp_path / "e.json", tmp_path / "p.jsonl", too_long)
+    assert error.value.field == "evaluate.max_length"
+    assert not (tmp_path / "e.json").exists()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import pytest
 
-from ctxsynth.finetune import FinetuneParams, load_model, train
+from ctxsynth.finetune import FinetuneParams, answer_only_loss, load_model, train
 from ctxsynth.finetune_data import (IGNORE_INDEX, PadCollator, TemplateError, encode_chat, end_of_turn_ids,
                                     fit_length, load_chat_records, prepare_examples)
 from ctxsynth.io import InputError, sha256_file
@@ -236,6 +237,25 @@ def test_params_are_validated(tmp_path):
 
 # --- training --------------------------------------------------------------------------------------------------
 
+def test_answer_only_loss_equals_the_models_own_loss(tiny_model_dir, tokenizer, end_ids):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    records = [(1, {"id": "a", "messages": chat("Where is it?", ANSWER)}),
+               (2, {"id": "b", "messages": chat(long_prompt(20), "Tartu, in Estonia, by the river.")})]
+    examples = prepare_examples(records, tokenizer, max_tokens=None, overlength="drop", end_ids=end_ids).examples
+    batch = PadCollator(tokenizer.pad_token_id)(examples)
+    assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()  # really padded
+    with torch.no_grad():
+        reference = model(**batch).loss
+        loss, outputs = answer_only_loss(model, batch)
+        summed, _ = answer_only_loss(model, batch, num_items_in_batch=torch.tensor(100))
+    answer_tokens = sum(example.target_tokens for example in examples)
+    assert outputs.logits.shape == (answer_tokens, model.config.vocab_size)  # only the answer positions
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert summed.item() == pytest.approx(reference.item() * answer_tokens / 100, rel=1e-5)
+
 def _logits(model, tokenizer, text):
     import torch
 
@@ -258,6 +278,9 @@ def test_training_writes_adapter_metrics_and_live_logs(tmp_path, tiny_model_dir,
 
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     assert not list(tmp_path.glob(".adapter*"))  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert adapter.stat().st_mode & 0o777 == 0o777 & ~umask  # the usual mode, not mkdtemp's 0700
     written = json.loads(metrics.read_text())
     assert SUMMARY_KEYS <= set(written)
     assert written["steps"] == 3 and written["samples_total"] == 6 and written["samples_used"] == 6
@@ -336,6 +359,7 @@ def test_runs_are_deterministic_and_checkpointing_does_not_change_the_math(tmp_p
 
     first, again = losses("a"), losses("b")
     assert first == again
+    assert losses("full-logits", answer_logits_only=False) == pytest.approx(first, rel=1e-4)
     assert losses("gc", gradient_checkpointing=True) == pytest.approx(first, rel=1e-4)
     assert losses("other-seed", seed=8) != first
 
