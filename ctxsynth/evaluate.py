@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ctxsynth.io import InputError, read_jsonl, write_json, write_jsonl
+from ctxsynth.io import InputError, read_jsonl_numbered, write_json, write_jsonl
 from ctxsynth.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
 from ctxsynth.scoring import delta, summarize
 from ctxsynth.tasks import get_task, templates_version
@@ -64,33 +64,21 @@ class EvalSettings:
 
 def load_benchmark(path: Path, task: str) -> list[dict]:
     """LongBench-layout docs, validated: errors name the file, line and field."""
-    docs = read_jsonl(path, required=REQUIRED_FIELDS, types={"input": str, "context": str, "answers": list})
+    numbered = read_jsonl_numbered(path, required=REQUIRED_FIELDS, types={"input": str, "context": str, "answers": list})
     expected = get_task(task).name
-    if not docs:
+    if not numbered:
         raise InputError(path, "no documents")
     seen: set[str] = set()
-    for number, doc in enumerate(docs, start=1):  # read_jsonl skips blank lines: _line_of counts them
+    for line, doc in numbered:
         if str(doc["_id"]) in seen:
-            raise InputError(path, f"duplicate _id {doc['_id']!r}", line=_line_of(path, number), field="_id")
+            raise InputError(path, f"duplicate _id {doc['_id']!r}", line=line, field="_id")
         seen.add(str(doc["_id"]))
         if not doc["answers"] or not all(isinstance(answer, str) for answer in doc["answers"]):
-            raise InputError(path, "expected a non-empty list of strings", line=_line_of(path, number),
-                             field="answers")
+            raise InputError(path, "expected a non-empty list of strings", line=line, field="answers")
         dataset = doc.get("dataset")
         if dataset is not None and _canonical(dataset) != expected:
-            raise InputError(path, f"doc belongs to {dataset!r}, expected {task!r}", line=_line_of(path, number),
-                             field="dataset")
-    return docs
-
-
-def _line_of(path: Path, record_number: int) -> int:
-    with Path(path).open(encoding="utf-8") as handle:
-        seen = 0
-        for line_number, line in enumerate(handle, start=1):
-            seen += bool(line.strip())
-            if seen == record_number:
-                return line_number
-    return record_number
+            raise InputError(path, f"doc belongs to {dataset!r}, expected {task!r}", line=line, field="dataset")
+    return [doc for _, doc in numbered]
 
 
 def _canonical(name: str) -> str | None:

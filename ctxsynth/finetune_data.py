@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ctxsynth.io import InputError, read_jsonl
+from ctxsynth.io import InputError, read_jsonl_numbered
 
 IGNORE_INDEX = -100
 OVERLENGTH_MODES = ("truncate_middle", "drop")
@@ -60,12 +60,6 @@ class PreparedData:
         }
 
 
-def _record_lines(path: Path) -> list[int]:
-    """Line numbers of the non-blank lines: the records read_jsonl returns, in order."""
-    with path.open(encoding="utf-8") as handle:
-        return [number for number, line in enumerate(handle, start=1) if line.strip()]
-
-
 def validate_messages(path: os.PathLike | str, line: int, messages: Any) -> None:
     """[system?] user, assistant, ..., user, assistant: the last assistant turn is the training target."""
     if not isinstance(messages, list) or len(messages) < 2:
@@ -95,13 +89,12 @@ def validate_messages(path: os.PathLike | str, line: int, messages: Any) -> None
 def load_chat_records(path: os.PathLike | str) -> list[tuple[int, dict]]:
     """(line number, record) for every sample, validated; raises InputError naming file, line and field."""
     path = Path(path)
-    records = read_jsonl(path, required=["id", "messages"], types={"id": str, "messages": list})
+    records = read_jsonl_numbered(path, required=["id", "messages"], types={"id": str, "messages": list})
     if not records:
         raise InputError(path, "no training samples (the file is empty)")
-    lines = _record_lines(path)
-    for line, record in zip(lines, records):
+    for line, record in records:
         validate_messages(path, line, record["messages"])
-    return list(zip(lines, records))
+    return records
 
 
 def end_of_turn_ids(tokenizer, generation_config=None) -> set[int]:

@@ -33,8 +33,9 @@ class InputError(ValueError):
         self.path, self.line, self.field = str(path), line, field
 
 
-def read_jsonl(path: os.PathLike | str, required: Iterable[str] = (), types: dict[str, type] | None = None) -> list[dict]:
-    """Read a JSONL file; every non-blank line must be an object holding the required fields."""
+def read_jsonl_numbered(path: os.PathLike | str, required: Iterable[str] = (),
+                        types: dict[str, type] | None = None) -> list[tuple[int, dict]]:
+    """(line number, record) for every non-blank line, so later checks can still name the line."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
@@ -56,8 +57,13 @@ def read_jsonl(path: os.PathLike | str, required: Iterable[str] = (), types: dic
                 if field in record and record[field] is not None and not isinstance(record[field], kind):
                     raise InputError(path, f"expected {kind.__name__}, got {type(record[field]).__name__}",
                                      line=number, field=field)
-            records.append(record)
+            records.append((number, record))
     return records
+
+
+def read_jsonl(path: os.PathLike | str, required: Iterable[str] = (), types: dict[str, type] | None = None) -> list[dict]:
+    """Read a JSONL file; every non-blank line must be an object holding the required fields."""
+    return [record for _, record in read_jsonl_numbered(path, required, types)]
 
 
 def dumps(record: Any) -> str:

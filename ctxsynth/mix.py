@@ -75,7 +75,7 @@ def assemble(records: list[dict], variant: str, num_contexts: int, seed: int,
 
 def _sample(record: dict, variant: str, prompt: str, context_ids: list[str], position: int | None) -> dict:
     return {"id": record["id"], "task": record["task"], "variant": variant,
-            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["answer"]}],
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["answer"].strip()}],
             "context_ids": context_ids, "relevant_position": position}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from ctxsynth.benchmark import format_passages, hotpot_passage, squad_paragraphs
 from ctxsynth.io import InputError, read_json, read_jsonl
 from ctxsynth.tasks import get_task
-from ctxsynth.text import normalize_text, rng_for
+from ctxsynth.text import normalize_text, stable_int
 
 SOURCE_TYPES = ("paper", "squad", "hotpotqa", "jsonl")
 
@@ -131,7 +131,7 @@ def select_seeds(sources: list[dict], raw_dir: Path, reserved: dict, seed: int) 
     reserved = {"ids": set(reserved.get("ids", [])), "questions": set(reserved.get("questions", [])),
                 "paragraphs": set(reserved.get("paragraphs", []))}
     selected, report = [], {}
-    for index, source in enumerate(sources):
+    for source in sources:
         records = load_source(source, raw_dir)
         by_task: dict[str, list[dict]] = {}
         for record in records:
@@ -140,10 +140,12 @@ def select_seeds(sources: list[dict], raw_dir: Path, reserved: dict, seed: int) 
             kept = [r for r in by_task[task] if not is_reserved(r, reserved)]
             removed = len(by_task[task]) - len(kept)
             count = source.get("count")
-            rng = rng_for(seed, "seed", index, source["type"], task)
             if count is not None and count < len(kept):
-                picks = sorted(int(i) for i in rng.choice(len(kept), size=int(count), replace=False))
-                kept = [kept[i] for i in picks]
+                # Rank by a seeded hash of each id rather than drawing positions: reserving a different evaluation
+                # item, or adding items to a source, then changes only the seeds it touches (and their generations).
+                ranked = sorted(kept, key=lambda r: stable_int(seed, source["type"], task, r["id"]))
+                chosen = {r["id"] for r in ranked[: int(count)]}
+                kept = [r for r in kept if r["id"] in chosen]
             for record in kept:
                 record.pop("paragraph", None)
             selected += kept

@@ -106,3 +106,19 @@ def summarize(records: list[dict]) -> dict:
     failures = sum(e["total"] - e["ok"] for e in tasks.values())
     return {"tasks": tasks, "total": total, "parse_failures": failures,
             "parse_failure_rate": round(failures / total, 4) if total else 0.0}
+
+
+def length_histogram(synthesized_words: list[int], evaluation_words: list[int], bin_words: int) -> list[dict]:
+    """Rows {words, synthesized, evaluation}: how long synthesized contexts are next to evaluation contexts
+    (the paper's Figure 5), as shares of each group so the two are comparable."""
+    top = max(synthesized_words + evaluation_words + [0])
+    bins = range(0, (top // bin_words + 1) * bin_words, bin_words)
+
+    def shares(values: list[int]) -> list[float]:
+        counts = [0] * len(bins)
+        for value in values:
+            counts[value // bin_words] += 1
+        return [round(c / len(values), 4) if values else 0.0 for c in counts]
+
+    return [{"words": lower, "synthesized": s, "evaluation": e}
+            for lower, s, e in zip(bins, shares(synthesized_words), shares(evaluation_words))]

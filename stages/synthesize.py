@@ -32,7 +32,8 @@ def main() -> None:
     seeds = [r for path in sorted(args.seeds.glob("*.jsonl"))
              for r in read_jsonl(path, required=("id", "task", "instruction", "answer"))]
     backend = make_backend(params["backend"], args.model, batch_size=int(params["batch_size"]),
-                           device=params["device"], dtype=params["dtype"], openai=params.get("openai"))
+                           device=params["device"], dtype=params["dtype"], openai=params.get("openai"), vllm=params.get("vllm"),
+                           openai_batch=params.get("openai_batch"))
     cache = GenerationCache(Path(params["cache_dir"]).expanduser() if params.get("cache_dir") else user_cache_dir("generations"))
     sampling, seed = dict(params["sampling"]), int(params["seed"])
     with Progress() as progress:

@@ -112,3 +112,13 @@ def test_niah_needles_sit_at_their_depth_and_are_seeded():
         assert item["needle_key"] in item["input"] and item["length"] >= item["niah_length"]
     assert items == build_niah_single(ESSAYS, lengths=[100, 300], depths=[0.0, 0.5, 1.0], samples=1, seed=5)
     assert len({i["answers"][0] for i in items}) == 6
+
+
+def test_reserving_one_more_item_changes_only_that_seed(raw_dir):
+    sources = [{"type": "hotpotqa", "task": "hotpotqa_long", "count": 4}]
+    empty = {"ids": [], "questions": [], "paragraphs": []}
+    before = [s["id"] for s in select_seeds(sources, raw_dir, empty, seed=9)[0]]
+    taken = before[1].split(":", 1)[1]
+    after = [s["id"] for s in select_seeds(sources, raw_dir, dict(empty, ids=[taken]), seed=9)[0]]
+    assert len(after) == 4 and f"hotpotqa:{taken}" not in after
+    assert len(set(before) & set(after)) == 3  # the other three seeds, and so their generations, are kept

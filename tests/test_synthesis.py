@@ -105,3 +105,12 @@ def test_transformers_backend_batches_real_generation(tiny_model_dir, tmp_path):
     alone, _ = run(single, GenerationCache(tmp_path / "other"), sampling={"max_new_tokens": 6, "temperature": 0.0})
     assert [r["raw_output"] for r in alone] == [r["raw_output"] for r in records]
     assert json.dumps(records[0]["provenance"])  # serializable
+
+
+def test_length_histogram_bins_and_shares():
+    from ctxsynth.synthesis import length_histogram
+
+    rows = length_histogram([50, 150, 160, 950], [700, 720], bin_words=100)
+    assert [r["words"] for r in rows] == list(range(0, 1000, 100))
+    assert rows[0]["synthesized"] == 0.25 and rows[1]["synthesized"] == 0.5 and rows[9]["synthesized"] == 0.25
+    assert rows[7]["evaluation"] == 1.0 and sum(r["evaluation"] for r in rows) == 1.0
