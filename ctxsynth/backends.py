@@ -22,20 +22,46 @@ class Request:
 
 
 def model_identity(model_dir: Path | str) -> str:
-    """Name and content hash of a model directory, from the provenance the fetch stage wrote beside it."""
+    """Name and content hash of a model directory: the fetch stage's provenance, else a hash of the weights."""
     import json
+
+    from ctxsynth.io import sha256_file
 
     model_dir = Path(model_dir)
     provenance_path = model_dir / "provenance.json"
-    if provenance_path.is_file():
-        provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
-        name = provenance.get("model_name") or provenance.get("name") or model_dir.name
-        version = provenance.get("member_sha256") or provenance.get("revision") or provenance.get("weights_sha256")
-        return f"{name}@{version}"
-    from ctxsynth.io import sha256_file
+    provenance = json.loads(provenance_path.read_text(encoding="utf-8")) if provenance_path.is_file() else {}
+    name = provenance.get("model_name") or provenance.get("name") or model_dir.name
+    version = provenance.get("member_sha256") or provenance.get("weights_sha256")
+    if not version:
+        weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+        if not weights:
+            raise FileNotFoundError(f"{model_dir}: no provenance.json and no weights to identify the model by")
+        version = sha256_file(weights[0])
+    return f"{name}@{version}"
 
-    weights = sorted(model_dir.glob("*.safetensors"))
-    return f"{model_dir.name}@{sha256_file(weights[0]) if weights else 'unknown'}"
+
+class PerItemSampler:
+    """Samples every row with its own seeded generator (temperature, then top-p) and leaves only the drawn token for
+    the greedy step to pick. An item's sample then depends on its own seed and logits, not on which other items
+    share its batch or which items a resumed run still had to generate."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        import torch
+
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) > self.top_p] = 0.0  # smallest set reaching top_p
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        drawn = torch.stack([torch.multinomial(probs[row], 1, generator=generator)
+                             for row, generator in enumerate(self.generators)])
+        return torch.full_like(scores, float("-inf")).scatter(-1, drawn, 0.0)
 
 
 class TransformersBackend:
@@ -63,6 +89,7 @@ class TransformersBackend:
 
     def iter_generate(self, requests: list[Request], sampling: dict, seed: int) -> Iterator[list[tuple[Request, dict]]]:
         import torch
+        from transformers import LogitsProcessorList
 
         prompts = [self.prompt_text(r) for r in requests]
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False).input_ids]
@@ -72,13 +99,12 @@ class TransformersBackend:
             batch = order[start:start + self.batch_size]
             encoded = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
                                      add_special_tokens=False).to(self.device)
-            # Seeded by the batch's content, so a resumed run draws the same samples for the same batch.
-            torch.manual_seed(stable_int(seed, *(requests[i].key for i in batch)) % (2**63))
-            do_sample = float(sampling.get("temperature", 0)) > 0
-            kwargs = {"max_new_tokens": int(sampling["max_new_tokens"]), "do_sample": do_sample,
+            kwargs = {"max_new_tokens": int(sampling["max_new_tokens"]), "do_sample": False,
                       "pad_token_id": self.tokenizer.pad_token_id}
-            if do_sample:
-                kwargs.update(temperature=float(sampling["temperature"]), top_p=float(sampling.get("top_p", 1.0)))
+            if float(sampling.get("temperature", 0)) > 0:
+                sampler = PerItemSampler([stable_int(seed, requests[i].key) % (2**63) for i in batch],
+                                         float(sampling["temperature"]), float(sampling.get("top_p", 1.0)), self.device)
+                kwargs["logits_processor"] = LogitsProcessorList([sampler])
             if sampling.get("repetition_penalty"):
                 kwargs["repetition_penalty"] = float(sampling["repetition_penalty"])
             with torch.inference_mode():

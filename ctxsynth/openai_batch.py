@@ -34,7 +34,7 @@ from typing import Iterator
 
 from ctxsynth.backends import Request
 from ctxsynth.io import atomic_path, dumps, sha256_text, user_cache_dir, write_json
-from ctxsynth.openai_backend import RETRYABLE_STATUS, GenerationError, _Retryable
+from ctxsynth.openai_backend import RETRYABLE_STATUS, GenerationError, _Retryable, retry_after_seconds
 
 ENDPOINT = "/v1/chat/completions"
 PENDING = ("validating", "in_progress", "finalizing", "cancelling")
@@ -141,12 +141,7 @@ class OpenAIBatchBackend:
                 return response.read()
         except urllib.error.HTTPError as error:
             if error.code in RETRYABLE_STATUS:
-                retry_after = error.headers.get("Retry-After")
-                try:
-                    retry_after = float(retry_after) if retry_after else None
-                except ValueError:
-                    retry_after = None
-                raise _Retryable(f"HTTP {error.code}", retry_after) from None
+                raise _Retryable(f"HTTP {error.code}", retry_after_seconds(error.headers.get("Retry-After"))) from None
             raise GenerationError(f"{method} {url}: HTTP {error.code}: {error.read()[:300]!r}") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as error:
             raise _Retryable(f"{type(error).__name__}: {error}") from None

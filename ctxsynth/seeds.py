@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctxsynth.benchmark import format_passages, hotpot_passage, squad_paragraphs
-from ctxsynth.io import InputError, read_json, read_jsonl
+from ctxsynth.io import InputError, read_json, read_jsonl_numbered
 from ctxsynth.tasks import get_task
 from ctxsynth.text import normalize_text, stable_int
 
@@ -50,18 +50,18 @@ def load_paper_seeds(directory: Path, tasks: list[str] | None) -> list[dict]:
         if wanted is not None and path.stem not in wanted:
             continue
         task = _task_name(path.stem, str(path))
-        rows = read_jsonl(path, required=("instruction", "answer"))
+        rows = read_jsonl_numbered(path, required=("instruction", "answer"))
         if not rows:
             raise InputError(path, "empty task: no seeds")
         context_path = directory / "seed_context" / path.name
         contexts = [None] * len(rows)
         if context_path.is_file():
-            context_rows = read_jsonl(context_path, required=("context",))
-            if len(context_rows) != len(rows):
-                raise InputError(context_path, f"has {len(context_rows)} lines but {path.name} has {len(rows)}; "
-                                 "the files must be line-aligned")
-            contexts = [row["context"] for row in context_rows]
-        for line, (row, context) in enumerate(zip(rows, contexts), start=1):
+            context_rows = read_jsonl_numbered(context_path, required=("context",))
+            if [line for line, _ in context_rows] != [line for line, _ in rows]:
+                raise InputError(context_path, f"has {len(context_rows)} records but {path.name} has {len(rows)} "
+                                 "(or blank lines elsewhere); the files must be line-aligned")
+            contexts = [row["context"] for _, row in context_rows]
+        for (line, row), context in zip(rows, contexts):
             records.append(seed_record(task, f"paper:{path.stem}:{line}", _string_field(row, "instruction", path, line),
                                        _string_field(row, "answer", path, line), context, "paper"))
     if wanted is not None and not records:
@@ -89,11 +89,11 @@ def load_hotpotqa_seeds(hotpot_path: Path, task: str) -> list[dict]:
 
 
 def load_jsonl_seeds(path: Path, default_task: str | None) -> list[dict]:
-    rows = read_jsonl(path, required=("instruction", "answer"))
+    rows = read_jsonl_numbered(path, required=("instruction", "answer"))
     if not rows:
         raise InputError(path, "empty file: no seeds")
     records = []
-    for line, row in enumerate(rows, start=1):
+    for line, row in rows:
         task = row.get("task") or default_task
         if not task:
             raise InputError(path, "no task given (set it per line or as the source's `task`)", line=line, field="task")

@@ -22,6 +22,8 @@ def parse_context(text: str, marker: str) -> tuple[str | None, str]:
     if position < 0:
         return None, PARSE_MISSING_MARKER
     context = text[position + len(marker):].strip()
+    while marker and context.startswith(marker):  # "Context: Context: ..." when the model repeats a prefilled marker
+        context = context[len(marker):].strip()
     return (context, PARSE_OK) if context else (None, PARSE_EMPTY)
 
 

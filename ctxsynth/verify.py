@@ -41,7 +41,7 @@ def leakage_score(context: str, instruction: str, answer: str) -> float:
 
 def answerability_scores(records: list[dict], backend, cache: GenerationCache, seed: int) -> dict[str, float]:
     """Greedy answers from each context alone, scored against the gold answer; keyed by record id."""
-    candidates = [r for r in records if r.get("context")]
+    candidates = [r for r in records if r.get("context") and r.get("parse_status", "ok") == "ok"]
     requests, budgets = [], {}
     for record in candidates:
         task = get_task(record["task"])
@@ -67,7 +67,7 @@ def answerability_scores(records: list[dict], backend, cache: GenerationCache, s
 def verify_records(records: list[dict], max_answer_words: int, answerability: dict[str, float] | None = None) -> None:
     """Attach `verification` scores to each record in place."""
     for record in records:
-        if not record.get("context"):
+        if not record.get("context") or record.get("parse_status", "ok") != "ok":
             record["verification"] = None
             continue
         record["verification"] = {

@@ -22,7 +22,7 @@ def main() -> None:
     params = load_params("mix")
     seeds = [r for path in sorted(args.seeds.glob("*.jsonl"))
              for r in read_jsonl(path, required=("id", "task", "instruction", "answer"))]
-    synthesized = read_jsonl(args.contexts, required=("id", "task", "instruction", "answer", "parse_status"))
+    synthesized = read_jsonl(args.contexts, required=("id", "task", "parse_status"))
     pool = pool_for_variant(params["variant"], seeds, synthesized)
     thresholds = params.get("filter") or {}
     filter_report = {}

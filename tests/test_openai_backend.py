@@ -57,3 +57,13 @@ def test_response_prefix_is_refused_for_chat_servers():
 
     with pytest.raises(ValueError, match="response_prefix"):
         backend(["http://127.0.0.1:9/v1"]).payload(Request("k", [], "Context:"), SAMPLING, 0)
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    from email.utils import formatdate
+
+    from ctxsynth.openai_backend import retry_after_seconds
+
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds(None) is None
+    assert 50 <= retry_after_seconds(formatdate(__import__("time").time() + 60, usegmt=True)) <= 60
+    assert retry_after_seconds("soon") is None

@@ -31,6 +31,7 @@ def test_prompt_matches_the_paper_exactly():
     ("A story with no marker.", (None, "missing_marker")),
     ("Context:   \n", (None, "empty")),
     ("Context: first Context: second", ("first Context: second", "ok")),
+    ("Context: Context:\nContext: text", ("text", "ok")),
 ])
 def test_parse_context(text, expected):
     assert parse_context(text, "Context:") == expected
@@ -114,3 +115,33 @@ def test_length_histogram_bins_and_shares():
     assert [r["words"] for r in rows] == list(range(0, 1000, 100))
     assert rows[0]["synthesized"] == 0.25 and rows[1]["synthesized"] == 0.5 and rows[9]["synthesized"] == 0.25
     assert rows[7]["evaluation"] == 1.0 and sum(r["evaluation"] for r in rows) == 1.0
+
+
+def test_sampled_output_of_an_item_does_not_depend_on_its_batch(tiny_model_dir, tmp_path):
+    sampling = {"max_new_tokens": 8, "temperature": 1.0, "top_p": 0.9, "repetition_penalty": 1.1}
+    together, _ = run(TransformersBackend(tiny_model_dir, batch_size=5), GenerationCache(tmp_path / "a"),
+                      sampling=sampling)
+    alone, _ = run(TransformersBackend(tiny_model_dir, batch_size=1), GenerationCache(tmp_path / "b"),
+                   seeds=SEEDS[2:3], sampling=sampling)
+    assert alone[0]["raw_output"] == together[2]["raw_output"]
+    assert len({r["raw_output"] for r in together}) > 1  # really sampled: items differ
+    other_seed = synthesize_contexts(SEEDS[2:3], TransformersBackend(tiny_model_dir, batch_size=1),
+                                     GenerationCache(tmp_path / "c"), get_prompt("context_synthesis"), sampling,
+                                     seed=1, target_words=50)[0]
+    assert other_seed[0]["raw_output"] != alone[0]["raw_output"]
+
+
+def test_model_identity_names_content_not_just_a_name(tiny_model_dir, tmp_path):
+    import shutil
+
+    from ctxsynth.backends import model_identity
+    from tiny_model import build_tiny_model
+
+    identity = model_identity(tiny_model_dir)
+    assert identity.startswith(tiny_model_dir.name + "@") and "None" not in identity
+    other = build_tiny_model(tmp_path / tiny_model_dir.name, seed=1)  # same directory name, other weights
+    assert model_identity(other) != identity
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    (copy / "provenance.json").write_text('{"model_name": "tiny", "weights_sha256": "abc"}')
+    assert model_identity(copy) == "tiny@abc"
