@@ -47,7 +47,11 @@ def main() -> None:
                                                      int(params["max_attempts"]), progress)
     verify = params.get("verify") or {}
     if verify.get("enabled"):
-        scores = answerability_scores(records, backend, cache, seed) if verify.get("answerability") else None
+        judge = backend
+        if verify.get("answerability") and verify.get("judge_model"):  # a separate model answers, not the generator
+            judge = make_backend("transformers", Path(verify["judge_model"]), batch_size=int(params["batch_size"]),
+                                 device=params["device"], dtype=params["dtype"])
+        scores = answerability_scores(records, judge, cache, seed) if verify.get("answerability") else None
         verify_records(records, int(verify["max_answer_words"]), scores)
     write_jsonl(args.out, records)
     write_json(args.metrics, {**summarize(records), "method": params["method"], "run": stats})

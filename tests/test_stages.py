@@ -86,3 +86,39 @@ def test_instruction_synthesis_feeds_the_mix(tmp_path, tiny_model_dir):
     # and mix stops with a message instead of writing an empty training set.
     assert metrics["parse_failures"] == 8 and "no records usable" in str(failure.value)
     assert not (tmp_path / "work/data/mix/train.jsonl").exists()
+
+
+def test_synthesis_killed_mid_run_resumes_without_regenerating_or_duplicating(tmp_path, tiny_model_dir):
+    import signal
+    import time
+
+    settings = params(tmp_path)
+    settings["seed"]["sources"] = [{"type": "hotpotqa", "task": "hotpotqa_long", "count": 12}]
+    settings["synthesize"].update(batch_size=1, verify={"enabled": False, "max_answer_words": 5, "answerability": False})
+    settings["synthesize"]["sampling"]["max_new_tokens"] = 48
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(settings))
+    raw = work / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "squad.json").write_text(json.dumps(make_squad()))
+    (raw / "hotpotqa.json").write_text(json.dumps(make_hotpot(20)))
+    (raw / "PaulGrahamEssays.json").write_text(json.dumps({"text": ESSAYS}))
+    run_stage(work, "0", "benchmark.py")
+    run_stage(work, "0", "seed.py")
+    cache = Path(settings["synthesize"]["cache_dir"])
+    process = subprocess.Popen([sys.executable, str(ROOT / "stages/synthesize.py"), "--model", str(tiny_model_dir)],
+                               cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(cache.rglob("*.json"))) < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # kill -9 mid-run
+    process.wait()
+    finished = len(list(cache.rglob("*.json")))
+    assert 3 <= finished < 12, "the run should have been killed part way"
+    assert not (work / "data/synth/contexts.jsonl").exists()  # no half-written output
+    run_stage(work, "0", "synthesize.py", "--model", str(tiny_model_dir))
+    run = json.loads((work / "metrics/synthesize.json").read_text())["run"]
+    assert run["from_cache"] == finished and run["generated"] == 12 - finished
+    records = [json.loads(line) for line in (work / "data/synth/contexts.jsonl").read_text().splitlines()]
+    assert len(records) == len({r["id"] for r in records}) == 12
