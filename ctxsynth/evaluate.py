@@ -13,7 +13,8 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ctxsynth.io import InputError, read_jsonl_numbered, write_json, write_jsonl
+from ctxsynth.io import (InputError, read_jsonl_numbered, sha256_file, sha256_text, user_cache_dir, write_json,
+                         write_jsonl)
 from ctxsynth.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
 from ctxsynth.scoring import delta, summarize
 from ctxsynth.tasks import get_task, templates_version
@@ -37,6 +38,8 @@ class EvalSettings:
     device: str = "auto"
     dtype: str = "auto"                # auto: float32 on CPU, the checkpoint's dtype on GPU
     score_base: bool = True
+    cache: bool = True                 # reuse greedy generations per (model, adapter) content: experiments that
+                                       # leave the adapter unchanged, and every base-model row, are not paid twice
 
     @classmethod
     def from_params(cls, params: dict | None, source: str = "params.yaml") -> "EvalSettings":
@@ -169,7 +172,8 @@ def evaluate(model_dir: Path, adapter_dir: Path | None, benchmark_dir: Path, met
         report: dict = {"base": None, "finetuned": None, "delta": None}
         predictions = []
         for variant, adapter in variants:
-            outputs = runner.run(model_dir, tasks, adapter_dir=adapter, batch_size=settings.batch_size,
+            cache_db = generation_cache_db(model_dir, adapter) if settings.cache else None
+            outputs = runner.run(model_dir, tasks, adapter_dir=adapter, batch_size=settings.batch_size, cache_db=cache_db,
                                  device=settings.device, dtype=settings.dtype, max_length=window,
                                  apply_chat_template=settings.apply_chat_template)
             scores = {task: 100.0 * output["score"] for task, output in outputs.items()}
@@ -180,6 +184,17 @@ def evaluate(model_dir: Path, adapter_dir: Path | None, benchmark_dir: Path, met
     write_jsonl(predictions_path, predictions)
     write_json(metrics_path, report)
     return report
+
+
+def generation_cache_db(model_dir: Path, adapter_dir: Path | None) -> Path:
+    """lm-eval's request cache (keyed by the exact prompt and generation settings) in a file per model content:
+    the base model's identity plus the adapter's weights and config hashes."""
+    from ctxsynth.backends import model_identity
+
+    parts = [model_identity(model_dir)]
+    if adapter_dir is not None:
+        parts += [sha256_file(path) for path in sorted(Path(adapter_dir).glob("adapter_*")) if path.is_file()]
+    return user_cache_dir("lm_eval") / sha256_text("\n".join(parts))[:32]
 
 
 def _prepare(doc: dict, spec, tokenizer, max_length: int) -> dict:

@@ -92,7 +92,7 @@ class LmEvalRunner:
 
     def run(self, model_dir: Path, tasks: list[LmEvalTask], *, adapter_dir: Path | None = None,
             batch_size: int = 1, device: str = "auto", dtype: str = "auto", max_length: int,
-            apply_chat_template: bool = True) -> dict[str, dict]:
+            apply_chat_template: bool = True, cache_db: Path | None = None) -> dict[str, dict]:
         """Greedy generation + scoring; returns {task: {"score": mean in [0, 1], "samples": [{doc, prediction,
         score}, ...]}} with samples in the prepared file's order."""
         import lm_eval
@@ -112,6 +112,7 @@ class LmEvalRunner:
             results = lm_eval.simple_evaluate(
                 model=lm, tasks=[task.lm_eval_name for task in tasks], task_manager=self.task_manager,
                 apply_chat_template=bool(apply_chat_template), log_samples=True, bootstrap_iters=0,
+                use_cache=str(cache_db) if cache_db else None,
                 num_fewshot=0)
         finally:
             del lm

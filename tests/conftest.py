@@ -21,3 +21,9 @@ def paper_seeds_dir():
     if not (PAPER_SEEDS / "seed_instruction").is_dir():
         pytest.skip(f"the paper's seeds are not at {PAPER_SEEDS} (they are shared data, never committed)")
     return PAPER_SEEDS
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_cache(tmp_path_factory, monkeypatch):
+    """Keep tests out of ~/.cache/ctxsynth: generation caches, wheels and lm-eval caches go to a temp dir."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))

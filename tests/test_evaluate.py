@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,26 @@ def test_model_problems_are_reported_before_loading(tiny_model_dir, benchmark_di
         evaluate(tiny_model_dir, None, benchmark_dir, tmp_path / "e.json", tmp_path / "p.jsonl", too_long)
     assert error.value.field == "evaluate.max_length"
     assert not (tmp_path / "e.json").exists()
+
+
+def test_generations_are_cached_per_model_content(tiny_model_dir, adapter_dir, benchmark_dir, tmp_path, monkeypatch):
+    from lm_eval.models.huggingface import HFLM
+
+    settings = EvalSettings(tasks=["niah_single"], max_length=128, limit=2, device="cpu")
+    first = evaluate(tiny_model_dir, adapter_dir, benchmark_dir, tmp_path / "a.json", tmp_path / "a.jsonl", settings)
+
+    def no_generation(self, *args, **kwargs):
+        raise AssertionError("generated again although the cache holds every request")
+
+    monkeypatch.setattr(HFLM, "generate_until", no_generation)
+    again = evaluate(tiny_model_dir, adapter_dir, benchmark_dir, tmp_path / "b.json", tmp_path / "b.jsonl", settings)
+    assert again == first and (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    # Other adapter weights are other content: they must generate.
+    other = tmp_path / "other-adapter"
+    shutil.copytree(adapter_dir, other)
+    config = json.loads((other / "adapter_config.json").read_text())
+    config["lora_dropout"] = 0.5  # inert at inference, but other content: a different cache
+    (other / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AssertionError, match="generated again"):
+        evaluate(tiny_model_dir, other, benchmark_dir, tmp_path / "c.json", tmp_path / "c.jsonl",
+                 EvalSettings(tasks=["niah_single"], max_length=128, limit=2, device="cpu", score_base=False))
