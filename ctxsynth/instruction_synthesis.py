@@ -35,7 +35,8 @@ def parse_question_answer(text: str) -> tuple[str | None, str | None, str]:
 
 
 def synthesize_instructions(seeds: list[dict], backend, cache: GenerationCache, prompt: PromptSpec, sampling: dict,
-                            seed: int, chunk_words: int, max_attempts: int, progress=None) -> tuple[list[dict], dict]:
+                            seed: int, chunk_words: int, max_attempts: int, progress=None,
+                            response_prefix: str = "") -> tuple[list[dict], dict]:
     with_context = [s for s in seeds if s.get("context")]
     chunks = {s["id"]: chunk_context(s["context"], chunk_words, seed, s["id"]) for s in with_context}
     results: dict[str, dict] = {}
@@ -45,9 +46,9 @@ def synthesize_instructions(seeds: list[dict], backend, cache: GenerationCache, 
         requests = []
         for record in pending:
             messages = prompt.messages(context=chunks[record["id"]])
-            key = cache_key(model=backend.model_id, messages=messages, sampling=sampling, seed=seed,
-                            prompt_version=prompt.version, attempt=attempt)
-            requests.append(Request(key=key, messages=messages))
+            key = cache_key(model=backend.model_id, messages=messages, response_prefix=response_prefix,
+                            sampling=sampling, seed=seed, prompt_version=prompt.version, attempt=attempt)
+            requests.append(Request(key=key, messages=messages, response_prefix=response_prefix))
         generations, stats = generate_cached(requests, backend, cache, sampling, seed, progress,
                                              label=f"instruction synthesis, attempt {attempt + 1}")
         for name in totals:
@@ -63,7 +64,8 @@ def synthesize_instructions(seeds: list[dict], backend, cache: GenerationCache, 
         pending = still_failing
         if not pending:
             break
-    provenance = run_provenance(backend, prompt, sampling, seed, chunk_words=chunk_words, max_attempts=max_attempts)
+    provenance = run_provenance(backend, prompt, sampling, seed, chunk_words=chunk_words, max_attempts=max_attempts,
+                                response_prefix=response_prefix)
     records = []
     for record in with_context:
         result = results[record["id"]]

@@ -44,7 +44,8 @@ def main() -> None:
         else:
             records, stats = synthesize_instructions(seeds, backend, cache, get_prompt("instruction_synthesis"),
                                                      sampling, seed, int(params["chunk_words"]),
-                                                     int(params["max_attempts"]), progress)
+                                                     int(params["max_attempts"]), progress,
+                                                     params.get("instruction_prefix") or "")
     verify = params.get("verify") or {}
     if verify.get("enabled"):
         judge = backend

@@ -76,3 +76,25 @@ def test_attempts_are_capped_and_failures_recorded(tmp_path):
                                              seed=0, chunk_words=3000, max_attempts=4)
     assert records[0]["parse_status"] == "missing_marker" and records[0]["attempts"] == 4
     assert stats["generated"] == 4 and pool_for_variant("context_synthesis", [], records) == []
+
+
+def test_response_prefix_opens_the_reply_and_counts_in_the_key(tmp_path):
+    class Continues:
+        name, model_id = "fake", "fake@3"
+
+        def __init__(self):
+            self.prefixes = []
+
+        def iter_generate(self, requests, sampling, seed):
+            for request in requests:
+                self.prefixes.append(request.response_prefix)
+                yield [(request, {"text": request.response_prefix + " What is it?\nAnswer: this",
+                                  "generated_tokens": 4, "finish_reason": "stop"})]
+
+    seeds = [{"id": "a", "task": "hotpotqa", "instruction": "q", "answer": "x", "context": "ctx"}]
+    backend = Continues()
+    records, _ = synthesize_instructions(seeds, backend, GenerationCache(tmp_path), get_prompt("instruction_synthesis"),
+                                         {"max_new_tokens": 8, "temperature": 0.0}, seed=0, chunk_words=30,
+                                         max_attempts=1, response_prefix="Question:")
+    assert backend.prefixes == ["Question:"] and records[0]["instruction"] == "What is it?"
+    assert records[0]["answer"] == "this" and records[0]["provenance"]["response_prefix"] == "Question:"
