@@ -36,10 +36,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--fixed-length", action="store_true",
+                        help="force every prompt to generate exactly --max-new-tokens (raw generation speed)")
     args = parser.parse_args()
     seeds = [r for path in sorted(args.seeds.glob("*.jsonl")) for r in read_jsonl(path)][: args.prompts]
     # Greedy, so both paths write (nearly) the same continuations; tokens/s counts what each actually generated.
     sampling = {"max_new_tokens": args.max_new_tokens, "temperature": 0.0}
+    if args.fixed_length:  # no early end of turn: both paths generate the same number of tokens
+        sampling["min_new_tokens"] = args.max_new_tokens
     batched = TransformersBackend(args.model, batch_size=args.batch_size)
     requests = build_requests(seeds, get_prompt("context_synthesis"), batched.model_id, sampling, 0, 150, "Context:")
     single = copy.copy(batched)  # the same loaded model, one prompt per generate() call
@@ -47,7 +51,8 @@ def main() -> None:
     timed(batched, requests[:2], {"max_new_tokens": 4, "temperature": 0.0})  # warm-up
     rows = [("one at a time (reference style)",) + timed(single, requests, sampling),
             (f"batched, batch {args.batch_size}",) + timed(batched, requests, sampling)]
-    print(f"{len(requests)} prompts, max {args.max_new_tokens} new tokens, greedy, {batched.model_id.split('@')[0]}")
+    length = "exactly" if args.fixed_length else "up to"
+    print(f"{len(requests)} prompts, {length} {args.max_new_tokens} new tokens, greedy, {batched.model_id.split('@')[0]}")
     print(f"{'path':<34}{'seconds':>10}{'tokens':>9}{'tokens/s':>11}")
     for name, seconds, tokens in rows:
         print(f"{name:<34}{seconds:>10.1f}{tokens:>9}{tokens / seconds:>11.1f}")

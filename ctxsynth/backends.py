@@ -107,6 +107,8 @@ class TransformersBackend:
                 kwargs["logits_processor"] = LogitsProcessorList([sampler])
             if sampling.get("repetition_penalty"):
                 kwargs["repetition_penalty"] = float(sampling["repetition_penalty"])
+            if sampling.get("min_new_tokens"):
+                kwargs["min_new_tokens"] = int(sampling["min_new_tokens"])
             with torch.inference_mode():
                 output = self.model.generate(**encoded, **kwargs)
             new_tokens = output[:, encoded.input_ids.shape[1]:].tolist()
