@@ -39,6 +39,19 @@ def retry_after_seconds(value: str | None) -> float | None:
             return None
 
 
+def chat_completion_body(model: str, request: Request, sampling: dict, seed: int) -> dict:
+    """The chat-completions request for one item; repetition_penalty is a vLLM / llama.cpp extension."""
+    if request.response_prefix:
+        raise ValueError("synthesize.response_prefix is not supported by chat-completions servers; set it to \"\"")
+    body = {"model": model, "messages": request.messages, "max_tokens": int(sampling["max_new_tokens"]),
+            "temperature": float(sampling.get("temperature", 0.0)), "seed": int(seed)}
+    if "top_p" in sampling:
+        body["top_p"] = float(sampling["top_p"])
+    if sampling.get("repetition_penalty"):
+        body["repetition_penalty"] = float(sampling["repetition_penalty"])
+    return body
+
+
 class GenerationError(RuntimeError):
     pass
 
@@ -67,15 +80,7 @@ class OpenAIBackend:
         self.retries = 0
 
     def payload(self, request: Request, sampling: dict, seed: int) -> dict:
-        if request.response_prefix:
-            raise ValueError("synthesize.response_prefix is not supported by chat-completions servers; set it to \"\"")
-        body = {"model": self.model, "messages": request.messages, "max_tokens": int(sampling["max_new_tokens"]),
-                "temperature": float(sampling.get("temperature", 0.0)), "seed": int(seed)}
-        if "top_p" in sampling:
-            body["top_p"] = float(sampling["top_p"])
-        if sampling.get("repetition_penalty"):
-            body["repetition_penalty"] = float(sampling["repetition_penalty"])  # a vLLM / llama.cpp extension
-        return body
+        return chat_completion_body(self.model, request, sampling, seed)
 
     def _post(self, url: str, body: dict) -> dict:
         data = json.dumps(body).encode("utf-8")

@@ -34,7 +34,8 @@ from typing import Iterator
 
 from ctxsynth.backends import Request
 from ctxsynth.io import atomic_path, dumps, sha256_text, user_cache_dir, write_json
-from ctxsynth.openai_backend import RETRYABLE_STATUS, GenerationError, _Retryable, retry_after_seconds
+from ctxsynth.openai_backend import (RETRYABLE_STATUS, GenerationError, _Retryable, chat_completion_body,
+                                     retry_after_seconds)
 
 ENDPOINT = "/v1/chat/completions"
 PENDING = ("validating", "in_progress", "finalizing", "cancelling")
@@ -72,19 +73,14 @@ class OpenAIBatchBackend:
 
     # ----------------------------------------------------------------------------------------------- requests
     def payload(self, request: Request, sampling: dict, seed: int) -> dict:
-        if request.response_prefix:
-            raise ValueError("synthesize.response_prefix is not supported by chat-completions servers; set it to \"\"")
-        body = {"model": self.model, "messages": request.messages, "max_tokens": int(sampling["max_new_tokens"]),
-                "temperature": float(sampling.get("temperature", 0.0)), "seed": int(seed)}
-        if "top_p" in sampling:
-            body["top_p"] = float(sampling["top_p"])
         penalty = sampling.get("repetition_penalty")
-        if penalty and float(penalty) != 1.0:
-            if not self.send_repetition_penalty:
-                raise ValueError("synthesize.sampling.repetition_penalty is not an OpenAI Batch API parameter (every "
-                                 "request would be rejected); remove it, or set openai_batch.send_repetition_penalty: "
-                                 "true for a server that accepts it")
-            body["repetition_penalty"] = float(penalty)
+        if penalty and float(penalty) != 1.0 and not self.send_repetition_penalty:
+            raise ValueError("synthesize.sampling.repetition_penalty is not an OpenAI Batch API parameter (every "
+                             "request would be rejected); remove it, or set openai_batch.send_repetition_penalty: "
+                             "true for a server that accepts it")
+        body = chat_completion_body(self.model, request, sampling, seed)
+        if penalty is not None and float(penalty) == 1.0:
+            body.pop("repetition_penalty", None)  # neutral: not worth an unknown parameter
         return body
 
     def request_lines(self, requests: list[Request], sampling: dict, seed: int) -> bytes:
