@@ -194,6 +194,16 @@ def load_model(model_dir: os.PathLike | str, params: FinetuneParams, device: str
     return get_peft_model(model, lora)
 
 
+def _sort_target_modules(config_path: Path) -> None:
+    """PEFT writes target_modules from a set, in hash order: sort them so the adapter is byte-identical per params."""
+    import json
+
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 class LiveLog:
     """Per-step metrics in dvclive's on-disk layout, <dir>/plots/metrics/<name>.tsv (step, value), for `dvc plots`.
 
@@ -372,6 +382,7 @@ def train(model_dir: os.PathLike | str, train_path: os.PathLike | str, adapter_d
         os.chmod(tmp_adapter, 0o777 & ~umask)  # mkdtemp makes 0700 directories; the adapter gets the usual mode
         try:
             model.save_pretrained(tmp_adapter)
+            _sort_target_modules(tmp_adapter / "adapter_config.json")
             trained_tokens = int(trainer.state.num_input_tokens_seen)
             losses = [row["loss"] for row in logger_cb.history]
             summary = {

@@ -277,6 +277,8 @@ def test_training_writes_adapter_metrics_and_live_logs(tmp_path, tiny_model_dir,
                     live_dir=live)
 
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    modules = json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(modules) and len(modules) > 1  # not in set (hash) order: byte-identical adapters
     assert not list(tmp_path.glob(".adapter*"))  # no temporary left behind
     umask = os.umask(0)
     os.umask(umask)
