@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctxsynth.backends import TransformersBackend  # noqa: E402
-from ctxsynth.io import read_jsonl  # noqa: E402
+from ctxsynth.seeds import read_seed_dir  # noqa: E402
 from ctxsynth.prompts import get_prompt  # noqa: E402
 from ctxsynth.synthesis import build_requests  # noqa: E402
 
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--fixed-length", action="store_true",
                         help="force every prompt to generate exactly --max-new-tokens (raw generation speed)")
     args = parser.parse_args()
-    seeds = [r for path in sorted(args.seeds.glob("*.jsonl")) for r in read_jsonl(path)][: args.prompts]
+    seeds = read_seed_dir(args.seeds)[: args.prompts]
     # Greedy, so both paths write (nearly) the same continuations; tokens/s counts what each actually generated.
     sampling = {"max_new_tokens": args.max_new_tokens, "temperature": 0.0}
     if args.fixed_length:  # no early end of turn: both paths generate the same number of tokens

@@ -158,3 +158,9 @@ def select_seeds(sources: list[dict], raw_dir: Path, reserved: dict, seed: int) 
         duplicates = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise InputError("params.yaml", f"seed ids repeat across sources: {duplicates}", field="seed.sources")
     return selected, report
+
+
+def read_seed_dir(directory: Path) -> list[dict]:
+    """The seed stage's output: every data/seed/<task>.jsonl, in task order."""
+    return [record for path in sorted(Path(directory).glob("*.jsonl"))
+            for _, record in read_jsonl_numbered(path, required=("id", "task", "instruction", "answer"))]

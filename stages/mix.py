@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ctxsynth.io import load_params, read_jsonl, write_json, write_jsonl  # noqa: E402
 from ctxsynth.mix import apply_filter, assemble, length_stats, pool_for_variant  # noqa: E402
+from ctxsynth.seeds import read_seed_dir  # noqa: E402
 from ctxsynth.tasks import templates_version  # noqa: E402
 
 
@@ -20,8 +21,7 @@ def main() -> None:
     parser.add_argument("--metrics", default="metrics/mix.json", type=Path)
     args = parser.parse_args()
     params = load_params("mix")
-    seeds = [r for path in sorted(args.seeds.glob("*.jsonl"))
-             for r in read_jsonl(path, required=("id", "task", "instruction", "answer"))]
+    seeds = read_seed_dir(args.seeds)
     synthesized = read_jsonl(args.contexts, required=("id", "task", "parse_status"))
     pool = pool_for_variant(params["variant"], seeds, synthesized)
     thresholds = params.get("filter") or {}

@@ -11,8 +11,9 @@ from rich.progress import Progress  # noqa: E402
 from ctxsynth.backends import make_backend  # noqa: E402
 from ctxsynth.cache import GenerationCache  # noqa: E402
 from ctxsynth.instruction_synthesis import synthesize_instructions  # noqa: E402
-from ctxsynth.io import load_params, read_jsonl, user_cache_dir, write_json, write_jsonl  # noqa: E402
+from ctxsynth.io import load_params, user_cache_dir, write_json, write_jsonl  # noqa: E402
 from ctxsynth.prompts import get_prompt  # noqa: E402
+from ctxsynth.seeds import read_seed_dir  # noqa: E402
 from ctxsynth.synthesis import summarize, synthesize_contexts  # noqa: E402
 from ctxsynth.verify import answerability_scores, verify_records  # noqa: E402
 
@@ -29,8 +30,7 @@ def main() -> None:
     params = load_params("synthesize")
     if params["method"] not in METHODS:
         raise SystemExit(f"params.yaml: synthesize.method must be one of {', '.join(METHODS)}, not {params['method']!r}")
-    seeds = [r for path in sorted(args.seeds.glob("*.jsonl"))
-             for r in read_jsonl(path, required=("id", "task", "instruction", "answer"))]
+    seeds = read_seed_dir(args.seeds)
     backend = make_backend(params["backend"], args.model, batch_size=int(params["batch_size"]),
                            device=params["device"], dtype=params["dtype"], openai=params.get("openai"), vllm=params.get("vllm"),
                            openai_batch=params.get("openai_batch"))
