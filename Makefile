@@ -7,7 +7,14 @@ INSTALLED := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 EXTRAS ?= pipeline,eval,quant,test
 
-.PHONY: repro test install dag clean-venv
+# The paper's findings as DVC experiment groups (experiments/paper.yaml): `make paper-main`, SCALE=gpu for the
+# paper-scale rows, JOBS=N parallel queue workers.
+SCALE ?= cpu
+JOBS ?= 1
+PAPER_GROUPS := paper-pilot paper-main paper-contexts paper-generator
+RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
+
+.PHONY: repro test install dag clean-venv report $(PAPER_GROUPS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +32,13 @@ repro: $(INSTALLED)
 
 test: $(INSTALLED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+$(PAPER_GROUPS): paper-%: $(INSTALLED)
+	$(RUN) $(BIN)/python -m ctxsynth.experiments run $* --scale $(SCALE) --jobs $(JOBS)
+	$(RUN) $(BIN)/python -m ctxsynth.report
+
+report: $(INSTALLED)
+	$(RUN) $(BIN)/python -m ctxsynth.report
 
 dag: $(INSTALLED)
 	$(BIN)/dvc dag

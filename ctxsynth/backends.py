@@ -1,7 +1,7 @@
 """Generation backends behind one interface: `iter_generate(requests, sampling, seed)` yields finished batches.
 
-A request is (key, messages, response_prefix). Yielding batch by batch lets the caller cache each batch as soon as
-it is done, so a killed run loses at most one batch.
+A request is (key, messages, response_prefix). Yielding finished items as they complete lets the caller cache each
+one at once, so a killed run loses at most what is in flight.
 """
 
 from __future__ import annotations
@@ -40,32 +40,9 @@ def model_identity(model_dir: Path | str) -> str:
     return f"{name}@{version}"
 
 
-class PerItemSampler:
-    """Samples every row with its own seeded generator (temperature, then top-p) and leaves only the drawn token for
-    the greedy step to pick. An item's sample then depends on its own seed and logits, not on which other items
-    share its batch or which items a resumed run still had to generate."""
-
-    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
-        import torch
-
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        self.temperature, self.top_p = temperature, top_p
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) > self.top_p] = 0.0  # smallest set reaching top_p
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        drawn = torch.stack([torch.multinomial(probs[row], 1, generator=generator)
-                             for row, generator in enumerate(self.generators)])
-        return torch.full_like(scores, float("-inf")).scatter(-1, drawn, 0.0)
-
-
 class TransformersBackend:
-    """Batched `generate` with left padding and length-sorted batches (CPU or CUDA)."""
+    """Continuous batching (`ctxsynth.batched_generation`): up to `batch_size` rows at a time, a finished row's slot
+    goes to the next waiting prompt at once; prompts enter longest first (CPU or CUDA)."""
 
     name = "transformers"
 
@@ -88,37 +65,23 @@ class TransformersBackend:
         return prompt + request.response_prefix
 
     def iter_generate(self, requests: list[Request], sampling: dict, seed: int) -> Iterator[list[tuple[Request, dict]]]:
-        import torch
-        from transformers import LogitsProcessorList
+        from ctxsynth.batched_generation import ContinuousBatcher, Sampling
 
         prompts = [self.prompt_text(r) for r in requests]
-        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False).input_ids]
-        order = sorted(range(len(requests)), key=lambda i: (-lengths[i], requests[i].key))
-        eos_ids = set(self._eos_ids())
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
-            encoded = self.tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
-                                     add_special_tokens=False).to(self.device)
-            kwargs = {"max_new_tokens": int(sampling["max_new_tokens"]), "do_sample": False,
-                      "pad_token_id": self.tokenizer.pad_token_id}
-            if float(sampling.get("temperature", 0)) > 0:
-                sampler = PerItemSampler([stable_int(seed, requests[i].key) % (2**63) for i in batch],
-                                         float(sampling["temperature"]), float(sampling.get("top_p", 1.0)), self.device)
-                kwargs["logits_processor"] = LogitsProcessorList([sampler])
-            if sampling.get("repetition_penalty"):
-                kwargs["repetition_penalty"] = float(sampling["repetition_penalty"])
-            if sampling.get("min_new_tokens"):
-                kwargs["min_new_tokens"] = int(sampling["min_new_tokens"])
-            with torch.inference_mode():
-                output = self.model.generate(**encoded, **kwargs)
-            new_tokens = output[:, encoded.input_ids.shape[1]:].tolist()
+        prompt_ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
+        # Longest first, so the batch's padding stays small while it refills with ever shorter prompts.
+        order = sorted(range(len(requests)), key=lambda i: (-len(prompt_ids[i]), requests[i].key))
+        batcher = ContinuousBatcher(self.model, self.batch_size, set(self._eos_ids()), self.tokenizer.pad_token_id,
+                                    self.device)
+        runs = batcher.run([prompt_ids[i] for i in order], [stable_int(seed, requests[i].key) % (2**63) for i in order],
+                           Sampling.from_params(sampling))
+        for finished in runs:
             results = []
-            for i, tokens in zip(batch, new_tokens):
-                stop = next((n for n, t in enumerate(tokens) if t in eos_ids), None)
-                kept = tokens if stop is None else tokens[:stop]
-                text = requests[i].response_prefix + self.tokenizer.decode(kept, skip_special_tokens=True)
-                results.append((requests[i], {"text": text, "generated_tokens": len(kept),
-                                              "finish_reason": "length" if stop is None else "stop"}))
+            for position, tokens, finish_reason in finished:
+                request = requests[order[position]]
+                text = request.response_prefix + self.tokenizer.decode(tokens, skip_special_tokens=True)
+                results.append((request, {"text": text, "generated_tokens": len(tokens),
+                                          "finish_reason": finish_reason}))
             yield results
 
     def _eos_ids(self) -> list[int]:

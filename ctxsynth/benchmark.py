@@ -3,22 +3,21 @@
 - squad_long: a SQuAD v2 dev question with its gold paragraph hidden among paragraphs of other articles.
 - hotpotqa_long: a HotpotQA dev question with its 10 paragraphs (2 gold, 8 distractors) padded with other
   questions' paragraphs.
-- niah_single: one needle ("One of the special magic numbers for {key} is: {value}.") in Paul Graham essays at
-  each (length, depth) of a grid, RULER style.
+- niah_single / niah_multikey / niah_multiquery / niah_multivalue: needles ("One of the special magic numbers for
+  {key} is: {value}.") in Paul Graham essays at each (length, depth) of a grid, RULER style (ctxsynth.niah).
 
 Lengths are in whitespace words, LongBench's `length` unit; evaluation truncates prompts to the model window.
 Everything these items use (question ids, normalized question texts, whole gold paragraphs) is recorded as
-reserved so the seed stage can keep training seeds disjoint from evaluation.
+reserved so the seed stage can keep training seeds disjoint from evaluation; every needle key (distractors
+included) is reserved so training needles can avoid them.
 """
 
 from __future__ import annotations
 
-import re
+import random
 
-from ctxsynth.text import count_words, normalize_text, rng_for
-
-NEEDLE = "One of the special magic numbers for {key} is: {value}."
-NIAH_QUESTION = "What is the special magic number for {key} mentioned in the provided text?"
+from ctxsynth import niah
+from ctxsynth.text import count_words, normalize_text, rng_for, stable_int
 
 
 def longbench_item(task: str, item_id: str, question: str, context: str, answers: list[str]) -> dict:
@@ -105,40 +104,26 @@ def build_hotpotqa_long(hotpot: list[dict], count: int, target_words: int, seed:
     return items, reserved
 
 
-def _sentences(text: str) -> list[str]:
-    return [s for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s]
-
-
-def niah_key_pool(text: str) -> list[str]:
-    """Candidate needle keys: distinct lower-case alphabetic words of the essays (sorted, so seeding is stable)."""
-    return sorted({w for w in re.findall(r"[a-z]{6,12}", text.lower())})
-
-
-def build_niah_single(essays: str, lengths: list[int], depths: list[float], samples: int, seed: int,
-                      exclude_keys: set[str] = frozenset()) -> list[dict]:
-    """One needle per haystack of `length` words, inserted at the sentence boundary nearest `depth`."""
-    rng = rng_for(seed, "benchmark", "niah_single")
-    sentences = _sentences(essays)
-    pool = niah_key_pool(essays)
-    items = []
-    for length in lengths:
-        for depth in depths:
-            for sample in range(samples):
-                key = "-".join(pool[int(i)] for i in rng.choice(len(pool), size=2, replace=False))
-                while key in exclude_keys:
-                    key = "-".join(pool[int(i)] for i in rng.choice(len(pool), size=2, replace=False))
-                value = str(int(rng.integers(1_000_000, 10_000_000)))
-                start = int(rng.integers(0, max(1, len(sentences) - 4 * length // 10)))
-                haystack, words = [], 0
-                for sentence in sentences[start:]:
-                    if words >= length:
-                        break
-                    haystack.append(sentence)
-                    words += count_words(sentence)
-                position = round(depth * len(haystack))
-                haystack.insert(position, NEEDLE.format(key=key, value=value))
-                item = longbench_item("niah_single", f"niah:{length}:{depth}:{sample}",
-                                      NIAH_QUESTION.format(key=key), " ".join(haystack), [value])
-                item.update({"niah_length": length, "niah_depth": depth, "needle_key": key})
-                items.append(item)
-    return items
+def build_niah(essays: str, subtasks: list[str], lengths: list[int], depths: list[float], samples: int,
+               seed: int, needles: dict[str, int] | None = None) -> dict[str, list[dict]]:
+    """The NIAH test sets, {task: rows}: one sample per (subtask, length, depth, sample index), each drawn from its
+    own generator, so adding a length or a depth leaves the other cells' samples unchanged."""
+    sentences = niah.haystack_sentences(essays)
+    pool = niah.key_pool(essays)
+    sets = {}
+    for subtask in subtasks:
+        task = niah.task_name(subtask)
+        count = (needles or {}).get(subtask)
+        rows = []
+        for length in lengths:
+            for depth in depths:
+                for index in range(samples):
+                    rng = random.Random(stable_int(seed, "benchmark", task, length, float(depth), index))
+                    sample = niah.make_sample(subtask, rng, pool, sentences, int(length), float(depth), count)
+                    row = longbench_item(task, f"{task}:{length}:{float(depth)}:{index}", sample["input"],
+                                         sample["context"], sample["answers"])
+                    row.update({"niah_length": int(length), "niah_depth": float(depth),
+                                "needle_keys": sample["needle_keys"]})
+                    rows.append(row)
+        sets[task] = rows
+    return sets

@@ -15,14 +15,15 @@ from pathlib import Path
 
 from ctxsynth.io import (InputError, read_jsonl_numbered, sha256_file, sha256_text, user_cache_dir, write_json,
                          write_jsonl)
-from ctxsynth.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
-from ctxsynth.scoring import delta, summarize
+from ctxsynth.lm_eval_runner import BACKENDS, LmEvalRunner, LmEvalTask, render_task_dir
+from ctxsynth.scoring import delta, niah_heatmap, summarize
 from ctxsynth.tasks import get_task, templates_version
 
 log = logging.getLogger(__name__)
 
 PAPER_TASKS = ("narrativeqa", "qasper", "hotpotqa", "2wikimqa", "musique", "gov_report", "qmsum", "multi_news")
 REQUIRED_FIELDS = ("_id", "input", "context", "answers")
+NIAH_FIELDS = ("niah_length", "niah_depth")  # carried from the benchmark row to the prediction: the heatmap cell
 CHAT_MARGIN = 8  # tokens: re-tokenizing the decoded halves can merge/split a few tokens at the cut
 
 
@@ -35,6 +36,7 @@ class EvalSettings:
     apply_chat_template: bool = True
     longbench_dir: str | None = None   # THUDM layout: <dir>/data/<task>.jsonl (or <dir>/<task>.jsonl)
     longbench_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
+    backend: str = "hf"                # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter
     device: str = "auto"
     dtype: str = "auto"                # auto: float32 on CPU, the checkpoint's dtype on GPU
     score_base: bool = True
@@ -55,6 +57,9 @@ class EvalSettings:
             if params.get(key) is not None and (not isinstance(params[key], int) or params[key] < 1):
                 raise InputError(source, "expected a positive integer or null", field=f"evaluate.{key}")
         settings = cls(**params)
+        if settings.backend not in BACKENDS:
+            raise InputError(source, f"unknown backend {settings.backend!r} (known: {', '.join(BACKENDS)})",
+                             field="evaluate.backend")
         for name in settings.tasks + (settings.longbench_tasks if settings.longbench_dir else []):
             try:
                 get_task(name)
@@ -107,7 +112,13 @@ def middle_truncate(tokenizer, text: str, max_length: int) -> tuple[str, int, bo
 def find_sources(benchmark_dir: Path, settings: EvalSettings) -> list[tuple[str, Path]]:
     """(task, file) pairs: settings.tasks from benchmark_dir; the LongBench tasks from longbench_dir if usable."""
     sources = [(task, Path(benchmark_dir) / f"{task}.jsonl") for task in settings.tasks]
-    if settings.longbench_dir:
+    if settings.longbench_dir and not Path(settings.longbench_dir).is_dir():
+        log.warning("LongBench tasks %s skipped: evaluate.longbench_dir %s is not a directory. Either unzip "
+                    "THUDM/LongBench's data.zip there (its data/<task>.jsonl files), or, on a machine with hub "
+                    "access, run lm-eval's own hub tasks (`lm_eval --tasks longbench_<task>`, dataset "
+                    "Xnhyacinth/LongBench). The other tasks still run.", ", ".join(settings.longbench_tasks),
+                    settings.longbench_dir)
+    elif settings.longbench_dir:
         root = Path(settings.longbench_dir)
         for task in settings.longbench_tasks:
             candidates = [root / "data" / f"{task}.jsonl", root / f"{task}.jsonl"]
@@ -127,15 +138,22 @@ def find_sources(benchmark_dir: Path, settings: EvalSettings) -> list[tuple[str,
 
 
 def evaluate(model_dir: Path, adapter_dir: Path | None, benchmark_dir: Path, metrics_path: Path,
-             predictions_path: Path, settings: EvalSettings, work_dir: Path | None = None) -> dict:
-    """Score base and base + adapter; write eval.json and predictions.jsonl; return the eval.json content."""
+             predictions_path: Path, settings: EvalSettings, work_dir: Path | None = None,
+             niah_plot_path: Path | None = None) -> dict:
+    """Score base and base + adapter; write eval.json, predictions.jsonl and the NIAH heatmap rows (recall x100
+    per model x subtask x length x depth, the paper's Figure 2); return the eval.json content."""
     from transformers import AutoConfig, AutoTokenizer
 
     model_dir = Path(model_dir)
-    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
-        log.warning("no adapter at %s (no adapter_config.json): scoring the base model only", adapter_dir)
-        adapter_dir = None
-    variants = ([("base", None)] if settings.score_base else []) + ([("finetuned", adapter_dir)] if adapter_dir else [])
+    finetuned = None  # (model, adapter): a LoRA adapter on the base model, or a fully fine-tuned model
+    if adapter_dir is not None and (Path(adapter_dir) / "adapter_config.json").is_file():
+        finetuned = (model_dir, Path(adapter_dir))
+    elif adapter_dir is not None and (Path(adapter_dir) / "config.json").is_file():
+        finetuned = (Path(adapter_dir), None)  # finetune.method: full writes the whole model there
+    elif adapter_dir is not None:
+        log.warning("no adapter or model at %s (no adapter_config.json / config.json): scoring the base model only",
+                    adapter_dir)
+    variants = ([("base", model_dir, None)] if settings.score_base else []) + ([("finetuned", *finetuned)] if finetuned else [])
     if not variants:
         raise InputError("params.yaml", "nothing to score: score_base is false and there is no adapter",
                          field="evaluate.score_base")
@@ -168,30 +186,38 @@ def evaluate(model_dir: Path, adapter_dir: Path | None, benchmark_dir: Path, met
             tasks.append(LmEvalTask(task, data_file, specs[task].max_new_tokens))
             log.info("%s: %d docs from %s (%d truncated to %d tokens)", task, len(docs), path,
                      sum(doc["truncated"] for doc in prepared[task]), max_length)
+            if task.startswith("niah_") and any(doc["truncated"] for doc in prepared[task]):
+                log.warning("%s: haystacks longer than evaluate.max_length (%d tokens) lose their middle, and with "
+                            "it any needle there: keep benchmark.niah.lengths below it or raise max_length",
+                            task, max_length)
         runner = LmEvalRunner(render_task_dir(tasks, tmp / "tasks", templates_version(), cache_dir=tmp / "hf_cache"))
         report: dict = {"base": None, "finetuned": None, "delta": None}
         predictions = []
-        for variant, adapter in variants:
-            cache_db = generation_cache_db(model_dir, adapter) if settings.cache else None
-            outputs = runner.run(model_dir, tasks, adapter_dir=adapter, batch_size=settings.batch_size, cache_db=cache_db,
+        for variant, model, adapter in variants:
+            cache_db = generation_cache_db(model, adapter, full=model != model_dir) if settings.cache else None
+            outputs = runner.run(model, tasks, adapter_dir=adapter, batch_size=settings.batch_size, cache_db=cache_db,
                                  device=settings.device, dtype=settings.dtype, max_length=window,
-                                 apply_chat_template=settings.apply_chat_template)
+                                 apply_chat_template=settings.apply_chat_template, backend=settings.backend)
             scores = {task: 100.0 * output["score"] for task, output in outputs.items()}
             report[variant] = summarize(scores, {task: spec.category for task, spec in specs.items()})
             for task, output in outputs.items():
                 predictions += [_prediction_record(variant, task, sample) for sample in output["samples"]]
     report["delta"] = delta(report["base"], report["finetuned"])
     write_jsonl(predictions_path, predictions)
+    if niah_plot_path is not None:
+        write_json(niah_plot_path, niah_heatmap(predictions))
     write_json(metrics_path, report)
     return report
 
 
-def generation_cache_db(model_dir: Path, adapter_dir: Path | None) -> Path:
+def generation_cache_db(model_dir: Path, adapter_dir: Path | None, full: bool = False) -> Path:
     """lm-eval's request cache (keyed by the exact prompt and generation settings) in a file per model content:
-    the base model's identity plus the adapter's weights and config hashes."""
+    the base model's identity plus the adapter's weights and config hashes; a fully fine-tuned model by its weights
+    (its provenance names the base model it came from, which must not share the base model's cache)."""
     from ctxsynth.backends import model_identity
 
-    parts = [model_identity(model_dir)]
+    parts = ([sha256_file(p) for p in sorted(Path(model_dir).glob("*.safetensors"))] if full
+             else [model_identity(model_dir)])
     if adapter_dir is not None:
         parts += [sha256_file(path) for path in sorted(Path(adapter_dir).glob("adapter_*")) if path.is_file()]
     return user_cache_dir("lm_eval") / sha256_text("\n".join(parts))[:32]
@@ -201,7 +227,8 @@ def _prepare(doc: dict, spec, tokenizer, max_length: int) -> dict:
     prompt, original, truncated = middle_truncate(tokenizer, spec.render(doc["context"], doc["input"]), max_length)
     kept = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) if truncated else original
     return {"_id": str(doc["_id"]), "prompt": prompt, "answers": doc["answers"], "metric": spec.metric,
-            "original_tokens": original, "prompt_tokens": kept, "truncated": truncated}
+            "original_tokens": original, "prompt_tokens": kept, "truncated": truncated,
+            **{name: doc[name] for name in NIAH_FIELDS if name in doc}}
 
 
 def _prediction_record(variant: str, task: str, sample: dict) -> dict:
@@ -209,7 +236,7 @@ def _prediction_record(variant: str, task: str, sample: dict) -> dict:
     return {"variant": variant, "task": task, "_id": doc["_id"], "prediction": sample["prediction"],
             "answers": doc["answers"], "score": round(100.0 * sample["score"], 4),
             "prompt_tokens": doc["prompt_tokens"], "original_tokens": doc["original_tokens"],
-            "truncated": doc["truncated"]}
+            "truncated": doc["truncated"], **{name: doc[name] for name in NIAH_FIELDS if doc.get(name) is not None}}
 
 
 def _check_not_stale_gguf(model_dir: Path, config) -> None:

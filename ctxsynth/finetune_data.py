@@ -16,6 +16,8 @@ from ctxsynth.io import InputError, read_jsonl_numbered
 
 IGNORE_INDEX = -100
 OVERLENGTH_MODES = ("truncate_middle", "drop")
+# token: every answer token weighs the same; sample (LongAlign): each sample's answer tokens together weigh one sample
+LOSS_WEIGHTINGS = ("token", "sample")
 # A prompt cut below this many tokens has lost its instruction scaffolding: drop the sample instead.
 MIN_PROMPT_TOKENS = 16
 
@@ -182,24 +184,48 @@ def prepare_examples(records: Sequence[tuple[int, dict]], tokenizer, *, max_toke
     return data
 
 
+def answer_weights(labels: Sequence[int], loss_weighting: str) -> list[float]:
+    """Per-position loss weights: 0 off the answer; 1 per answer token, or 1 / (answer tokens) per sample.
+
+    The loss is sum(weight * cross-entropy) / sum(weight) over the (accumulated) batch, so `sample` makes every sample
+    count once whatever its answer length, as LongAlign's loss weighting does for packed sequences.
+    """
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+    answer_tokens = sum(1 for label in labels if label != IGNORE_INDEX)
+    weight = 1.0 if loss_weighting == "token" else 1.0 / max(answer_tokens, 1)
+    return [weight if label != IGNORE_INDEX else 0.0 for label in labels]
+
+
+def _as_feature(feature: Example | dict) -> dict:
+    return feature if isinstance(feature, dict) else {"input_ids": feature.input_ids, "labels": feature.labels}
+
+
 @dataclass
 class PadCollator:
-    """Right-pads a batch: pad id in input_ids, 0 in attention_mask, -100 in labels."""
+    """Right-pads a batch: pad id in input_ids, 0 in attention_mask, -100 in labels, 0 in loss_weights.
+
+    `real_tokens` (the non-padding count) lets the trainer report throughput without guessing the pad token.
+    """
 
     pad_token_id: int
+    loss_weighting: str = "token"
 
     def __call__(self, features: Sequence[Example | dict]) -> dict:
         import torch
 
-        features = [feature if isinstance(feature, dict) else {"input_ids": feature.input_ids,
-                                                                "labels": feature.labels} for feature in features]
+        features = [_as_feature(feature) for feature in features]
         width = max(len(feature["input_ids"]) for feature in features)
         input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(features), width), dtype=torch.long)
         labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        loss_weights = torch.zeros((len(features), width), dtype=torch.float32)
         for row, feature in enumerate(features):
             length = len(feature["input_ids"])
             input_ids[row, :length] = torch.tensor(feature["input_ids"], dtype=torch.long)
             attention_mask[row, :length] = 1
             labels[row, :length] = torch.tensor(feature["labels"], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            loss_weights[row, :length] = torch.tensor(answer_weights(feature["labels"], self.loss_weighting))
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                "loss_weights": loss_weights, "real_tokens": attention_mask.sum(),
+                "num_samples": torch.tensor(len(features))}

@@ -1,4 +1,5 @@
-"""Run ctxsynth's own lm-eval tasks (never lm-eval's hub-backed longbench tasks) on a local HF model.
+"""Run ctxsynth's own lm-eval tasks (never lm-eval's hub-backed longbench tasks) on a local model: lm-eval's `hf`
+model (PEFT adapter, CPU or CUDA) or, when installed, its `vllm` model (LoRA adapter, GPU).
 
 One YAML per task is rendered at run time into a temporary task directory: it `include`s the packaged
 resources/lm_eval_tasks/ctxsynth_task.yaml (which holds `process_results: !function utils.process_results`, resolved
@@ -10,6 +11,8 @@ lm-eval's ~14,700 built-in tasks are never scanned, and one TaskManager serves e
 from __future__ import annotations
 
 import gc
+import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -81,6 +84,50 @@ def attention_implementation(model) -> str | None:
     return getattr(base.config, "_attn_implementation", None)
 
 
+BACKENDS = ("hf", "vllm")
+
+
+def vllm_model_args(model_dir: Path, adapter_dir: Path | None, *, dtype: str, batch_size: int,
+                    max_model_len: int) -> dict:
+    """lm-eval's `vllm` model arguments: the LoRA adapter served by vLLM (max_lora_rank >= the adapter's rank) and
+    middle truncation, LongBench's rule, should a prompt still exceed the window."""
+    args = dict(pretrained=str(model_dir), dtype=dtype, batch_size=int(batch_size), max_model_len=int(max_model_len),
+                truncation_side="middle", seed=0)
+    if adapter_dir is not None:
+        config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+        rank = int(config.get("r", 16))
+        args["lora_local_path"] = str(adapter_dir)
+        args["max_lora_rank"] = next(size for size in (8, 16, 32, 64, 128, 256, 320, 512) if size >= rank)
+    return args
+
+
+def _vllm_model(model_dir: Path, adapter_dir: Path | None, *, dtype: str, batch_size: int, max_length: int):
+    """Imported only here: vLLM is an optional GPU dependency, never installed in CI."""
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("evaluate.backend is vllm but the vllm package is not installed (pip install vllm, on a "
+                           "CUDA machine); use evaluate.backend: hf otherwise")
+    from lm_eval.models.vllm_causallms import VLLM
+
+    return VLLM(**vllm_model_args(model_dir, adapter_dir, dtype=dtype, batch_size=batch_size,
+                                  max_model_len=max_length))
+
+
+def _hf_model(model_dir: Path, adapter_dir: Path | None, *, device: str, dtype: str, batch_size: int,
+              max_length: int):
+    from lm_eval.models.huggingface import HFLM
+
+    device = resolve_device(device)
+    model_args = dict(pretrained=str(model_dir), device=device, dtype=resolve_dtype(dtype, device),
+                      batch_size=int(batch_size), max_length=int(max_length), attn_implementation="sdpa")
+    if adapter_dir is not None:
+        model_args["peft"] = str(adapter_dir)
+    lm = HFLM(**model_args)
+    implementation = attention_implementation(lm.model)
+    if implementation != "sdpa":  # eager attention is ~4.6x slower on this CPU: refuse, never fall back
+        raise RuntimeError(f"{model_dir}: model loaded with attn_implementation={implementation!r}, expected 'sdpa'")
+    return lm
+
+
 class LmEvalRunner:
     """Holds the TaskManager for one rendered task directory; `run` scores one model variant."""
 
@@ -92,23 +139,19 @@ class LmEvalRunner:
 
     def run(self, model_dir: Path, tasks: list[LmEvalTask], *, adapter_dir: Path | None = None,
             batch_size: int = 1, device: str = "auto", dtype: str = "auto", max_length: int,
-            apply_chat_template: bool = True, cache_db: Path | None = None) -> dict[str, dict]:
+            apply_chat_template: bool = True, cache_db: Path | None = None, backend: str = "hf") -> dict[str, dict]:
         """Greedy generation + scoring; returns {task: {"score": mean in [0, 1], "samples": [{doc, prediction,
         score}, ...]}} with samples in the prepared file's order."""
         import lm_eval
-        from lm_eval.models.huggingface import HFLM
 
-        device = resolve_device(device)
-        model_args = dict(pretrained=str(model_dir), device=device, dtype=resolve_dtype(dtype, device),
-                          batch_size=int(batch_size), max_length=int(max_length), attn_implementation="sdpa")
-        if adapter_dir is not None:
-            model_args["peft"] = str(adapter_dir)
-        lm = HFLM(**model_args)
+        if backend == "vllm":
+            lm = _vllm_model(model_dir, adapter_dir, dtype=dtype, batch_size=batch_size, max_length=max_length)
+        elif backend == "hf":
+            lm = _hf_model(model_dir, adapter_dir, device=device, dtype=dtype, batch_size=batch_size,
+                           max_length=max_length)
+        else:
+            raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         try:
-            implementation = attention_implementation(lm.model)
-            if implementation != "sdpa":  # eager attention is ~4.6x slower on this CPU: refuse, never fall back
-                raise RuntimeError(f"{model_dir}: model loaded with attn_implementation={implementation!r}, "
-                                   "expected 'sdpa'")
             results = lm_eval.simple_evaluate(
                 model=lm, tasks=[task.lm_eval_name for task in tasks], task_manager=self.task_manager,
                 apply_chat_template=bool(apply_chat_template), log_samples=True, bootstrap_iters=0,

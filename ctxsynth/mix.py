@@ -3,7 +3,10 @@
 Variants (`mix.variant`):
 - context_synthesis: the synthesized contexts (records whose parse status is ok);
 - human_context:     the seeds' own human contexts, where a seed has one;
-- context_free:      the instruction alone, no context (the coherence analysis' control).
+- context_free:      the seeds' instructions alone, no context (the coherence analysis' control);
+- synthesized_context_free: the synthesized records' instructions alone (instruction synthesis' control);
+- none:              no long samples: the general data alone (the paper's "general data only" row);
+- niah_needle_only | niah_short | niah_long: the pilot study's training needles (ctxsynth.niah_training).
 Distractors come from the same task, never the item itself, drawn and shuffled with a generator seeded per
 (seed, variant, task, item), so the result does not depend on PYTHONHASHSEED or on the other tasks present.
 """
@@ -13,13 +16,15 @@ from __future__ import annotations
 from ctxsynth.tasks import get_task
 from ctxsynth.text import rng_for
 
-VARIANTS = ("context_synthesis", "human_context", "context_free")
+VARIANTS = ("context_synthesis", "human_context", "context_free", "synthesized_context_free")
+GENERAL_ONLY = "none"
+CONTEXT_FREE = ("context_free", "synthesized_context_free")
 SUMMARIZATION = "summarization"
 
 
 def pool_for_variant(variant: str, seeds: list[dict], synthesized: list[dict]) -> list[dict]:
     """The records that can enter this variant: {id, task, instruction, answer, context}."""
-    if variant == "context_synthesis":
+    if variant in ("context_synthesis", "synthesized_context_free"):
         return [r for r in synthesized if r["parse_status"] == "ok"]
     if variant == "human_context":
         return [r for r in seeds if r.get("context")]
@@ -55,7 +60,7 @@ def assemble(records: list[dict], variant: str, num_contexts: int, seed: int,
     for task, members in by_task.items():
         spec = get_task(task)
         for index, record in enumerate(members):
-            if variant == "context_free":
+            if variant in CONTEXT_FREE:
                 samples.append(_sample(record, variant, record["instruction"], [], None))
                 continue
             wanted = num_contexts - 1

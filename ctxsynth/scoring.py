@@ -60,6 +60,19 @@ def summarize(task_scores: Mapping[str, float], categories: Mapping[str, str]) -
     }
 
 
+def niah_heatmap(predictions: Iterable[Mapping]) -> list[dict]:
+    """Plot rows {model, subtask, length, depth, recall}: mean recall x100 of the NIAH predictions per cell (the
+    paper's Figure 2); predictions carry niah_length / niah_depth from their benchmark rows."""
+    cells: dict[tuple, list[float]] = {}
+    for record in predictions:
+        if record["task"].startswith("niah_") and record.get("niah_length") is not None:
+            cell = (record["variant"], record["task"][len("niah_"):], int(record["niah_length"]),
+                    float(record["niah_depth"]))
+            cells.setdefault(cell, []).append(float(record["score"]))
+    return [{"model": model, "subtask": subtask, "length": length, "depth": depth, "recall": _mean(scores)}
+            for (model, subtask, length, depth), scores in sorted(cells.items())]
+
+
 def delta(base: Mapping | None, finetuned: Mapping | None) -> dict | None:
     """finetuned minus base, overall and per task (None unless both variants were scored)."""
     if not base or not finetuned or base["overall"] is None or finetuned["overall"] is None:

@@ -6,8 +6,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.benchmark import build_hotpotqa_long, build_niah_single, build_squad_long  # noqa: E402
-from ctxsynth.io import load_params, read_json, write_json, write_jsonl  # noqa: E402
+from ctxsynth.benchmark import build_hotpotqa_long, build_niah, build_squad_long  # noqa: E402
+from ctxsynth.io import InputError, load_params, read_json, write_json, write_jsonl  # noqa: E402
+from ctxsynth.niah import SUBTASKS  # noqa: E402
+
+
+def niah_params(params: dict) -> dict:
+    """benchmark.niah; a params file from before the four subtasks (`niah_single:` only) still builds niah_single."""
+    if "niah" in params:
+        niah = params["niah"]
+    elif "niah_single" in params:
+        niah = {"subtasks": ["single"], **params["niah_single"]}
+    else:
+        raise InputError("params.yaml", "missing the NIAH test settings", field="benchmark.niah")
+    unknown = [name for name in niah["subtasks"] if name not in SUBTASKS]
+    if unknown:
+        raise InputError("params.yaml", f"unknown subtasks {unknown} (known: {', '.join(SUBTASKS)})",
+                         field="benchmark.niah.subtasks")
+    return niah
 
 
 def main() -> None:
@@ -19,21 +35,22 @@ def main() -> None:
     seed = int(params["seed"])
     squad = params["squad_long"]
     hotpot = params["hotpotqa_long"]
-    niah = params["niah_single"]
+    niah = niah_params(params)
     squad_items, squad_reserved = build_squad_long(read_json(args.raw / "squad.json"), int(squad["count"]),
                                                    int(squad["target_words"]), seed)
     hotpot_items, hotpot_reserved = build_hotpotqa_long(read_json(args.raw / "hotpotqa.json"), int(hotpot["count"]),
                                                         int(hotpot["target_words"]), seed)
     essays = read_json(args.raw / "PaulGrahamEssays.json")["text"]
-    niah_items = build_niah_single(essays, [int(n) for n in niah["lengths"]], [float(d) for d in niah["depths"]],
-                                   int(niah["samples"]), seed)
+    niah_sets = build_niah(essays, list(niah["subtasks"]), [int(n) for n in niah["lengths"]],
+                           [float(d) for d in niah["depths"]], int(niah["samples"]), seed, niah.get("needles"))
     counts = {}
-    for task, items in (("squad_long", squad_items), ("hotpotqa_long", hotpot_items), ("niah_single", niah_items)):
+    for task, items in {"squad_long": squad_items, "hotpotqa_long": hotpot_items, **niah_sets}.items():
         counts[task] = write_jsonl(args.out / f"{task}.jsonl", items)
     reserved = {"ids": sorted(set(squad_reserved["ids"] + hotpot_reserved["ids"])),
                 "questions": sorted(set(squad_reserved["questions"] + hotpot_reserved["questions"])),
                 "paragraphs": sorted(squad_reserved["paragraphs"]),
-                "niah_keys": sorted({item["needle_key"] for item in niah_items})}
+                "niah_keys": sorted({key for items in niah_sets.values() for item in items
+                                     for key in item["needle_keys"]})}
     write_json(args.out / "reserved.json", reserved)
     print(f"benchmark: {counts}")
 

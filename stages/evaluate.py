@@ -22,10 +22,13 @@ def main() -> None:
     parser.add_argument("--benchmark-dir", default="data/benchmark", type=Path)
     parser.add_argument("--metrics", default="metrics/eval.json", type=Path)
     parser.add_argument("--predictions", default="data/eval/predictions.jsonl", type=Path)
+    parser.add_argument("--niah-plot", default="metrics/plots/niah.json", type=Path,
+                        help="NIAH recall per model x subtask x length x depth (heatmap rows)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = EvalSettings.from_params(load_params("evaluate"))
-    report = evaluate(args.model, args.adapter, args.benchmark_dir, args.metrics, args.predictions, settings)
+    report = evaluate(args.model, args.adapter, args.benchmark_dir, args.metrics, args.predictions, settings,
+                      niah_plot_path=args.niah_plot)
     for variant in ("base", "finetuned"):
         if report[variant] is None:
             print(f"evaluate: {variant}: not scored" + (" (no adapter)" if variant == "finetuned" else ""))

@@ -31,7 +31,10 @@ def main() -> None:
     if params["method"] not in METHODS:
         raise SystemExit(f"params.yaml: synthesize.method must be one of {', '.join(METHODS)}, not {params['method']!r}")
     seeds = read_seed_dir(args.seeds)
-    backend = make_backend(params["backend"], args.model, batch_size=int(params["batch_size"]),
+    generator = Path(params["generator"]) if params.get("generator") else args.model
+    if not generator.is_dir():
+        raise SystemExit(f"params.yaml: synthesize.generator {str(generator)!r} is not a model directory")
+    backend = make_backend(params["backend"], generator, batch_size=int(params["batch_size"]),
                            device=params["device"], dtype=params["dtype"], openai=params.get("openai"), vllm=params.get("vllm"),
                            openai_batch=params.get("openai_batch"))
     cache = GenerationCache(Path(params["cache_dir"]).expanduser() if params.get("cache_dir") else user_cache_dir("generations"))

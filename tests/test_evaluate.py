@@ -155,6 +155,14 @@ def test_missing_longbench_dir_is_reported_and_skipped(tmp_path, caplog):
     assert "hotpotqa skipped" not in message
 
 
+def test_missing_longbench_dir_is_one_message(tmp_path, caplog):
+    settings = EvalSettings(tasks=["squad_long"], longbench_dir=str(tmp_path / "nowhere"))
+    with caplog.at_level(logging.WARNING):
+        assert find_sources(tmp_path, settings) == [("squad_long", tmp_path / "squad_long.jsonl")]
+    assert len(caplog.records) == 1
+    assert "nowhere" in caplog.text and "data.zip" in caplog.text and "lm_eval --tasks longbench_" in caplog.text
+
+
 def test_task_yaml_has_absolute_data_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     directory = render_task_dir([LmEvalTask("squad_long", Path("rel/data.jsonl"), 32)], Path("tasks"), 1)
@@ -173,8 +181,9 @@ def benchmark_dir(tmp_path_factory):
              longbench_doc("squad_long", 1, filler + "Mount Everest is 8848 m high." + filler,
                            "How high is Everest?", ["8848 m", "8,848 metres"]),
              longbench_doc("squad_long", 2, "Water boils at 100 C.", "When does water boil?", ["100 C"])]
-    niah = [longbench_doc("niah_single", i, filler[: 100 * (i + 1)] + f"The magic number is {4000 + i}.",
-                          "What is the magic number?", [str(4000 + i)]) for i in range(3)]
+    niah = [dict(longbench_doc("niah_single", i, filler[: 100 * (i + 1)] + f"The magic number is {4000 + i}.",
+                               "What is the magic number?", [str(4000 + i)]), niah_length=100 * (1 + i // 2),
+                 niah_depth=1.0) for i in range(3)]
     for task, docs in (("squad_long", squad), ("niah_single", niah)):
         write_lines(directory / f"{task}.jsonl", [json.dumps(doc) for doc in docs])
     return directory
@@ -199,7 +208,8 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
 def test_end_to_end_base_and_adapter(tiny_model_dir, adapter_dir, benchmark_dir, tmp_path):
     settings = EvalSettings(tasks=["squad_long", "niah_single"], max_length=512, batch_size=2, device="cpu")
     metrics, predictions = tmp_path / "metrics" / "eval.json", tmp_path / "eval" / "predictions.jsonl"
-    report = evaluate(tiny_model_dir, adapter_dir, benchmark_dir, metrics, predictions, settings)
+    plot = tmp_path / "plots" / "niah.json"
+    report = evaluate(tiny_model_dir, adapter_dir, benchmark_dir, metrics, predictions, settings, niah_plot_path=plot)
 
     written = json.loads(metrics.read_text())
     assert written == report
@@ -234,6 +244,14 @@ def test_end_to_end_base_and_adapter(tiny_model_dir, adapter_dir, benchmark_dir,
     base = [r["prediction"] for r in records if r["variant"] == "base"]
     tuned = [r["prediction"] for r in records if r["variant"] == "finetuned"]
     assert base != tuned, "the adapter was not applied: identical predictions"
+
+    heatmap = json.loads(plot.read_text())  # docs 0 and 1 share the (100 words, depth 1.0) cell, doc 2 is alone
+    assert [(row["model"], row["subtask"], row["length"], row["depth"]) for row in heatmap] == [
+        (variant, "single", length, 1.0) for variant in ("base", "finetuned") for length in (100, 200)]
+    for row in heatmap:
+        ids = ["niah_single-0", "niah_single-1"] if row["length"] == 100 else ["niah_single-2"]
+        scores = [r["score"] for r in records if r["variant"] == row["model"] and r["_id"] in ids]
+        assert row["recall"] == pytest.approx(sum(scores) / len(scores), abs=1e-3)
 
 
 def test_no_adapter_scores_base_only(tiny_model_dir, benchmark_dir, tmp_path, caplog):
@@ -288,3 +306,78 @@ def test_generations_are_cached_per_model_content(tiny_model_dir, adapter_dir, b
     with pytest.raises(AssertionError, match="generated again"):
         evaluate(tiny_model_dir, other, benchmark_dir, tmp_path / "c.json", tmp_path / "c.jsonl",
                  EvalSettings(tasks=["niah_single"], max_length=128, limit=2, device="cpu", score_base=False))
+
+
+def test_longbench_layout_fixture_end_to_end(tiny_model_dir, benchmark_dir, tmp_path, monkeypatch, caplog):
+    """A hand-written directory in THUDM's release layout: its tasks run through lm-eval beside the offline ones,
+    with the paper's per-task budgets (hotpotqa 32, gov_report 512 new tokens) and the chat template."""
+    from ctxsynth.lm_eval_runner import LmEvalRunner
+
+    data = tmp_path / "LongBench" / "data"
+    data.mkdir(parents=True)
+    hotpot = [{"input": "Which city hosts the tower?", "context": "Passage 1:\nThe tower stands in Paris.",
+               "answers": ["Paris"], "length": 6, "dataset": "hotpotqa", "language": "en", "all_classes": None,
+               "_id": "hp-a"},
+              {"input": "Who wrote it?", "context": "Passage 1:\nIt was written by Ann.", "answers": ["Ann"],
+               "length": 6, "dataset": "hotpotqa", "language": "en", "all_classes": None, "_id": "hp-b"}]
+    report = [{"input": "", "context": "The agency reviewed its budget and found savings.",
+               "answers": ["The agency found savings in its budget."], "length": 8, "dataset": "gov_report",
+               "language": "en", "all_classes": None, "_id": "gr-a"}]
+    write_lines(data / "hotpotqa.jsonl", [json.dumps(doc) for doc in hotpot])
+    write_lines(data / "gov_report.jsonl", [json.dumps(doc) for doc in report])
+
+    calls = []
+    original_run = LmEvalRunner.run
+
+    def spy(self, model_dir, tasks, **kwargs):
+        calls.append(({task.name: task.max_gen_toks for task in tasks}, kwargs["apply_chat_template"]))
+        return original_run(self, model_dir, tasks, **kwargs)
+
+    monkeypatch.setattr(LmEvalRunner, "run", spy)
+    settings = EvalSettings(tasks=["niah_single"], longbench_dir=str(tmp_path / "LongBench"),
+                            longbench_tasks=["hotpotqa", "gov_report", "qasper"], max_length=256, device="cpu",
+                            cache=False)
+    with caplog.at_level(logging.WARNING):
+        result = evaluate(tiny_model_dir, None, benchmark_dir, tmp_path / "eval.json", tmp_path / "p.jsonl",
+                          settings)
+    assert "qasper skipped" in caplog.text  # a missing task is named; the others run
+    assert calls == [({"niah_single": 32, "hotpotqa": 32, "gov_report": 512}, True)]
+    base = json.loads((tmp_path / "eval.json").read_text())["base"]
+    assert base == result["base"]
+    assert set(base["tasks"]) == {"niah_single", "hotpotqa", "gov_report"}
+    assert set(base["categories"]) == {"retrieval", "multi_doc_qa", "summarization"}
+    assert base["categories"]["summarization"] == base["tasks"]["gov_report"]
+    assert base["overall"] == pytest.approx(sum(base["tasks"].values()) / 3, abs=1e-3)
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert sorted(r["_id"] for r in records if r["task"] != "niah_single") == ["gr-a", "hp-a", "hp-b"]
+    for record in records:
+        expected = 100 * score_prediction(get_task(record["task"]).metric, record["prediction"], record["answers"])
+        assert record["score"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_fully_fine_tuned_model_is_scored_as_the_finetuned_row_with_its_own_cache(tiny_model_dir, benchmark_dir,
+                                                                                    tmp_path, monkeypatch):
+    """finetune.method: full writes a whole model to data/adapter (no adapter_config.json)."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM
+
+    full = tmp_path / "full-model"
+    shutil.copytree(tiny_model_dir, full)
+    settings = EvalSettings(tasks=["niah_single"], max_length=128, limit=2, device="cpu")
+    same = evaluate(tiny_model_dir, full, benchmark_dir, tmp_path / "a.json", tmp_path / "a.jsonl", settings)
+    assert same["finetuned"] == same["base"]  # the same weights score the same
+    model = AutoModelForCausalLM.from_pretrained(full)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # other weights, same provenance: must not be served from the base cache
+    model.save_pretrained(full)
+    calls = []
+    real = HFLM.generate_until
+
+    def counting(self, requests, *args, **kwargs):
+        calls.append(len(requests))
+        return real(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "generate_until", counting)
+    evaluate(tiny_model_dir, full, benchmark_dir, tmp_path / "b.json", tmp_path / "b.jsonl", settings)
+    assert calls == [2]  # the base row came from the cache, the changed full model generated

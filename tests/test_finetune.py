@@ -201,7 +201,8 @@ def test_stage_stops_on_bad_input_before_loading_the_model(tmp_path, tiny_model_
     params.write_text("finetune:\n  max_steps: 1\n", encoding="utf-8")
     code = _stage_main()(["--model", str(tiny_model_dir), "--train", str(train_path), "--adapter",
                           str(tmp_path / "adapter"), "--metrics", str(tmp_path / "train.json"), "--live-dir",
-                          str(tmp_path / "live"), "--params", str(params)])
+                          str(tmp_path / "live"), "--checkpoints", str(tmp_path / "checkpoints"), "--params",
+                          str(params)])
     assert code == 2
     assert f"{train_path}, line 2, field 'messages" in capsys.readouterr().err
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "train.json").exists()
@@ -214,10 +215,11 @@ def test_stage_runs_from_params_file(tmp_path, tiny_model_dir, capsys):
                       encoding="utf-8")
     out = tmp_path / "out"
     code = _stage_main()(["--model", str(tiny_model_dir), "--train", str(train_path), "--adapter", str(out / "adapter"),
-                          "--metrics", str(out / "train.json"), "--live-dir", str(out / "live"), "--params",
-                          str(params)])
+                          "--metrics", str(out / "train.json"), "--live-dir", str(out / "live"), "--checkpoints",
+                          str(out / "checkpoints"), "--params", str(params)])
     assert code == 0, capsys.readouterr().err
-    assert "finetune: 2 steps" in capsys.readouterr().out
+    assert "finetune (cpu, lora): 2 steps" in capsys.readouterr().out
+    assert list((out / "checkpoints").iterdir()) == []  # the persistent output exists, emptied by a finished run
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 2
     assert json.loads((out / "train.json").read_text())["steps"] == 2
     assert (out / "live" / "plots" / "metrics" / "loss.tsv").is_file()
@@ -299,10 +301,11 @@ def test_training_writes_adapter_metrics_and_live_logs(tmp_path, tiny_model_dir,
 
     rows = (live / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["step", "loss"] and [r.split("\t")[0] for r in rows[1:]] == ["1", "2", "3"]
-    for name in ("learning_rate", "tokens_per_second"):
+    for name in ("learning_rate", "tokens_per_second", "peak_memory_mb"):
         assert len((live / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()) == 4
     assert sorted(p.relative_to(live).as_posix() for p in live.rglob("*") if p.is_file()) == [
-        f"plots/metrics/{name}.tsv" for name in ("grad_norm", "learning_rate", "loss", "tokens_per_second")]
+        f"plots/metrics/{name}.tsv" for name in ("grad_norm", "learning_rate", "loss", "peak_memory_mb",
+                                                 "tokens_per_second")]
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     text = tokenizer.apply_chat_template(chat("hi", "Answer number 1."), tokenize=False)

@@ -1,9 +1,13 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from fixtures import ESSAYS, make_hotpot, make_squad
 
-from ctxsynth.benchmark import NEEDLE, build_hotpotqa_long, build_niah_single, build_squad_long
+from ctxsynth.benchmark import build_hotpotqa_long, build_squad_long
 from ctxsynth.io import InputError
 from ctxsynth.seeds import load_paper_seeds, select_seeds
 from ctxsynth.text import normalize_text
@@ -102,16 +106,38 @@ def test_the_papers_own_seeds(paper_seeds_dir):
     assert with_context == {"2wikimqa", "hotpotqa", "multi_news", "musique"}
 
 
-def test_niah_needles_sit_at_their_depth_and_are_seeded():
-    items = build_niah_single(ESSAYS, lengths=[100, 300], depths=[0.0, 0.5, 1.0], samples=1, seed=5)
-    assert len(items) == 6
-    for item in items:
-        needle = NEEDLE.format(key=item["needle_key"], value=item["answers"][0])
-        position = item["context"].index(needle) / len(item["context"])
-        assert abs(position - item["niah_depth"]) < 0.15
-        assert item["needle_key"] in item["input"] and item["length"] >= item["niah_length"]
-    assert items == build_niah_single(ESSAYS, lengths=[100, 300], depths=[0.0, 0.5, 1.0], samples=1, seed=5)
-    assert len({i["answers"][0] for i in items}) == 6
+def test_niah_params_and_reserved_keys(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "squad.json").write_text(json.dumps(make_squad()))
+    (tmp_path / "raw" / "hotpotqa.json").write_text(json.dumps(make_hotpot()))
+    (tmp_path / "raw" / "PaulGrahamEssays.json").write_text(json.dumps({"text": ESSAYS + " " + "Crimson gadgets "
+                                                                        "tumbling northward quietly. " * 3}))
+    base = {"seed": 2, "squad_long": {"count": 2, "target_words": 50}, "hotpotqa_long": {"count": 2, "target_words": 50}}
+
+    def run(niah):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"benchmark": {**base, **niah}}))
+        return subprocess.run([sys.executable, str(root / "stages" / "benchmark.py"), "--raw", "raw", "--out", "out"],
+                              cwd=tmp_path, capture_output=True, text=True)
+
+    result = run({"niah": {"subtasks": ["multikey", "multivalue"], "lengths": [30], "depths": [0.0, 1.0],
+                           "samples": 1, "needles": {"multikey": 3}}})
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out" / "niah_multikey.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(len(row["needle_keys"]) == 3 for row in rows)
+    reserved = json.loads((tmp_path / "out" / "reserved.json").read_text())
+    every_key = {key for task in ("niah_multikey", "niah_multivalue")
+                 for line in (tmp_path / "out" / f"{task}.jsonl").read_text().splitlines()
+                 for key in json.loads(line)["needle_keys"]}
+    assert set(reserved["niah_keys"]) == every_key and len(every_key) == 2 * 3 + 2  # distractor keys included
+    assert {"ids", "questions", "paragraphs"} <= set(reserved)  # the seed stage's keys still there
+    assert not (tmp_path / "out" / "niah_single.jsonl").exists()
+
+    legacy = run({"niah_single": {"lengths": [30], "depths": [0.5], "samples": 2}})  # params from before issue 5
+    assert legacy.returncode == 0, legacy.stderr
+    assert len((tmp_path / "out" / "niah_single.jsonl").read_text().splitlines()) == 2
+    bad = run({"niah": {"subtasks": ["single", "multi"], "lengths": [30], "depths": [0.5], "samples": 1}})
+    assert bad.returncode != 0 and "benchmark.niah.subtasks" in bad.stderr and "'multi'" in bad.stderr
 
 
 def test_reserving_one_more_item_changes_only_that_seed(raw_dir):

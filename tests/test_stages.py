@@ -25,8 +25,10 @@ def params(tmp: Path) -> dict:
                        "chunk_words": 30, "max_attempts": 2, "batch_size": 3, "device": "cpu", "dtype": "float32",
                        "sampling": {"max_new_tokens": 6, "temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.1},
                        "verify": {"enabled": True, "max_answer_words": 5, "answerability": True}},
+        "general": {"count": 5, "seed": 2, "max_paragraph_words": 400},
         "mix": {"variant": "context_synthesis", "num_contexts": 3, "seed": 1, "summarization_distractors": True,
-                "filter": {"min_support": None, "max_leakage": None, "min_answerability": None}},
+                "filter": {"min_support": None, "max_leakage": None, "min_answerability": None},
+                "general": {"source": "data/general/train.jsonl", "split": "train", "count": 3, "ratio": None}},
         "lengths": {"bin_words": 20, "tasks": ["squad_long", "hotpotqa_long"]},
     }
 
@@ -48,6 +50,7 @@ def run_chain(workdir: Path, model: Path, hash_seed: str, settings: dict) -> Non
     (raw / "PaulGrahamEssays.json").write_text(json.dumps({"text": ESSAYS}))
     run_stage(workdir, hash_seed, "benchmark.py")
     run_stage(workdir, hash_seed, "seed.py")
+    run_stage(workdir, hash_seed, "general.py")
     run_stage(workdir, hash_seed, "synthesize.py", "--model", str(model))
     run_stage(workdir, hash_seed, "mix.py", "--model", str(model))
     run_stage(workdir, hash_seed, "lengths.py")
@@ -55,7 +58,7 @@ def run_chain(workdir: Path, model: Path, hash_seed: str, settings: dict) -> Non
 
 OUTPUTS = ["data/benchmark/squad_long.jsonl", "data/benchmark/niah_single.jsonl", "data/benchmark/reserved.json",
            "data/seed/squad_long.jsonl", "data/seed/hotpotqa_long.jsonl", "data/synth/contexts.jsonl",
-           "data/mix/train.jsonl", "metrics/seed.json", "metrics/mix.json", "metrics/plots/context_lengths.json"]
+           "data/general/train.jsonl", "data/mix/train.jsonl", "metrics/seed.json", "metrics/mix.json", "metrics/plots/context_lengths.json"]
 
 
 def test_stages_give_identical_bytes_under_different_hash_seeds(tmp_path, tiny_model_dir):

@@ -1,0 +1,82 @@
+"""Collect the paper experiments' results from DVC into one small JSON file (metrics/results.json).
+
+Experiment refs stay local to a machine; this file is what gets committed, and the report is rendered from it alone,
+so `python -m ctxsynth.report --from-results` rebuilds the report anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from ctxsynth.experiments import RUNS_LOG, SCALES, load_plan, planned_runs
+
+NIAH_PLOT = "metrics/plots/niah.json"
+LENGTHS_PLOT = "metrics/plots/context_lengths.json"
+TRAIN_KEYS = ("samples_used", "steps", "train_time_s", "tokens_per_second", "final_loss", "mean_loss", "peak_rss_mb",
+              "recipe", "method")
+MIX_KEYS = ("variant", "num_contexts", "samples", "long_samples")
+
+
+def planned_names(plan: dict) -> dict[str, dict]:
+    """Experiment name -> {group, row, scale, overrides} for every row of every group at every scale."""
+    names = {}
+    for group in plan["groups"]:
+        for scale in SCALES:
+            for name, overrides in planned_runs(plan, group, scale):
+                row = name[len(f"{scale}-{group}-"):]
+                names[name] = {"group": group, "row": row, "scale": scale, "overrides": overrides,
+                               "order": len(names)}
+    return names
+
+
+def exp_show() -> list:
+    completed = subprocess.run(["dvc", "exp", "show", "--json"], check=True, text=True, capture_output=True)
+    return json.loads(completed.stdout)
+
+
+def _metrics(data: dict) -> dict:
+    return {path: (entry or {}).get("data") for path, entry in (data.get("metrics") or {}).items()}
+
+
+def _git_json(rev: str, path: str):
+    completed = subprocess.run(["git", "show", f"{rev}:{path}"], text=True, capture_output=True)
+    return json.loads(completed.stdout) if completed.returncode == 0 else None
+
+
+def experiments_from_show(show: list, planned: dict[str, dict], read_file=_git_json) -> dict[str, dict]:
+    """The planned experiments found in `dvc exp show --json` output (the first baseline listing a name wins)."""
+    found = {}
+    for baseline in show:
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                name = rev.get("name")
+                data = rev.get("data") or {}
+                if name not in planned or name in found or rev.get("error") or not data.get("metrics"):
+                    continue
+                metrics = _metrics(data)
+                train, mix = metrics.get("metrics/train.json") or {}, metrics.get("metrics/mix.json") or {}
+                found[name] = {**planned[name], "rev": rev["rev"], "timestamp": data.get("timestamp"),
+                               "eval": metrics.get("metrics/eval.json"),
+                               "train": {k: train[k] for k in TRAIN_KEYS if k in train},
+                               "mix": {k: mix[k] for k in MIX_KEYS if k in mix},
+                               "synthesize": {k: (metrics.get("metrics/synthesize.json") or {}).get(k)
+                                              for k in ("method", "parse_failure_rate")},
+                               "niah": read_file(rev["rev"], NIAH_PLOT)}
+    return found
+
+
+def collect(plan_path: Path, show: list | None = None) -> dict:
+    plan = load_plan(plan_path)
+    show = exp_show() if show is None else show
+    lengths = Path(LENGTHS_PLOT)
+    return {
+        "plan_version": plan["version"],
+        "scales": plan["scales"],
+        "groups": {group: {"finding": spec.get("finding"), "title": spec.get("title")}
+                   for group, spec in plan["groups"].items()},
+        "experiments": experiments_from_show(show, planned_names(plan)),
+        "runs": json.loads(RUNS_LOG.read_text(encoding="utf-8")) if RUNS_LOG.is_file() else {},
+        "context_lengths": json.loads(lengths.read_text(encoding="utf-8")) if lengths.is_file() else None,
+    }

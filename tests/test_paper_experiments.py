@@ -1,0 +1,130 @@
+"""The experiment plan, the queue commands it produces, and the report rendered from collected results."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from ctxsynth.experiments import hydra_value, load_plan, planned_runs, queue_command
+from ctxsynth.report import render
+from ctxsynth.report_collect import experiments_from_show, planned_names
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = ROOT / "experiments" / "paper.yaml"
+
+
+def test_every_planned_override_names_an_existing_param_and_parses_back():
+    """`dvc exp run -S` refuses keys absent from params.yaml, and the rendered value must parse to the YAML value."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    parser = OverridesParser.create()
+    plan = load_plan(PLAN)
+    checked = 0
+    for group in plan["groups"]:
+        for scale in ("cpu", "gpu"):
+            for name, overrides in planned_runs(plan, group, scale):
+                assert name.startswith(f"{scale}-{group}-")
+                for key, value in overrides.items():
+                    node = params
+                    for part in key.split("."):
+                        assert isinstance(node, dict) and part in node, f"{name}: {key} is not in params.yaml"
+                        node = node[part]
+                    parsed = parser.parse_overrides([f"{key}={hydra_value(value)}"])[0].value()
+                    assert parsed == value, (key, value, parsed)
+                    checked += 1
+    assert checked > 50
+
+
+def test_cpu_groups_the_issue_requires_have_their_rows():
+    plan = load_plan(PLAN)
+    pilot = dict(planned_runs(plan, "pilot", "cpu"))
+    assert [o["mix.variant"] for o in pilot.values()] == ["none", "niah_needle_only", "niah_short", "niah_long"]
+    main = dict(planned_runs(plan, "main", "cpu"))
+    assert {o["mix.variant"] for o in main.values()} >= {"none", "context_synthesis", "human_context", "context_free"}
+    assert any(o.get("synthesize.method") == "instruction_synthesis" for o in main.values())
+    # rows split by scale exist only where defined
+    assert [n for n, _ in planned_runs(plan, "generator", "cpu")] == ["cpu-generator-smollm2-135m"]
+
+
+def test_queue_command_quotes_what_needs_quoting():
+    command = queue_command("cpu-main-x", {"synthesize.response_prefix": "", "evaluate.tasks": ["a", "b"],
+                                           "mix.general.count": None, "fetch.data.version": "26.3"})
+    assert command[:6] == ["dvc", "exp", "run", "--queue", "-n", "cpu-main-x"]
+    assert "synthesize.response_prefix=''" in command and "evaluate.tasks=[a,b]" in command
+    assert "mix.general.count=null" in command and "fetch.data.version='26.3'" in command
+
+
+def _eval(overall, tasks, base=10.0):
+    return {"finetuned": {"overall": overall, "tasks": tasks},
+            "base": {"overall": base, "tasks": {t: base for t in tasks}}}
+
+
+def _niah_cells(model, values):
+    return [{"model": model, "subtask": s, "length": n, "depth": d, "recall": values[(s, n)]}
+            for (s, n) in values for d in (0.0, 1.0)]
+
+
+def _fake_show():
+    subtasks = ("single", "multikey", "multiquery", "multivalue")
+    pilot = {"sft1-general": 10.0, "sft2-needle-only": 20.0, "sft3-short-haystack": 60.0, "sft4-long-haystack": 80.0}
+    revs, files = [], {}
+    for index, (row, value) in enumerate(pilot.items()):
+        tasks = {f"niah_{s}": value + (15.0 if s == "multivalue" and row.startswith("sft4") else 0.0) for s in subtasks}
+        revs.append({"rev": f"{index:040x}", "name": f"cpu-pilot-{row}",
+                     "data": {"timestamp": None, "metrics": {"metrics/eval.json": {"data": _eval(value, tasks, 30.0)}}}})
+        cells = _niah_cells("finetuned", {(s, n): value for s in subtasks for n in (500, 2000)})
+        cells += _niah_cells("base", {(s, n): 30.0 for s in subtasks for n in (500, 2000)})
+        files[f"{index:040x}"] = cells
+    main = {"general-only": 5.0, "instruction-synthesis": 8.0, "instruction-synthesis-no-context": 8.5,
+            "context-synthesis": 20.0, "human-context": 22.0, "context-free": 6.0}
+    for index, (row, value) in enumerate(main.items(), start=10):
+        revs.append({"rev": f"{index:040x}", "name": f"cpu-main-{row}",
+                     "data": {"metrics": {"metrics/eval.json": {"data": _eval(value, {"squad_long": value})},
+                                          "metrics/train.json": {"data": {"steps": 3, "final_loss": 1.0}}}}})
+    revs.append({"rev": "f" * 40, "name": "someone-elses-experiment", "data": {"metrics": {"x": {"data": {}}}}})
+    return [{"rev": "workspace", "experiments": None},
+            {"rev": "a" * 40, "experiments": [{"revs": [rev]} for rev in revs]}], files
+
+
+def test_report_collects_planned_experiments_and_computes_verdicts(tmp_path):
+    show, files = _fake_show()
+    plan = load_plan(PLAN)
+    experiments = experiments_from_show(show, planned_names(plan), read_file=lambda rev, path: files.get(rev))
+    assert len(experiments) == 10 and "someone-elses-experiment" not in experiments
+    results = {"plan_version": 1, "scales": plan["scales"], "experiments": experiments, "runs": {},
+               "groups": {g: {"finding": s["finding"], "title": s["title"]} for g, s in plan["groups"].items()},
+               "context_lengths": [{"words": 0, "synthesized": 0.5, "evaluation": 0.0},
+                                   {"words": 100, "synthesized": 0.5, "evaluation": 1.0}]}
+    text = render(json.loads(json.dumps(results)), tmp_path / "figures")
+    # the pilot: SFT1 (10) below base (30) at 2000 words; SFT2 < SFT3; SFT4 best, largest gain on multivalue
+    assert "**F1a** general data alone falls below the base model on long haystacks: at 2000 words SFT1 10.00 vs base 30.00 → **holds**" in text
+    assert "**F1e**" in text and "multivalue +35.00" in text
+    assert "**F2a** context synthesis beats instruction synthesis: 20.00 vs 8.00 → **holds**" in text
+    # coherence: IS gap -0.50 is below CS gap 14 and human gap 16
+    assert "| instruction synthesis | 8.00 | 8.50 | -0.50 |" in text
+    assert "**F5**" in text and "**F3** (contexts): **not measured**" in text
+    assert "| + context synthesis | 20.00 | 20.00 | 33.42 | 38.57 |" in text  # ours beside the paper's
+    for name in ("niah_base.png", "niah_sft4-long-haystack.png", "tasks_main.png", "context_lengths.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 1000
+
+
+def test_a_finding_that_does_not_reproduce_is_reported_as_such(tmp_path):
+    show, files = _fake_show()
+    for rev in show[1]["experiments"]:
+        data = rev["revs"][0]
+        if data["name"] == "cpu-main-context-synthesis":
+            data["data"]["metrics"]["metrics/eval.json"]["data"] = _eval(1.0, {"squad_long": 1.0})
+    plan = load_plan(PLAN)
+    results = {"scales": plan["scales"], "runs": {}, "context_lengths": None,
+               "experiments": experiments_from_show(show, planned_names(plan), read_file=lambda r, p: files.get(r)),
+               "groups": {g: {"finding": s["finding"], "title": s["title"]} for g, s in plan["groups"].items()}}
+    text = render(results, tmp_path)
+    assert "context synthesis beats instruction synthesis: 1.00 vs 8.00 → **does not hold**" in text
+
+
+@pytest.mark.parametrize("value", ["", "0.1.2", "26.3", "null", "a b", "it's", 3, 2.5, True, None, ["x", "y z"], []])
+def test_hydra_values_round_trip(value):
+    parsed = OverridesParser.create().parse_overrides([f"k={hydra_value(value)}"])[0].value()
+    assert parsed == value
