@@ -32,7 +32,12 @@ def planned_names(plan: dict) -> dict[str, dict]:
 
 
 def exp_show() -> list:
-    completed = subprocess.run(["dvc", "exp", "show", "--json"], check=True, text=True, capture_output=True)
+    # Baselines are named explicitly (the last 20 commits: experiments run before a later commit still count):
+    # DVC 3.67 without --rev was seen listing an older commit as the baseline and none of its experiments.
+    commits = subprocess.run(["git", "rev-list", "-n", "20", "HEAD"], check=True, text=True,
+                             capture_output=True).stdout.split()
+    revs = [arg for commit in commits for arg in ("--rev", commit)]
+    completed = subprocess.run(["dvc", "exp", "show", "--json", *revs], check=True, text=True, capture_output=True)
     return json.loads(completed.stdout)
 
 
@@ -50,6 +55,9 @@ def experiments_from_show(show: list, planned: dict[str, dict], read_file=_git_j
     found = {}
     for baseline in show:
         for experiment in baseline.get("experiments") or []:
+            state = (experiment.get("executor") or {}).get("state", "success")
+            if state != "success":  # a running row shows its temporary directory's half-written metrics
+                continue
             for rev in experiment.get("revs") or []:
                 name = rev.get("name")
                 data = rev.get("data") or {}

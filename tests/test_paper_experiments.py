@@ -128,3 +128,14 @@ def test_a_finding_that_does_not_reproduce_is_reported_as_such(tmp_path):
 def test_hydra_values_round_trip(value):
     parsed = OverridesParser.create().parse_overrides([f"k={hydra_value(value)}"])[0].value()
     assert parsed == value
+
+
+def test_rows_still_running_or_failed_are_not_collected():
+    show, files = _fake_show()
+    entries = show[1]["experiments"]
+    entries[0]["executor"] = {"state": "running"}
+    entries[1]["executor"] = {"state": "failed"}
+    entries[2]["executor"] = {"state": "success"}
+    found = experiments_from_show(show, planned_names(load_plan(PLAN)), read_file=lambda r, p: files.get(r))
+    assert "cpu-pilot-sft1-general" not in found and "cpu-pilot-sft2-needle-only" not in found
+    assert "cpu-pilot-sft3-short-haystack" in found and len(found) == 8
