@@ -33,12 +33,12 @@ def niah_heatmaps(cells: list[dict], model: str, title: str, out: Path) -> Path 
                 if value == value:  # not NaN
                     axis.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8)
         axis.set_xticks(range(len(depths)), [f"{d:g}" for d in depths])
-        axis.set_yticks(range(len(lengths)), [str(n) for n in lengths])
+        axis.set_yticks(range(len(lengths)), [str(n) for n in lengths] if axis is axes[0][0] else [])
         axis.set_xlabel("needle depth")
         axis.set_title(subtask)
     axes[0][0].set_ylabel("haystack words")
     figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="recall")
-    figure.suptitle(title, fontsize=10)
+    figure.suptitle(title, fontsize=10, y=1.02)
     return _save(figure, out)
 
 
