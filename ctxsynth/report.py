@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from ctxsynth.report_collect import collect
 
-        results = collect(args.plan)
+        stored = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() else None
+        results = collect(args.plan, stored=stored)
         write_json(RESULTS, results)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(render(results), encoding="utf-8")

@@ -1,7 +1,9 @@
 """Collect the paper experiments' results from DVC into one small JSON file (metrics/results.json).
 
 Experiment refs stay local to a machine; this file is what gets committed, and the report is rendered from it alone,
-so `python -m ctxsynth.report --from-results` rebuilds the report anywhere.
+so `python -m ctxsynth.report --from-results` rebuilds the report anywhere. Collecting is cumulative: a row found in
+`dvc exp show` replaces its stored result, and a stored row whose experiment is not on this machine (run elsewhere, or
+before the refs were lost) is kept as long as the plan still gives it the same overrides.
 """
 
 from __future__ import annotations
@@ -75,16 +77,27 @@ def experiments_from_show(show: list, planned: dict[str, dict], read_file=_git_j
     return found
 
 
-def collect(plan_path: Path, show: list | None = None) -> dict:
+def merge_experiments(stored: dict[str, dict], found: dict[str, dict], planned: dict[str, dict]) -> dict[str, dict]:
+    """Stored rows still planned with the same overrides, then the rows found now (which win), in the plan's order."""
+    kept = {name: {**row, "order": planned[name]["order"]} for name, row in stored.items()
+            if name in planned and row.get("overrides") == planned[name]["overrides"]}
+    merged = {**kept, **found}
+    return dict(sorted(merged.items(), key=lambda item: item[1]["order"]))
+
+
+def collect(plan_path: Path, show: list | None = None, stored: dict | None = None) -> dict:
+    """`stored`: the previous results file's content (its experiments are merged with those found now)."""
     plan = load_plan(plan_path)
     show = exp_show() if show is None else show
+    planned = planned_names(plan)
     lengths = Path(LENGTHS_PLOT)
     return {
         "plan_version": plan["version"],
         "scales": plan["scales"],
         "groups": {group: {"finding": spec.get("finding"), "title": spec.get("title")}
                    for group, spec in plan["groups"].items()},
-        "experiments": experiments_from_show(show, planned_names(plan)),
+        "experiments": merge_experiments((stored or {}).get("experiments") or {}, experiments_from_show(show, planned),
+                                         planned),
         "runs": json.loads(RUNS_LOG.read_text(encoding="utf-8")) if RUNS_LOG.is_file() else {},
         "context_lengths": json.loads(lengths.read_text(encoding="utf-8")) if lengths.is_file() else None,
     }

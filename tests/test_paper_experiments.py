@@ -8,7 +8,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from ctxsynth.experiments import hydra_value, load_plan, planned_runs, queue_command
 from ctxsynth.report import render
-from ctxsynth.report_collect import experiments_from_show, planned_names
+from ctxsynth.report_collect import experiments_from_show, merge_experiments, planned_names
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "experiments" / "paper.yaml"
@@ -139,3 +139,20 @@ def test_rows_still_running_or_failed_are_not_collected():
     found = experiments_from_show(show, planned_names(load_plan(PLAN)), read_file=lambda r, p: files.get(r))
     assert "cpu-pilot-sft1-general" not in found and "cpu-pilot-sft2-needle-only" not in found
     assert "cpu-pilot-sft3-short-haystack" in found and len(found) == 8
+
+
+def test_collecting_keeps_stored_rows_whose_refs_are_gone_and_lets_new_runs_win():
+    planned = planned_names(load_plan(PLAN))
+    general, context = planned["cpu-main-general-only"], planned["cpu-main-context-synthesis"]
+    stored = {
+        "cpu-main-general-only": {**general, "eval": {"finetuned": {"overall": 1.0}}},             # refs gone: kept
+        "cpu-main-context-synthesis": {**context, "eval": {"finetuned": {"overall": 2.0}}},        # rerun: replaced
+        "cpu-main-human-context": {**planned["cpu-main-human-context"], "overrides": {"mix.variant": "old"},
+                                   "eval": {"finetuned": {"overall": 3.0}}},                     # plan changed: dropped
+        "cpu-retired-row": {**general, "row": "retired", "eval": {}},                             # not planned: dropped
+    }
+    found = {"cpu-main-context-synthesis": {**context, "eval": {"finetuned": {"overall": 20.0}}}}
+    merged = merge_experiments(stored, found, planned)
+    assert list(merged) == ["cpu-main-general-only", "cpu-main-context-synthesis"]
+    assert merged["cpu-main-general-only"]["eval"]["finetuned"]["overall"] == 1.0
+    assert merged["cpu-main-context-synthesis"]["eval"]["finetuned"]["overall"] == 20.0
