@@ -8,9 +8,10 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= pipeline,eval,quant,test
 
 # The paper's findings as DVC experiment groups (experiments/paper.yaml): `make paper-main`, SCALE=gpu for the
-# paper-scale rows, JOBS=N parallel queue workers.
+# paper-scale rows, JOBS=N parallel queue workers, ROWS="a b" only those rows of the group.
 SCALE ?= cpu
 JOBS ?= 1
+ROWS ?=
 PAPER_GROUPS := paper-pilot paper-main paper-contexts paper-generator
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
@@ -34,7 +35,7 @@ test: $(INSTALLED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 $(PAPER_GROUPS): paper-%: $(INSTALLED)
-	$(RUN) $(BIN)/python -m ctxsynth.experiments run $* --scale $(SCALE) --jobs $(JOBS)
+	$(RUN) $(BIN)/python -m ctxsynth.experiments run $* --scale $(SCALE) --jobs $(JOBS) $(if $(ROWS),--rows $(ROWS))
 	$(RUN) $(BIN)/python -m ctxsynth.report
 
 report: $(INSTALLED)

@@ -3,6 +3,7 @@
     python -m ctxsynth.experiments list
     python -m ctxsynth.experiments queue main --scale cpu          # queue the rows, do not run them
     python -m ctxsynth.experiments run main --scale cpu --jobs 1   # queue, run the queue, wait, report failures
+    python -m ctxsynth.experiments run main --rows context-synthesis human-context   # only these rows
 
 A row runs as `dvc exp run --queue -n <scale>-<group>-<row> -S key=value ...` (the group's overrides for the scale,
 then the row's), so every row is an ordinary DVC experiment: `dvc exp show`, `dvc metrics diff`, `dvc exp push`.
@@ -120,11 +121,26 @@ def check_committed() -> None:
                          + ", ".join(untracked[:8]))
 
 
-def queue_group(plan: dict, group: str, scale: str, dry_run: bool = False) -> list[str]:
+def select_rows(plan: dict, group: str, scale: str, rows: list[str] | None) -> list[tuple[str, dict]]:
+    """The group's runs at this scale, or only the named rows (an unknown row is an error, not a silent no-op)."""
+    runs = planned_runs(plan, group, scale)
+    if not rows:
+        return runs
+    prefix = experiment_name(scale, group, "")
+    known = [name[len(prefix):] for name, _ in runs]
+    unknown = [row for row in rows if row not in known]
+    if unknown:
+        raise InputError(PLAN, f"group {group!r} has no row {', '.join(unknown)} at scale {scale}; rows: "
+                         + ", ".join(known), field=f"groups.{group}.rows")
+    return [(name, overrides) for name, overrides in runs if name[len(prefix):] in rows]
+
+
+def queue_group(plan: dict, group: str, scale: str, dry_run: bool = False, rows: list[str] | None = None) -> list[str]:
+    selected = select_rows(plan, group, scale, rows)
     if not dry_run:
         check_committed()
     names = []
-    for name, overrides in planned_runs(plan, group, scale):
+    for name, overrides in selected:
         command = queue_command(name, overrides)
         print(" ".join(command))
         if not dry_run:
@@ -149,15 +165,26 @@ def wait_for(names: list[str], poll_seconds: float) -> dict[str, str]:
         time.sleep(poll_seconds)
 
 
+def run_history(entry: dict) -> list[dict]:
+    """One group's runs, oldest first (an entry written before partial runs existed is one run of all its rows)."""
+    if "history" in entry:
+        return entry["history"]
+    return [{"scale": entry["scale"], "wall_seconds": entry["wall_seconds"], "finished": entry["finished"],
+             "rows": sorted(entry["statuses"])}]
+
+
 def record_run(group: str, scale: str, started: float, outcome: dict[str, str], path: Path = RUNS_LOG) -> None:
-    """How long the group took here, for the report and the README (metrics/paper_runs.json)."""
+    """How long each run of a group took here, for the report and the README (metrics/paper_runs.json)."""
     import json
 
     from ctxsynth.io import write_json
 
     runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    runs[group] = {"scale": scale, "wall_seconds": round(time.time() - started),
-                   "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "statuses": outcome}
+    entry = runs.get(group) or {}
+    history = run_history(entry) if entry else []
+    history.append({"scale": scale, "wall_seconds": round(time.time() - started),
+                    "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": sorted(outcome)})
+    runs[group] = {"statuses": {**entry.get("statuses", {}), **outcome}, "history": history}
     write_json(path, runs)
 
 
@@ -166,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("list", "queue", "run"))
     parser.add_argument("group", nargs="?")
     parser.add_argument("--scale", choices=SCALES, default="cpu")
+    parser.add_argument("--rows", nargs="+", help="only these rows of the group (default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel queue workers (dvc queue start -j)")
     parser.add_argument("--poll", type=float, default=20.0)
     parser.add_argument("--plan", type=Path, default=PLAN)
@@ -181,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.group:
         parser.error("name a group: " + ", ".join(plan["groups"]))
-    names = queue_group(plan, args.group, args.scale, args.dry_run)
+    names = queue_group(plan, args.group, args.scale, args.dry_run, args.rows)
     if args.action == "queue" or args.dry_run:
         return 0
     started = time.time()

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from ctxsynth import report_figures as figures
+from ctxsynth.experiments import run_history
 from ctxsynth.io import write_json
 
 RESULTS = Path("metrics/results.json")
@@ -226,8 +227,8 @@ def render(results: dict, figures_dir: Path = FIGURES) -> str:
     for group, meta in results["groups"].items():
         runs = results.get("runs", {}).get(group)
         if runs:
-            meta = {**meta, "took": f"{runs['wall_seconds'] / 60:.0f} min for {len(runs['statuses'])} rows "
-                                    f"({runs['scale']} scale, {runs['finished']})"}
+            meta = {**meta, "took": "; ".join(f"{run['wall_seconds'] / 60:.0f} min for {len(run['rows'])} rows "
+                                              f"({run['scale']} scale, {run['finished']})" for run in run_history(runs))}
         results["groups"][group] = meta
     sections = [("pilot", pilot_section), ("main", main_section),
                 ("contexts", lambda r, d: simple_section(r, "contexts", d)),

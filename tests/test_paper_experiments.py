@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from ctxsynth.experiments import hydra_value, load_plan, planned_runs, queue_command
+from ctxsynth.experiments import (hydra_value, load_plan, planned_runs, queue_command, record_run, run_history,
+                                  select_rows)
+from ctxsynth.io import InputError
 from ctxsynth.report import render
 from ctxsynth.report_collect import experiments_from_show, merge_experiments, planned_names
 
@@ -156,3 +158,22 @@ def test_collecting_keeps_stored_rows_whose_refs_are_gone_and_lets_new_runs_win(
     assert list(merged) == ["cpu-main-general-only", "cpu-main-context-synthesis"]
     assert merged["cpu-main-general-only"]["eval"]["finetuned"]["overall"] == 1.0
     assert merged["cpu-main-context-synthesis"]["eval"]["finetuned"]["overall"] == 20.0
+
+
+def test_rows_can_be_selected_and_an_unknown_row_is_an_error():
+    plan = load_plan(PLAN)
+    chosen = select_rows(plan, "main", "cpu", ["human-context", "context-synthesis"])
+    assert [name for name, _ in chosen] == ["cpu-main-context-synthesis", "cpu-main-human-context"]  # plan order
+    assert len(select_rows(plan, "main", "cpu", None)) == 6
+    with pytest.raises(InputError, match="no row human-contxt"):
+        select_rows(plan, "main", "cpu", ["human-contxt"])
+
+
+def test_partial_runs_add_to_a_groups_run_history(tmp_path):
+    log = tmp_path / "paper_runs.json"
+    log.write_text(json.dumps({"main": {"scale": "cpu", "wall_seconds": 2400, "finished": "2026-11-22 07:54 UTC",
+                                        "statuses": {"cpu-main-a": "success", "cpu-main-b": "failed"}}}))
+    record_run("main", "cpu", 0.0, {"cpu-main-b": "success"}, path=log)
+    entry = json.loads(log.read_text())["main"]
+    assert entry["statuses"] == {"cpu-main-a": "success", "cpu-main-b": "success"}
+    assert [run["rows"] for run in run_history(entry)] == [["cpu-main-a", "cpu-main-b"], ["cpu-main-b"]]
