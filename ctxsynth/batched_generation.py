@@ -12,8 +12,15 @@ left-padded and concatenated to it; rows that finish are selected out; columns t
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Iterator
+
+
+def cache_argument(model) -> str:
+    """The forward() keyword for the KV cache: transformers 5.2x renamed `past_key_values` to `cache` and removes the
+    old name in 5.40, while older 5.x releases know only `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def sample_rows(scores, generators: list, temperature: float, top_p: float):
@@ -63,6 +70,7 @@ class ContinuousBatcher:
 
     def __init__(self, model, batch_size: int, eos_ids: set[int], pad_id: int, device):
         self.model, self.batch_size, self.eos_ids, self.pad_id, self.device = model, batch_size, eos_ids, pad_id, device
+        self.cache_arg = cache_argument(model)
 
     def run(self, prompts: list[list[int]], seeds: list[int], sampling: Sampling
             ) -> Iterator[list[tuple[int, list[int], str]]]:
@@ -86,7 +94,7 @@ class ContinuousBatcher:
                     positions = mask.sum(-1, keepdim=True)  # real tokens so far = the new token's position
                     mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=-1)
                     logits = self.model(input_ids=last, attention_mask=mask, position_ids=positions,
-                                        past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                                        use_cache=True, logits_to_keep=1, **{self.cache_arg: cache}).logits[:, -1]
                     tokens = self._pick(logits, active, sampling)
                     stepped = active
                 for item, token in zip(stepped, tokens.tolist()):
@@ -121,8 +129,8 @@ class ContinuousBatcher:
                             device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                            logits_to_keep=1, **{self.cache_arg: cache}).logits[:, -1]
         return cache, mask, logits
 
     def _pick(self, logits, items: list[Item], sampling: Sampling):
