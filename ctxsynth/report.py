@@ -62,6 +62,21 @@ def verdict(holds: bool | None) -> str:
     return {True: "**holds**", False: "**does not hold**", None: "**not measured**"}[holds]
 
 
+def document_weight(*experiments: dict | None) -> float | None:
+    """How far one test document can move an overall score (F1 in [0, 100], mean of the tasks): 100 / (tasks x
+    documents per task), for the smallest test set among the experiments; None where the sizes were not collected."""
+    sizes = [sum((e or {}).get("test_documents", {}).values()) for e in experiments]
+    return 100 / min(sizes) if sizes and min(sizes) else None
+
+
+def resolution(difference: float | None, weight: float | None) -> str:
+    """A plain-words caveat when a difference is smaller than one test document can make it."""
+    if difference is None or weight is None or abs(difference) >= weight:
+        return ""
+    return (f" (a margin of {abs(difference):.2f} points, less than the {weight:.2f} that one test document can "
+            "move the overall score: within this test set's resolution)")
+
+
 def _mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -178,12 +193,18 @@ def main_section(results: dict, figures_dir: Path) -> tuple[str, list[str]]:
 def main_findings(rows: dict, gaps: list) -> list[str]:
     cs, is_, general, human = (score(rows.get(r)) for r in ("context-synthesis", "instruction-synthesis",
                                                             "general-only", "human-context"))
+    weight = document_weight(*rows.values())
+
+    def compared(a, b) -> str:
+        return "" if None in (a, b) else resolution(a - b, weight)
+
     out = [f"- **F2a** context synthesis beats instruction synthesis: {fmt(cs)} vs {fmt(is_)} → "
-           + verdict(None if None in (cs, is_) else cs > is_),
+           + verdict(None if None in (cs, is_) else cs > is_) + compared(cs, is_),
            f"- **F2b** context synthesis beats general data alone: {fmt(cs)} vs {fmt(general)} → "
-           + verdict(None if None in (cs, general) else cs > general),
+           + verdict(None if None in (cs, general) else cs > general) + compared(cs, general),
            f"- **F2c** context synthesis approaches human contexts (within 10% of human's score, or above): "
-           f"{fmt(cs)} vs {fmt(human)} → " + verdict(None if None in (cs, human) else cs >= 0.9 * human)]
+           f"{fmt(cs)} vs {fmt(human)} → " + verdict(None if None in (cs, human) else cs >= 0.9 * human)
+           + compared(cs, human)]
     gap = {label: g for label, _, _, g in gaps}
     is_gap, cs_gap, human_gap = gap["instruction synthesis"], gap["context synthesis"], gap["human context"]
     out.append(f"- **F5** instructions written from a context depend on it less than seeds do (gap IS "
@@ -213,7 +234,9 @@ def simple_section(results: dict, group: str, figures_dir: Path) -> tuple[str, l
         values = [score(rows[r]) for r in ("n1", "n5", "n10") if r in rows]
         findings.append(f"- **F3** more contexts help a little: n = 1 / 5 / 10 gives "
                         + " / ".join(fmt(v) for v in values) + " → "
-                        + verdict(None if len(values) < 3 else values[0] <= values[1] <= values[2]))
+                        + verdict(None if len(values) < 3 else values[0] <= values[1] <= values[2])
+                        + (resolution(values[-1] - values[0], document_weight(*rows.values())) if len(values) == 3
+                           else ""))
     return "\n".join(text), findings
 
 

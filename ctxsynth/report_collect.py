@@ -73,8 +73,17 @@ def experiments_from_show(show: list, planned: dict[str, dict], read_file=_git_j
                                "mix": {k: mix[k] for k in MIX_KEYS if k in mix},
                                "synthesize": {k: (metrics.get("metrics/synthesize.json") or {}).get(k)
                                               for k in ("method", "parse_failure_rate")},
+                               "test_documents": test_documents(data, metrics.get("metrics/eval.json")),
                                "niah": read_file(rev["rev"], NIAH_PLOT)}
     return found
+
+
+def test_documents(data: dict, evaluation: dict | None) -> dict[str, int]:
+    """Documents per scored QA task, from the experiment's own params (benchmark.<task>.count)."""
+    benchmark = (((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("benchmark") or {}
+    tasks = ((evaluation or {}).get("finetuned") or {}).get("tasks") or {}
+    return {task: benchmark[task]["count"] for task in tasks
+            if isinstance(benchmark.get(task), dict) and benchmark[task].get("count")}
 
 
 def merge_experiments(stored: dict[str, dict], found: dict[str, dict], planned: dict[str, dict]) -> dict[str, dict]:

@@ -70,7 +70,8 @@ def task_bars(series: dict[str, dict[str, float]], title: str, out: Path) -> Pat
     axis.set_xticks([t + width * (len(series) - 1) / 2 for t in range(len(tasks))], tasks)
     axis.set_ylabel("score")
     axis.set_title(title, fontsize=10)
-    axis.legend(fontsize=7, ncol=2)
+    # Beside the axes, not over them: with seven experiments an in-axes legend hides the tallest bars.
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(figure, out)
 
 

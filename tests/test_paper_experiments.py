@@ -177,3 +177,21 @@ def test_partial_runs_add_to_a_groups_run_history(tmp_path):
     entry = json.loads(log.read_text())["main"]
     assert entry["statuses"] == {"cpu-main-a": "success", "cpu-main-b": "success"}
     assert [run["rows"] for run in run_history(entry)] == [["cpu-main-a", "cpu-main-b"], ["cpu-main-b"]]
+
+
+def test_margins_smaller_than_one_test_document_are_called_ties_within_resolution(tmp_path):
+    show, files = _fake_show()
+    for entry in show[1]["experiments"]:
+        rev = entry["revs"][0]
+        if rev["name"].startswith("cpu-main-"):  # 8 squad_long documents: one moves the overall score by 12.5
+            rev["data"]["params"] = {"params.yaml": {"data": {"benchmark": {"squad_long": {"count": 8},
+                                                                            "hotpotqa_long": {"count": 99}}}}}
+    plan = load_plan(PLAN)
+    experiments = experiments_from_show(show, planned_names(plan), read_file=lambda r, p: files.get(r))
+    assert experiments["cpu-main-context-synthesis"]["test_documents"] == {"squad_long": 8}  # only scored tasks
+    results = {"scales": plan["scales"], "runs": {}, "context_lengths": None, "experiments": experiments,
+               "groups": {g: {"finding": s["finding"], "title": s["title"]} for g, s in plan["groups"].items()}}
+    lines = {line.split("**")[1]: line for line in render(results, tmp_path).splitlines() if line.startswith("- **F")}
+    assert "a margin of 12.00 points, less than the 12.50" in lines["F2a"]           # 20 vs 8
+    assert "margin" not in lines["F2b"]                                               # 20 vs 5: beyond one document
+    assert "a margin of 2.00 points" in lines["F2c"] and "**holds**" in lines["F2c"]  # 20 vs 22
