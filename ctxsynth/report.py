@@ -275,8 +275,8 @@ def render(results: dict, figures_dir: Path = FIGURES) -> str:
                   f"![context lengths](figures/{path.name})"]
     parts += ["", "## Which findings hold at this scale", "",
               "Each line compares the numbers above; a verdict at 135M parameters and a few dozen test documents "
-              "is weak evidence either way (the test sets' sizes are under Scales: one document of 24 moves a task "
-              "score by about 4 points, one of 8 by about 12).", ""] + verdicts
+              "is weak evidence either way (the test sets' sizes are under Scales; a line whose margin is smaller "
+              "than one test document can move the score says so).", ""] + verdicts
     return "\n".join(parts) + "\n"
 
 

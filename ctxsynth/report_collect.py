@@ -73,12 +73,12 @@ def experiments_from_show(show: list, planned: dict[str, dict], read_file=_git_j
                                "mix": {k: mix[k] for k in MIX_KEYS if k in mix},
                                "synthesize": {k: (metrics.get("metrics/synthesize.json") or {}).get(k)
                                               for k in ("method", "parse_failure_rate")},
-                               "test_documents": test_documents(data, metrics.get("metrics/eval.json")),
+                               "test_documents": documents_per_task(data, metrics.get("metrics/eval.json")),
                                "niah": read_file(rev["rev"], NIAH_PLOT)}
     return found
 
 
-def test_documents(data: dict, evaluation: dict | None) -> dict[str, int]:
+def documents_per_task(data: dict, evaluation: dict | None) -> dict[str, int]:
     """Documents per scored QA task, from the experiment's own params (benchmark.<task>.count)."""
     benchmark = (((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("benchmark") or {}
     tasks = ((evaluation or {}).get("finetuned") or {}).get("tasks") or {}
