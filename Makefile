@@ -35,11 +35,11 @@ test: $(INSTALLED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 $(PAPER_GROUPS): paper-%: $(INSTALLED)
-	$(RUN) $(BIN)/python -m ctxsynth.experiments run $* --scale $(SCALE) --jobs $(JOBS) $(if $(ROWS),--rows $(ROWS))
-	$(RUN) $(BIN)/python -m ctxsynth.report
+	$(RUN) $(BIN)/python -m ctxsynth.paper.experiments run $* --scale $(SCALE) --jobs $(JOBS) $(if $(ROWS),--rows $(ROWS))
+	$(RUN) $(BIN)/python -m ctxsynth.paper.report
 
 report: $(INSTALLED)
-	$(RUN) $(BIN)/python -m ctxsynth.report
+	$(RUN) $(BIN)/python -m ctxsynth.paper.report
 
 dag: $(INSTALLED)
 	$(BIN)/dvc dag

@@ -17,12 +17,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.evaluate import _prepare, load_benchmark  # noqa: E402
-from ctxsynth.io import write_jsonl  # noqa: E402
-from ctxsynth.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir  # noqa: E402
-from ctxsynth.tasks import get_task, templates_version  # noqa: E402
+from ctxsynth.evaluate.run import _prepare, load_benchmark
+from ctxsynth.core.io import write_jsonl
+from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
+from ctxsynth.core.tasks import get_task, templates_version
 
 
 def bare_loop(model_dir: str, prepared: dict[str, list[dict]]) -> float:

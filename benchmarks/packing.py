@@ -1,7 +1,7 @@
 """Padding versus packing on the same mix: share of useful (non-padding) tokens and training tokens per second.
 
 Both modes train the same base model on the same prepared samples (chat template, answer-only labels, middle
-truncation to --max-tokens) through the finetune stage's own code (`ctxsynth.finetune.train`, LoRA, cpu recipe,
+truncation to --max-tokens) through the finetune stage's own code (`ctxsynth.finetune.train.train`, LoRA, cpu recipe,
 gradient checkpointing so a long row fits in memory), with about the same tokens per step: padding batches
 --batch-size samples padded to the longest; packing fills one row of up to --pack-tokens with whole samples
 (best-fit decreasing). The useful-token share is counted over one whole epoch of batches; tokens/s (non-padding
@@ -20,11 +20,10 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.finetune import FinetuneParams, load_tokenizer, train  # noqa: E402
-from ctxsynth.finetune_data import PadCollator, end_of_turn_ids, load_chat_records, prepare_examples  # noqa: E402
-from ctxsynth.packing import PackedCollator, pack_examples  # noqa: E402
+from ctxsynth.finetune.train import FinetuneParams, load_tokenizer, train
+from ctxsynth.finetune.data import PadCollator, end_of_turn_ids, load_chat_records, prepare_examples
+from ctxsynth.finetune.packing import PackedCollator, pack_examples
 
 
 def useful_share(rows: list, collator, batch_size: int) -> tuple[float, int]:

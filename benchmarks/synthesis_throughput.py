@@ -14,12 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.backends import TransformersBackend  # noqa: E402
-from ctxsynth.seeds import read_seed_dir  # noqa: E402
-from ctxsynth.prompts import get_prompt  # noqa: E402
-from ctxsynth.synthesis import build_requests  # noqa: E402
+from ctxsynth.generation.transformers_backend import TransformersBackend
+from ctxsynth.prepare.seeds import read_seed_dir
+from ctxsynth.synthesis.prompts import get_prompt
+from ctxsynth.synthesis.contexts import build_requests
 
 
 def generate_calls(backend: TransformersBackend, requests, sampling, batch_size: int) -> int:

@@ -4,11 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.benchmark import build_hotpotqa_long, build_niah, build_squad_long  # noqa: E402
-from ctxsynth.io import InputError, load_params, read_json, write_json, write_jsonl  # noqa: E402
-from ctxsynth.niah import SUBTASKS  # noqa: E402
+from ctxsynth.prepare.benchmark import build_hotpotqa_long, build_niah, build_squad_long
+from ctxsynth.core.io import InputError, load_params, read_json, write_json, write_jsonl
+from ctxsynth.prepare.niah import SUBTASKS
 
 
 def niah_params(params: dict) -> dict:

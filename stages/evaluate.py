@@ -9,10 +9,9 @@ from pathlib import Path
 # Offline by construction: lm-eval reads local JSON files only and the model is a local directory.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.evaluate import EvalSettings, evaluate  # noqa: E402
-from ctxsynth.io import load_params  # noqa: E402
+from ctxsynth.evaluate.run import EvalSettings, evaluate
+from ctxsynth.core.io import load_params
 
 
 def main() -> None:

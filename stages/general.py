@@ -4,11 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.general_data import build_squad_chat, templates  # noqa: E402
-from ctxsynth.io import load_params, read_json, sha256_file, write_json, write_jsonl  # noqa: E402
-from ctxsynth.seeds import read_seed_dir  # noqa: E402
+from ctxsynth.prepare.general_data import build_squad_chat, templates
+from ctxsynth.core.io import load_params, read_json, sha256_file, write_json, write_jsonl
+from ctxsynth.prepare.seeds import read_seed_dir
 
 
 def main() -> None:

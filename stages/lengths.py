@@ -4,11 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.io import load_params, read_jsonl, write_json  # noqa: E402
-from ctxsynth.synthesis import length_histogram  # noqa: E402
-from ctxsynth.text import count_words  # noqa: E402
+from ctxsynth.core.io import load_params, read_jsonl, write_json
+from ctxsynth.synthesis.contexts import length_histogram
+from ctxsynth.core.text import count_words
 
 
 def main() -> None:

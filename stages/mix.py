@@ -4,14 +4,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.general_data import load_general  # noqa: E402
-from ctxsynth.io import load_params, read_json, read_jsonl, write_json, write_jsonl  # noqa: E402
-from ctxsynth.mix import GENERAL_ONLY, VARIANTS, apply_filter, assemble, length_stats, pool_for_variant  # noqa: E402
-from ctxsynth.niah_training import NIAH_VARIANTS, niah_training_samples  # noqa: E402
-from ctxsynth.seeds import read_seed_dir  # noqa: E402
-from ctxsynth.tasks import templates_version  # noqa: E402
+from ctxsynth.prepare.general_data import load_general
+from ctxsynth.core.io import load_params, read_json, read_jsonl, write_json, write_jsonl
+from ctxsynth.mix.assemble import GENERAL_ONLY, VARIANTS, apply_filter, assemble, length_stats, pool_for_variant
+from ctxsynth.mix.niah_training import NIAH_VARIANTS, niah_training_samples
+from ctxsynth.prepare.seeds import read_seed_dir
+from ctxsynth.core.tasks import templates_version
 
 
 def long_samples(params: dict, args) -> tuple[list[dict], dict]:

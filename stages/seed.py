@@ -4,10 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ctxsynth.io import load_params, read_json, write_json, write_jsonl  # noqa: E402
-from ctxsynth.seeds import select_seeds  # noqa: E402
+from ctxsynth.core.io import load_params, read_json, write_json, write_jsonl
+from ctxsynth.prepare.seeds import select_seeds
 
 
 def main() -> None:

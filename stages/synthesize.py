@@ -4,18 +4,17 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rich.progress import Progress  # noqa: E402
+from rich.progress import Progress
 
-from ctxsynth.backends import make_backend  # noqa: E402
-from ctxsynth.cache import GenerationCache  # noqa: E402
-from ctxsynth.instruction_synthesis import synthesize_instructions  # noqa: E402
-from ctxsynth.io import load_params, user_cache_dir, write_json, write_jsonl  # noqa: E402
-from ctxsynth.prompts import get_prompt  # noqa: E402
-from ctxsynth.seeds import read_seed_dir  # noqa: E402
-from ctxsynth.synthesis import summarize, synthesize_contexts  # noqa: E402
-from ctxsynth.verify import answerability_scores, verify_records  # noqa: E402
+from ctxsynth.generation import make_backend
+from ctxsynth.generation.cache import GenerationCache
+from ctxsynth.synthesis.instructions import synthesize_instructions
+from ctxsynth.core.io import load_params, user_cache_dir, write_json, write_jsonl
+from ctxsynth.synthesis.prompts import get_prompt
+from ctxsynth.prepare.seeds import read_seed_dir
+from ctxsynth.synthesis.contexts import summarize, synthesize_contexts
+from ctxsynth.synthesis.verify import answerability_scores, verify_records
 
 METHODS = ("context_synthesis", "instruction_synthesis")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ctxsynth.backends import Request, TransformersBackend
+from ctxsynth.generation.base import Request
+from ctxsynth.generation.transformers_backend import TransformersBackend
 
 # Prompts of different lengths, so rows are left-padded against each other and refills merge unequal caches.
 TEXTS = ["Hi", "Write a long story about a lighthouse keeper and the sea.", "What is 2+2?",

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctxsynth.evaluate import EvalSettings, evaluate, find_sources, load_benchmark, middle_truncate
-from ctxsynth.io import InputError
-from ctxsynth.lm_eval_runner import LmEvalTask, base_task_yaml, render_task_dir
-from ctxsynth.scoring import delta, niah_recall, score_prediction, summarize
-from ctxsynth.tasks import get_task
+from ctxsynth.evaluate.run import EvalSettings, evaluate, find_sources, load_benchmark, middle_truncate
+from ctxsynth.core.io import InputError
+from ctxsynth.evaluate.lm_eval_runner import LmEvalTask, base_task_yaml, render_task_dir
+from ctxsynth.core.scoring import delta, niah_recall, score_prediction, summarize
+from ctxsynth.core.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +311,7 @@ def test_generations_are_cached_per_model_content(tiny_model_dir, adapter_dir, b
 def test_longbench_layout_fixture_end_to_end(tiny_model_dir, benchmark_dir, tmp_path, monkeypatch, caplog):
     """A hand-written directory in THUDM's release layout: its tasks run through lm-eval beside the offline ones,
     with the paper's per-task budgets (hotpotqa 32, gov_report 512 new tokens) and the chat template."""
-    from ctxsynth.lm_eval_runner import LmEvalRunner
+    from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner
 
     data = tmp_path / "LongBench" / "data"
     data.mkdir(parents=True)

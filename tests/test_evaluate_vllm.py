@@ -7,10 +7,10 @@ import types
 
 import pytest
 
-from ctxsynth import lm_eval_runner
-from ctxsynth.evaluate import EvalSettings
-from ctxsynth.io import InputError
-from ctxsynth.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
+from ctxsynth.evaluate import lm_eval_runner
+from ctxsynth.evaluate.run import EvalSettings
+from ctxsynth.core.io import InputError
+from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
 
 
 class Built(Exception):

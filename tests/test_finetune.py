@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ctxsynth.finetune import FinetuneParams, answer_only_loss, load_model, train
-from ctxsynth.finetune_data import (IGNORE_INDEX, PadCollator, TemplateError, encode_chat, end_of_turn_ids,
+from ctxsynth.finetune.train import FinetuneParams, answer_only_loss, load_model, train
+from ctxsynth.finetune.data import (IGNORE_INDEX, PadCollator, TemplateError, encode_chat, end_of_turn_ids,
                                     fit_length, load_chat_records, prepare_examples)
-from ctxsynth.io import InputError, sha256_file
+from ctxsynth.core.io import InputError, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Question: which city holds the archive?"
@@ -317,7 +317,7 @@ def test_training_writes_adapter_metrics_and_live_logs(tmp_path, tiny_model_dir,
 
 
 def test_live_log_matches_dvclive_layout(tmp_path, monkeypatch):
-    from ctxsynth.finetune import LiveLog
+    from ctxsynth.finetune.train import LiveLog
 
     pytest.importorskip("dvclive", reason="dvclive is not installed: nothing to compare the layout with")
     from dvclive import Live

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctxsynth.finetune import FinetuneParams, answer_only_loss, is_adapter_dir, train
-from ctxsynth.finetune_data import IGNORE_INDEX, Example, PadCollator, end_of_turn_ids, prepare_examples
-from ctxsynth.finetune_recipes import load_recipes
-from ctxsynth.io import InputError, load_params
-from ctxsynth.packing import Pack, PackedCollator, pack_examples
+from ctxsynth.finetune.train import FinetuneParams, answer_only_loss, is_adapter_dir, train
+from ctxsynth.finetune.data import IGNORE_INDEX, Example, PadCollator, end_of_turn_ids, prepare_examples
+from ctxsynth.finetune.recipes import load_recipes
+from ctxsynth.core.io import InputError, load_params
+from ctxsynth.finetune.packing import Pack, PackedCollator, pack_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,9 +6,9 @@ import random
 import pytest
 from fixtures import make_squad
 
-from ctxsynth.general_data import build_squad_chat, load_general
-from ctxsynth.io import InputError
-from ctxsynth.niah_training import niah_training_samples
+from ctxsynth.prepare.general_data import build_squad_chat, load_general
+from ctxsynth.core.io import InputError
+from ctxsynth.mix.niah_training import niah_training_samples
 
 WORDS = [f"{a}{b}" for a in ("quartz", "meadow", "lantern", "harbor", "pepper", "violet", "cobalt", "saddle")
          for b in ("stone", "field", "light", "wind", "river")]

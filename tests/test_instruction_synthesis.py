@@ -1,9 +1,9 @@
 import pytest
 
-from ctxsynth.cache import GenerationCache
-from ctxsynth.instruction_synthesis import chunk_context, parse_question_answer, synthesize_instructions
-from ctxsynth.mix import assemble, pool_for_variant
-from ctxsynth.prompts import get_prompt
+from ctxsynth.generation.cache import GenerationCache
+from ctxsynth.synthesis.instructions import chunk_context, parse_question_answer, synthesize_instructions
+from ctxsynth.mix.assemble import assemble, pool_for_variant
+from ctxsynth.synthesis.prompts import get_prompt
 
 
 def test_long_contexts_are_cut_to_a_seeded_chunk_of_consecutive_words():

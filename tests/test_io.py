@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ctxsynth.io import InputError, read_jsonl, write_jsonl
+from ctxsynth.core.io import InputError, read_jsonl, write_jsonl
 
 
 def test_malformed_line_names_file_and_line(tmp_path):

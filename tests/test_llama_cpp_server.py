@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from ctxsynth.cache import GenerationCache
-from ctxsynth.openai_backend import OpenAIBackend
-from ctxsynth.prompts import get_prompt
-from ctxsynth.synthesis import synthesize_contexts
+from ctxsynth.generation.cache import GenerationCache
+from ctxsynth.generation.openai_chat import OpenAIBackend
+from ctxsynth.synthesis.prompts import get_prompt
+from ctxsynth.synthesis.contexts import synthesize_contexts
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (opt-in test)")
 GGUF = os.environ.get("CTXSYNTH_GGUF")

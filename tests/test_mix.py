@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ctxsynth.mix import assemble, length_stats, pool_for_variant
-from ctxsynth.tasks import get_task
+from ctxsynth.mix.assemble import assemble, length_stats, pool_for_variant
+from ctxsynth.core.tasks import get_task
 
 
 def synthesized(task: str, count: int, failed: tuple[int, ...] = ()) -> list[dict]:
@@ -80,7 +80,7 @@ import json, sys
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 from test_mix import synthesized
-from ctxsynth.mix import assemble
+from ctxsynth.mix.assemble import assemble
 records = synthesized("hotpotqa", 8) + synthesized("musique", 8)
 print(json.dumps(assemble(records, "context_synthesis", 5, seed=42)))
 """

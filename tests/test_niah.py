@@ -1,4 +1,4 @@
-"""NIAH generator (ctxsynth.niah), the test sets built from it and the heatmap rows scored from predictions."""
+"""NIAH generator (ctxsynth.prepare.niah), the test sets built from it and the heatmap rows scored from predictions."""
 
 import itertools
 import random
@@ -7,9 +7,9 @@ import re
 import pytest
 from fixtures import ESSAYS
 
-from ctxsynth import niah
-from ctxsynth.benchmark import build_niah
-from ctxsynth.scoring import niah_heatmap
+from ctxsynth.prepare import niah
+from ctxsynth.prepare.benchmark import build_niah
+from ctxsynth.core.scoring import niah_heatmap
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
          "quebec romeo sierra tango uniform victor whiskey xray yankee zulu")

@@ -3,10 +3,11 @@ from collections import Counter
 import pytest
 from chat_server import ChatServer
 
-from ctxsynth.cache import GenerationCache
-from ctxsynth.openai_backend import GenerationError, OpenAIBackend
-from ctxsynth.prompts import get_prompt
-from ctxsynth.synthesis import synthesize_contexts
+from ctxsynth.generation.cache import GenerationCache
+from ctxsynth.generation.base import GenerationError
+from ctxsynth.generation.openai_chat import OpenAIBackend
+from ctxsynth.synthesis.prompts import get_prompt
+from ctxsynth.synthesis.contexts import synthesize_contexts
 
 SEEDS = [{"id": f"s{i}", "task": "hotpotqa", "instruction": f"Question {i}?", "answer": f"answer {i}"} for i in range(12)]
 SAMPLING = {"max_new_tokens": 16, "temperature": 0.0}
@@ -53,7 +54,7 @@ def test_exhausted_retries_are_a_clear_error_and_finished_items_are_kept(tmp_pat
 
 
 def test_response_prefix_is_refused_for_chat_servers():
-    from ctxsynth.backends import Request
+    from ctxsynth.generation.base import Request
 
     with pytest.raises(ValueError, match="response_prefix"):
         backend(["http://127.0.0.1:9/v1"]).payload(Request("k", [], "Context:"), SAMPLING, 0)
@@ -62,7 +63,7 @@ def test_response_prefix_is_refused_for_chat_servers():
 def test_retry_after_accepts_seconds_and_http_dates():
     from email.utils import formatdate
 
-    from ctxsynth.openai_backend import retry_after_seconds
+    from ctxsynth.generation.http import retry_after_seconds
 
     assert retry_after_seconds("3") == 3.0 and retry_after_seconds(None) is None
     assert 50 <= retry_after_seconds(formatdate(__import__("time").time() + 60, usegmt=True)) <= 60

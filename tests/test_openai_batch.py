@@ -3,12 +3,12 @@ import json
 import pytest
 from batch_server import BatchServer, question_of
 
-from ctxsynth.backends import Request
-from ctxsynth.cache import GenerationCache
-from ctxsynth.openai_backend import GenerationError
-from ctxsynth.openai_batch import OpenAIBatchBackend
-from ctxsynth.prompts import get_prompt
-from ctxsynth.synthesis import synthesize_contexts
+from ctxsynth.generation.base import Request
+from ctxsynth.generation.cache import GenerationCache
+from ctxsynth.generation.base import GenerationError
+from ctxsynth.generation.openai_batch import OpenAIBatchBackend
+from ctxsynth.synthesis.prompts import get_prompt
+from ctxsynth.synthesis.contexts import synthesize_contexts
 
 SEEDS = [{"id": f"s{i}", "task": "hotpotqa", "instruction": f"Question {i}?", "answer": f"answer {i}"} for i in range(12)]
 SAMPLING = {"max_new_tokens": 16, "temperature": 0.7, "top_p": 0.9}

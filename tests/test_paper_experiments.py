@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from ctxsynth.experiments import (hydra_value, load_plan, planned_runs, queue_command, record_run, run_history,
+from ctxsynth.paper.experiments import (hydra_value, load_plan, planned_runs, queue_command, record_run, run_history,
                                   select_rows)
-from ctxsynth.io import InputError
-from ctxsynth.report import render
-from ctxsynth.report_collect import experiments_from_show, merge_experiments, planned_names
+from ctxsynth.core.io import InputError
+from ctxsynth.paper.report import render
+from ctxsynth.paper.collect import experiments_from_show, merge_experiments, planned_names
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "experiments" / "paper.yaml"

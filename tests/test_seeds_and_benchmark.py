@@ -7,10 +7,10 @@ import pytest
 import yaml
 from fixtures import ESSAYS, make_hotpot, make_squad
 
-from ctxsynth.benchmark import build_hotpotqa_long, build_squad_long
-from ctxsynth.io import InputError
-from ctxsynth.seeds import load_paper_seeds, select_seeds
-from ctxsynth.text import normalize_text
+from ctxsynth.prepare.benchmark import build_hotpotqa_long, build_squad_long
+from ctxsynth.core.io import InputError
+from ctxsynth.prepare.seeds import load_paper_seeds, select_seeds
+from ctxsynth.core.text import normalize_text
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from ctxsynth.backends import TransformersBackend
-from ctxsynth.cache import GenerationCache
-from ctxsynth.prompts import get_prompt
-from ctxsynth.synthesis import parse_context, summarize, synthesize_contexts
+from ctxsynth.generation.transformers_backend import TransformersBackend
+from ctxsynth.generation.cache import GenerationCache
+from ctxsynth.synthesis.prompts import get_prompt
+from ctxsynth.synthesis.contexts import parse_context, summarize, synthesize_contexts
 
 # The paper's Figure 3, as given in its specification (shared/notes/PAPER.md), with {length} = 2000.
 PAPER_SYSTEM = 'Please infer the missing context. Always start with "Context:" and do not provide any explanation.'
@@ -109,7 +109,7 @@ def test_transformers_backend_batches_real_generation(tiny_model_dir, tmp_path):
 
 
 def test_length_histogram_bins_and_shares():
-    from ctxsynth.synthesis import length_histogram
+    from ctxsynth.synthesis.contexts import length_histogram
 
     rows = length_histogram([50, 150, 160, 950], [700, 720], bin_words=100)
     assert [r["words"] for r in rows] == list(range(0, 1000, 100))
@@ -134,7 +134,7 @@ def test_sampled_output_of_an_item_does_not_depend_on_its_batch(tiny_model_dir, 
 def test_model_identity_names_content_not_just_a_name(tiny_model_dir, tmp_path):
     import shutil
 
-    from ctxsynth.backends import model_identity
+    from ctxsynth.core.identity import model_identity
     from tiny_model import build_tiny_model
 
     identity = model_identity(tiny_model_dir)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctxsynth.tasks import get_task
+from ctxsynth.core.tasks import get_task
 
 PAPER_TASKS = ["narrativeqa", "qasper", "hotpotqa", "2wikimqa", "musique", "gov_report", "qmsum", "multi_news"]
 PAPER_BUDGETS = {"narrativeqa": 128, "qasper": 128, "hotpotqa": 32, "2wikimqa": 32, "musique": 32,

@@ -1,8 +1,8 @@
 import pytest
 
-from ctxsynth.cache import GenerationCache
-from ctxsynth.mix import apply_filter
-from ctxsynth.verify import answerability_scores, leakage_score, support_score, verify_records
+from ctxsynth.generation.cache import GenerationCache
+from ctxsynth.mix.assemble import apply_filter
+from ctxsynth.synthesis.verify import answerability_scores, leakage_score, support_score, verify_records
 
 
 @pytest.mark.parametrize("context, answer, expected", [

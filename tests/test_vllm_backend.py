@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ctxsynth.backends import Request
+from ctxsynth.generation.base import Request
 
 
 @dataclass
@@ -44,7 +44,7 @@ def fake_vllm(monkeypatch):
 
 
 def test_chat_over_whole_lists_with_per_item_seeds_and_prefix(fake_vllm, tiny_model_dir):
-    from ctxsynth.vllm_backend import VLLMBackend
+    from ctxsynth.generation.vllm_backend import VLLMBackend
 
     backend = VLLMBackend(tiny_model_dir, tensor_parallel_size=8, chunk_size=3)
     assert backend.llm.tensor_parallel_size == 8
@@ -69,7 +69,7 @@ def test_chat_over_whole_lists_with_per_item_seeds_and_prefix(fake_vllm, tiny_mo
 
 def test_missing_vllm_is_a_clear_error(monkeypatch, tiny_model_dir):
     monkeypatch.setitem(sys.modules, "vllm", None)
-    from ctxsynth.vllm_backend import VLLMBackend
+    from ctxsynth.generation.vllm_backend import VLLMBackend
 
     with pytest.raises(ImportError, match="pip install '.\\[vllm\\]'"):
         VLLMBackend(tiny_model_dir)

@@ -1,0 +1,2 @@
+"""Shared by every stage: file I/O and input errors, text utilities, the task registry, scoring, the chat schema,
+model identity."""

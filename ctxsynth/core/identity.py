@@ -1,0 +1,23 @@
+"""Model identity: a model directory's name and content hash, the key that caches and provenance record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ctxsynth.core.io import sha256_file
+
+
+def model_identity(model_dir: Path | str) -> str:
+    """Name and content hash of a model directory: the fetch stage's provenance, else a hash of the weights."""
+    model_dir = Path(model_dir)
+    provenance_path = model_dir / "provenance.json"
+    provenance = json.loads(provenance_path.read_text(encoding="utf-8")) if provenance_path.is_file() else {}
+    name = provenance.get("model_name") or provenance.get("name") or model_dir.name
+    version = provenance.get("member_sha256") or provenance.get("weights_sha256")
+    if not version:
+        weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+        if not weights:
+            raise FileNotFoundError(f"{model_dir}: no provenance.json and no weights to identify the model by")
+        version = sha256_file(weights[0])
+    return f"{name}@{version}"

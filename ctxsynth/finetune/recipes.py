@@ -1,0 +1,57 @@
+"""Fine-tuning recipes (recipes.yaml): named presets that fill the finetune keys left unset.
+
+Resolution order, lowest to highest: the recipe named by `extends` (recursively), the recipe itself, then every key
+params.yaml (or `dvc exp run -S`) sets to a non-null value.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Mapping
+
+import yaml
+
+from ctxsynth.core.io import InputError
+
+RECIPES_RESOURCE = "finetune/recipes.yaml"
+DEFAULT_RECIPE = "cpu"
+
+
+@lru_cache(maxsize=1)
+def load_recipes() -> dict[str, dict]:
+    text = resources.files("ctxsynth").joinpath(RECIPES_RESOURCE).read_text(encoding="utf-8")
+    recipes = yaml.safe_load(text)
+    for name, recipe in recipes.items():
+        if not isinstance(recipe, dict) or not isinstance(recipe.get("values"), dict):
+            raise InputError(f"ctxsynth/{RECIPES_RESOURCE}", "expected a mapping with 'values'", field=name)
+    return recipes
+
+
+def recipe_values(name: str, source: os.PathLike | str = "params.yaml") -> dict[str, Any]:
+    recipes = load_recipes()
+    chain: list[str] = []
+    while name is not None:
+        if name not in recipes:
+            raise InputError(source, f"unknown recipe {name!r} (known: {', '.join(recipes)})", field="finetune.recipe")
+        if name in chain:
+            raise InputError(f"ctxsynth/{RECIPES_RESOURCE}", f"recipe cycle {' -> '.join(chain + [name])}",
+                             field=name)
+        chain.append(name)
+        name = recipes[name].get("extends")
+    values: dict[str, Any] = {}
+    for link in reversed(chain):
+        values.update(recipes[link]["values"])
+    return values
+
+
+def resolve(params: Mapping[str, Any], source: os.PathLike | str = "params.yaml") -> dict[str, Any]:
+    """The recipe's values overlaid with every non-null key of `params`; includes the recipe's name."""
+    recipe = params.get("recipe") or DEFAULT_RECIPE
+    if not isinstance(recipe, str):
+        raise InputError(source, f"expected a recipe name, got {recipe!r}", field="finetune.recipe")
+    values = recipe_values(recipe, source)
+    values.update({key: value for key, value in params.items() if value is not None and key != "recipe"})
+    values["recipe"] = recipe
+    return values

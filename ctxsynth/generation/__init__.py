@@ -1,0 +1,48 @@
+"""Generation backends behind one interface (`base.Backend`); `make_backend` builds the one a stage names.
+
+Heavy or optional libraries (torch, vLLM) are imported only by the backend that is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ctxsynth.core.identity import model_identity
+from ctxsynth.generation.base import Backend
+
+BACKENDS = ("transformers", "vllm", "openai", "openai-batch")
+
+
+def _api_key(options: dict) -> str | None:
+    return options.pop("api_key", None) or os.environ.get(options.pop("api_key_env", None) or "OPENAI_API_KEY")
+
+
+def make_backend(name: str, model_dir: Path | str, batch_size: int = 16, device: str = "auto",
+                 dtype: str = "float32", openai: dict | None = None, vllm: dict | None = None,
+                 openai_batch: dict | None = None) -> Backend:
+    """The generator named by `synthesize.backend`; heavy or optional libraries are imported only when chosen."""
+    if name == "transformers":
+        from ctxsynth.generation.transformers_backend import TransformersBackend
+
+        return TransformersBackend(model_dir, batch_size=batch_size, device=device, dtype=dtype)
+    if name == "vllm":
+        from ctxsynth.generation.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model_dir, **(vllm or {}))
+    if name == "openai":
+        from ctxsynth.generation.openai_chat import OpenAIBackend
+
+        options = dict(openai or {})
+        # By default the served model is taken to be the pipeline's base model, so cache entries are shared.
+        options["model_id"] = options.get("model_id") or model_identity(model_dir)
+        options["api_key"] = _api_key(options)
+        return OpenAIBackend(**options)
+    if name == "openai-batch":
+        from ctxsynth.generation.openai_batch import OpenAIBatchBackend
+
+        options = dict(openai_batch or {})
+        # A hosted model is not the pipeline's base model: its cache identity is the served model's name.
+        options["api_key"] = _api_key(options)
+        return OpenAIBatchBackend(**options)
+    raise ValueError(f"unknown synthesize.backend {name!r}; available: {', '.join(BACKENDS)}")

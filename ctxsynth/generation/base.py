@@ -1,0 +1,30 @@
+"""What every generation backend shares: the request, the backend protocol and the error it raises.
+
+A backend's `iter_generate(requests, sampling, seed)` yields finished batches as they complete, so the caller can
+cache each item at once and a killed run loses at most what is in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+
+@dataclass(frozen=True)
+class Request:
+    key: str
+    messages: list[dict]
+    response_prefix: str = ""
+
+
+class GenerationError(RuntimeError):
+    """A generation that cannot be completed (retries exhausted, a failed batch, a refused request)."""
+
+
+class Backend(Protocol):
+    name: str
+    model_id: str  # the cache identity of the weights behind this backend
+
+    def iter_generate(self, requests: list[Request], sampling: dict, seed: int) -> Iterator[list[tuple[Request, dict]]]:
+        """Yield lists of (request, {"text", "generated_tokens", "finish_reason"}) as they finish."""
+        ...

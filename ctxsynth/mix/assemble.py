@@ -1,0 +1,105 @@
+"""Assemble training samples: each pair's context hidden among contexts written for other pairs of its task.
+
+Variants (`mix.variant`):
+- context_synthesis: the synthesized contexts (records whose parse status is ok);
+- human_context:     the seeds' own human contexts, where a seed has one;
+- context_free:      the seeds' instructions alone, no context (the coherence analysis' control);
+- synthesized_context_free: the synthesized records' instructions alone (instruction synthesis' control);
+- none:              no long samples: the general data alone (the paper's "general data only" row);
+- niah_needle_only | niah_short | niah_long: the pilot study's training needles (ctxsynth.mix.niah_training).
+Distractors come from the same task, never the item itself, drawn and shuffled with a generator seeded per
+(seed, variant, task, item), so the result does not depend on PYTHONHASHSEED or on the other tasks present.
+"""
+
+from __future__ import annotations
+
+from ctxsynth.core.tasks import get_task
+from ctxsynth.core.text import rng_for
+
+VARIANTS = ("context_synthesis", "human_context", "context_free", "synthesized_context_free")
+GENERAL_ONLY = "none"
+CONTEXT_FREE = ("context_free", "synthesized_context_free")
+SUMMARIZATION = "summarization"
+
+
+def pool_for_variant(variant: str, seeds: list[dict], synthesized: list[dict]) -> list[dict]:
+    """The records that can enter this variant: {id, task, instruction, answer, context}."""
+    if variant in ("context_synthesis", "synthesized_context_free"):
+        return [r for r in synthesized if r["parse_status"] == "ok"]
+    if variant == "human_context":
+        return [r for r in seeds if r.get("context")]
+    if variant == "context_free":
+        return list(seeds)
+    raise ValueError(f"unknown mix.variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
+
+def apply_filter(pool: list[dict], thresholds: dict) -> tuple[list[dict], dict]:
+    """Keep records whose verification scores pass `mix.filter`; report kept / dropped per task."""
+    from ctxsynth.synthesis.verify import passes
+
+    kept, report = [], {}
+    for record in pool:
+        ok = passes(record, thresholds.get("min_support"), thresholds.get("max_leakage"),
+                    thresholds.get("min_answerability"))
+        entry = report.setdefault(record["task"], {"kept": 0, "dropped": 0})
+        entry["kept" if ok else "dropped"] += 1
+        if ok:
+            kept.append(record)
+    return kept, report
+
+
+def assemble(records: list[dict], variant: str, num_contexts: int, seed: int,
+             summarization_distractors: bool = True, separator: str = "\n\n") -> list[dict]:
+    """One chat sample per record, in the order of `records` sorted by (task, id)."""
+    if num_contexts < 1:
+        raise ValueError(f"mix.num_contexts must be at least 1, not {num_contexts}")
+    by_task: dict[str, list[dict]] = {}
+    for record in sorted(records, key=lambda r: (r["task"], r["id"])):
+        by_task.setdefault(record["task"], []).append(record)
+    samples = []
+    for task, members in by_task.items():
+        spec = get_task(task)
+        for index, record in enumerate(members):
+            if variant in CONTEXT_FREE:
+                samples.append(_sample(record, variant, record["instruction"], [], None))
+                continue
+            wanted = num_contexts - 1
+            if spec.category == SUMMARIZATION and not summarization_distractors:
+                wanted = 0
+            rng = rng_for(seed, "mix", variant, task, record["id"])
+            others = [i for i in range(len(members)) if i != index]
+            picks = [others[int(i)] for i in rng.choice(len(others), size=min(wanted, len(others)), replace=False)]
+            documents = [record] + [members[i] for i in picks]
+            order = [int(i) for i in rng.permutation(len(documents))]
+            documents = [documents[i] for i in order]
+            context = separator.join(d["context"] for d in documents)
+            samples.append(_sample(record, variant, spec.render(context, record["instruction"]),
+                                   [d["id"] for d in documents], order.index(0)))
+    return samples
+
+
+def _sample(record: dict, variant: str, prompt: str, context_ids: list[str], position: int | None) -> dict:
+    return {"id": record["id"], "task": record["task"], "variant": variant,
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["answer"].strip()}],
+            "context_ids": context_ids, "relevant_position": position}
+
+
+def length_stats(samples: list[dict], tokenizer) -> dict:
+    """Token lengths of whole chat samples (model chat template), overall and per task."""
+    import numpy as np
+
+    def describe(lengths: list[int]) -> dict:
+        array = np.asarray(lengths)
+        return {"count": int(array.size), "min": int(array.min()), "mean": round(float(array.mean()), 1),
+                "p50": int(np.percentile(array, 50)), "p90": int(np.percentile(array, 90)), "max": int(array.max())}
+
+    lengths: dict[str, list[int]] = {}
+    for sample in samples:
+        ids = tokenizer.apply_chat_template(sample["messages"], tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        lengths.setdefault(sample["task"], []).append(len(ids))
+    everything = [n for values in lengths.values() for n in values]
+    if not everything:
+        return {"samples": 0}
+    return {"samples": len(everything), "tokens": describe(everything),
+            "tasks": {task: describe(values) for task, values in sorted(lengths.items())}}

@@ -1,0 +1,1 @@
+"""The paper's findings as DVC experiment groups, and the report that collects and compares them."""

@@ -1,0 +1,227 @@
+"""The paper's findings as queued DVC experiments, read from experiments/paper.yaml.
+
+    python -m ctxsynth.paper.experiments list
+    python -m ctxsynth.paper.experiments queue main --scale cpu          # queue the rows, do not run them
+    python -m ctxsynth.paper.experiments run main --scale cpu --jobs 1   # queue, run the queue, wait, report failures
+    python -m ctxsynth.paper.experiments run main --rows context-synthesis human-context   # only these rows
+
+A row runs as `dvc exp run --queue -n <scale>-<group>-<row> -S key=value ...` (the group's overrides for the scale,
+then the row's), so every row is an ordinary DVC experiment: `dvc exp show`, `dvc metrics diff`, `dvc exp push`.
+Queued runs see only git-tracked files: commit before queueing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from ctxsynth.core.io import InputError
+
+PLAN = Path("experiments/paper.yaml")
+RUNS_LOG = Path("metrics/paper_runs.json")
+SCALES = ("cpu", "gpu")
+_BARE = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
+_FINISHED = {"success", "failed"}
+
+
+def load_plan(path: Path = PLAN) -> dict:
+    plan = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    for group, spec in (plan.get("groups") or {}).items():
+        for field in ("rows", "overrides"):
+            if not isinstance(spec.get(field), dict):
+                raise InputError(path, f"group {group!r} needs a mapping `{field}`", field=f"groups.{group}.{field}")
+    return plan
+
+
+def experiment_name(scale: str, group: str, row: str) -> str:
+    return f"{scale}-{group}-{row}"
+
+
+def row_overrides(row: dict, scale: str) -> dict | None:
+    """A row is either flat (all scales) or split by scale ({cpu: {...}, gpu: {...}}); None: no run at this scale."""
+    if row and set(row) <= set(SCALES):
+        return row.get(scale)
+    return dict(row or {})
+
+
+def planned_runs(plan: dict, group: str, scale: str) -> list[tuple[str, dict]]:
+    """(experiment name, overrides) per row of a group that exists at this scale, in file order."""
+    if group not in plan["groups"]:
+        raise InputError(PLAN, f"no group {group!r}; groups: {', '.join(plan['groups'])}", field="groups")
+    spec = plan["groups"][group]
+    common = (spec["overrides"] or {}).get(scale) or {}
+    runs = []
+    for row, overrides in spec["rows"].items():
+        own = row_overrides(overrides, scale)
+        if own is not None:
+            runs.append((experiment_name(scale, group, row), {**common, **own}))
+    return runs
+
+
+def hydra_value(value) -> str:
+    """A YAML value written in the override grammar `dvc exp run -S` parses (Hydra's)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if _BARE.match(text) and text.lower() not in ("null", "true", "false") and not _looks_numeric(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def queue_command(name: str, overrides: dict) -> list[str]:
+    command = ["dvc", "exp", "run", "--queue", "-n", name]
+    for key, value in overrides.items():
+        command += ["-S", f"{key}={hydra_value(value)}"]
+    return command
+
+
+def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["dvc", *args], check=check, text=True, capture_output=True)
+
+
+def queue_status() -> dict[str, str]:
+    """Experiment name -> lower-case status, from `dvc queue status`."""
+    statuses = {}
+    for line in _dvc("queue", "status").stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[-1].lower() in {"queued", "running", "success", "failed"}:
+            statuses[fields[1]] = fields[-1].lower()
+    return statuses
+
+
+def check_committed() -> None:
+    """Queued runs copy git-tracked files only: an uncommitted new module would be missing from every run."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "ctxsynth", "stages",
+                             "experiments", "dvc.yaml", "params.yaml"], text=True, capture_output=True).stdout
+    untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
+    if untracked:
+        raise SystemExit("experiments: queued runs see only git-tracked files; add or remove these first: "
+                         + ", ".join(untracked[:8]))
+
+
+def select_rows(plan: dict, group: str, scale: str, rows: list[str] | None) -> list[tuple[str, dict]]:
+    """The group's runs at this scale, or only the named rows (an unknown row is an error, not a silent no-op)."""
+    runs = planned_runs(plan, group, scale)
+    if not rows:
+        return runs
+    prefix = experiment_name(scale, group, "")
+    known = [name[len(prefix):] for name, _ in runs]
+    unknown = [row for row in rows if row not in known]
+    if unknown:
+        raise InputError(PLAN, f"group {group!r} has no row {', '.join(unknown)} at scale {scale}; rows: "
+                         + ", ".join(known), field=f"groups.{group}.rows")
+    return [(name, overrides) for name, overrides in runs if name[len(prefix):] in rows]
+
+
+def queue_group(plan: dict, group: str, scale: str, dry_run: bool = False, rows: list[str] | None = None) -> list[str]:
+    selected = select_rows(plan, group, scale, rows)
+    if not dry_run:
+        check_committed()
+    names = []
+    for name, overrides in selected:
+        command = queue_command(name, overrides)
+        print(" ".join(command))
+        if not dry_run:
+            # A finished experiment of the same name would make the queue refuse the new one: replace it.
+            _dvc("exp", "remove", name, check=False)
+            subprocess.run(command, check=True)
+        names.append(name)
+    return names
+
+
+def wait_for(names: list[str], poll_seconds: float) -> dict[str, str]:
+    last = None
+    while True:
+        statuses = queue_status()
+        mine = {name: statuses.get(name, "unknown") for name in names}
+        summary = ", ".join(f"{n}: {s}" for n, s in mine.items())
+        if summary != last:
+            print(time.strftime("%H:%M:%S"), summary, flush=True)
+            last = summary
+        if all(status in _FINISHED or status == "unknown" for status in mine.values()):
+            return mine
+        time.sleep(poll_seconds)
+
+
+def run_history(entry: dict) -> list[dict]:
+    """One group's runs, oldest first (an entry written before partial runs existed is one run of all its rows)."""
+    if "history" in entry:
+        return entry["history"]
+    return [{"scale": entry["scale"], "wall_seconds": entry["wall_seconds"], "finished": entry["finished"],
+             "rows": sorted(entry["statuses"])}]
+
+
+def record_run(group: str, scale: str, started: float, outcome: dict[str, str], path: Path = RUNS_LOG) -> None:
+    """How long each run of a group took here, for the report and the README (metrics/paper_runs.json)."""
+    import json
+
+    from ctxsynth.core.io import write_json
+
+    runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    entry = runs.get(group) or {}
+    history = run_history(entry) if entry else []
+    history.append({"scale": scale, "wall_seconds": round(time.time() - started),
+                    "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": sorted(outcome)})
+    runs[group] = {"statuses": {**entry.get("statuses", {}), **outcome}, "history": history}
+    write_json(path, runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("list", "queue", "run"))
+    parser.add_argument("group", nargs="?")
+    parser.add_argument("--scale", choices=SCALES, default="cpu")
+    parser.add_argument("--rows", nargs="+", help="only these rows of the group (default: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel queue workers (dvc queue start -j)")
+    parser.add_argument("--poll", type=float, default=20.0)
+    parser.add_argument("--plan", type=Path, default=PLAN)
+    parser.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
+    args = parser.parse_args(argv)
+    plan = load_plan(args.plan)
+    if args.action == "list":
+        for group, spec in plan["groups"].items():
+            print(f"{group} ({spec.get('finding', '')}): {spec.get('title', '')}")
+            for scale in SCALES:
+                for name, overrides in planned_runs(plan, group, scale):
+                    print(f"  {name}: {len(overrides)} overrides")
+        return 0
+    if not args.group:
+        parser.error("name a group: " + ", ".join(plan["groups"]))
+    names = queue_group(plan, args.group, args.scale, args.dry_run, args.rows)
+    if args.action == "queue" or args.dry_run:
+        return 0
+    started = time.time()
+    subprocess.run(["dvc", "queue", "start", "-j", str(args.jobs)], check=True)
+    outcome = wait_for(names, args.poll)
+    record_run(args.group, args.scale, started, outcome)
+    failed = [name for name, status in outcome.items() if status != "success"]
+    for name in failed:
+        print(f"--- {name}: {outcome[name]}; last lines of `dvc queue logs {name}`:")
+        print("\n".join(_dvc("queue", "logs", name, check=False).stdout.splitlines()[-25:]))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

