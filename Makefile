@@ -15,7 +15,7 @@ ROWS ?=
 PAPER_GROUPS := paper-pilot paper-main paper-contexts paper-generator
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: repro test install dag clean-venv report $(PAPER_GROUPS)
+.PHONY: repro test lint format install dag clean-venv report $(PAPER_GROUPS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ repro: $(INSTALLED)
 
 test: $(INSTALLED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# ruff: lint and format check (pyproject.toml [tool.ruff]); `make format` rewrites.
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(INSTALLED)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 $(PAPER_GROUPS): paper-%: $(INSTALLED)
 	$(RUN) $(BIN)/python -m ctxsynth.paper.experiments run $* --scale $(SCALE) --jobs $(JOBS) $(if $(ROWS),--rows $(ROWS))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,10 +17,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from ctxsynth.evaluate.run import _prepare, load_benchmark
 from ctxsynth.core.io import write_jsonl
-from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
 from ctxsynth.core.tasks import get_task, templates_version
+from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
+from ctxsynth.evaluate.run import _prepare, load_benchmark
 
 
 def bare_loop(model_dir: str, prepared: dict[str, list[dict]]) -> float:
@@ -33,12 +32,17 @@ def bare_loop(model_dir: str, prepared: dict[str, list[dict]]) -> float:
     model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
     for task, docs in prepared.items():
         for doc in docs:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": doc["prompt"]}], tokenize=False,
-                                                 add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": doc["prompt"]}], tokenize=False, add_generation_prompt=True
+            )
             encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False)
             with torch.inference_mode():
-                model.generate(**encoded, max_new_tokens=get_task(task).max_new_tokens, do_sample=False,
-                               pad_token_id=tokenizer.pad_token_id)
+                model.generate(
+                    **encoded,
+                    max_new_tokens=get_task(task).max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
     return time.perf_counter() - started
 
 
@@ -53,9 +57,13 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    prepared = {task: [_prepare(doc, get_task(task), tokenizer, args.max_length)
-                       for doc in load_benchmark(args.benchmark_dir / f"{task}.jsonl", task)[: args.limit]]
-                for task in args.tasks}
+    prepared = {
+        task: [
+            _prepare(doc, get_task(task), tokenizer, args.max_length)
+            for doc in load_benchmark(args.benchmark_dir / f"{task}.jsonl", task)[: args.limit]
+        ]
+        for task in args.tasks
+    }
     docs = sum(len(d) for d in prepared.values())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -65,8 +73,9 @@ def main() -> None:
             tasks.append(LmEvalTask(task, tmp / f"{task}.jsonl", get_task(task).max_new_tokens))
         runner = LmEvalRunner(render_task_dir(tasks, tmp / "tasks", templates_version(), cache_dir=tmp / "hf"))
         started = time.perf_counter()
-        runner.run(Path(args.model), tasks, batch_size=1, device="cpu", dtype="auto", max_length=8192,
-                   apply_chat_template=True)
+        runner.run(
+            Path(args.model), tasks, batch_size=1, device="cpu", dtype="auto", max_length=8192, apply_chat_template=True
+        )
         stage_seconds = time.perf_counter() - started
     bare_seconds = bare_loop(args.model, prepared)
     print(f"{docs} docs ({', '.join(args.tasks)}), prompts up to {args.max_length} tokens, greedy, batch 1")

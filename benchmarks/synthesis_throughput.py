@@ -10,15 +10,13 @@ side by side in one run. Tokens per second count generated tokens up to each seq
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-
 from ctxsynth.generation.transformers_backend import TransformersBackend
 from ctxsynth.prepare.seeds import read_seed_dir
-from ctxsynth.synthesis.prompts import get_prompt
 from ctxsynth.synthesis.contexts import build_requests
+from ctxsynth.synthesis.prompts import get_prompt
 
 
 def generate_calls(backend: TransformersBackend, requests, sampling, batch_size: int) -> int:
@@ -28,20 +26,26 @@ def generate_calls(backend: TransformersBackend, requests, sampling, batch_size:
     prompts = sorted((backend.prompt_text(r) for r in requests), key=lambda p: -len(backend.tokenizer(p).input_ids))
     eos, tokens = set(backend._eos_ids()), 0
     for start in range(0, len(prompts), batch_size):
-        encoded = backend.tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                                    add_special_tokens=False).to(backend.device)
+        encoded = backend.tokenizer(
+            prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(backend.device)
         with torch.inference_mode():
-            output = backend.model.generate(**encoded, max_new_tokens=sampling["max_new_tokens"], do_sample=False,
-                                            min_new_tokens=sampling.get("min_new_tokens", 0),
-                                            pad_token_id=backend.tokenizer.pad_token_id)
-        for row in output[:, encoded.input_ids.shape[1]:].tolist():
+            output = backend.model.generate(
+                **encoded,
+                max_new_tokens=sampling["max_new_tokens"],
+                do_sample=False,
+                min_new_tokens=sampling.get("min_new_tokens", 0),
+                pad_token_id=backend.tokenizer.pad_token_id,
+            )
+        for row in output[:, encoded.input_ids.shape[1] :].tolist():
             tokens += next((n for n, t in enumerate(row) if t in eos), len(row))
     return tokens
 
 
 def continuous(backend: TransformersBackend, requests, sampling) -> int:
-    return sum(result["generated_tokens"] for batch in backend.iter_generate(requests, sampling, seed=0)
-               for _, result in batch)
+    return sum(
+        result["generated_tokens"] for batch in backend.iter_generate(requests, sampling, seed=0) for _, result in batch
+    )
 
 
 def timed(run, *args) -> tuple[float, int]:
@@ -57,8 +61,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--fixed-length", action="store_true",
-                        help="force every prompt to generate exactly --max-new-tokens (raw generation speed)")
+    parser.add_argument(
+        "--fixed-length",
+        action="store_true",
+        help="force every prompt to generate exactly --max-new-tokens (raw generation speed)",
+    )
     parser.add_argument("--skip-static", action="store_true", help="leave out the static-batch generate() row")
     args = parser.parse_args()
     seeds = read_seed_dir(args.seeds)[: args.prompts]
@@ -73,11 +80,15 @@ def main() -> None:
     continuous(backend, requests[:2], warm_up)
     rows = [("one at a time (reference style)",) + timed(generate_calls, backend, requests, sampling, 1)]
     if not args.skip_static:
-        rows.append((f"static batches of {args.batch_size}",)
-                    + timed(generate_calls, backend, requests, sampling, args.batch_size))
+        rows.append(
+            (f"static batches of {args.batch_size}",)
+            + timed(generate_calls, backend, requests, sampling, args.batch_size)
+        )
     rows.append((f"continuous batching, {args.batch_size} slots",) + timed(continuous, backend, requests, sampling))
     length = "exactly" if args.fixed_length else "up to"
-    print(f"{len(requests)} prompts, {length} {args.max_new_tokens} new tokens, greedy, {backend.model_id.split('@')[0]}")
+    print(
+        f"{len(requests)} prompts, {length} {args.max_new_tokens} new tokens, greedy, {backend.model_id.split('@')[0]}"
+    )
     print(f"{'path':<36}{'seconds':>10}{'tokens':>9}{'tokens/s':>11}{'speed-up':>10}")
     reference = rows[0][2] / rows[0][1]
     for name, seconds, tokens in rows:

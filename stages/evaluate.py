@@ -3,15 +3,14 @@
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 # Offline by construction: lm-eval reads local JSON files only and the model is a local directory.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from ctxsynth.evaluate.run import EvalSettings, evaluate
 from ctxsynth.core.io import load_params
+from ctxsynth.evaluate.run import EvalSettings, evaluate
 
 
 def main() -> None:
@@ -21,13 +20,24 @@ def main() -> None:
     parser.add_argument("--benchmark-dir", default="data/benchmark", type=Path)
     parser.add_argument("--metrics", default="metrics/eval.json", type=Path)
     parser.add_argument("--predictions", default="data/eval/predictions.jsonl", type=Path)
-    parser.add_argument("--niah-plot", default="metrics/plots/niah.json", type=Path,
-                        help="NIAH recall per model x subtask x length x depth (heatmap rows)")
+    parser.add_argument(
+        "--niah-plot",
+        default="metrics/plots/niah.json",
+        type=Path,
+        help="NIAH recall per model x subtask x length x depth (heatmap rows)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = EvalSettings.from_params(load_params("evaluate"))
-    report = evaluate(args.model, args.adapter, args.benchmark_dir, args.metrics, args.predictions, settings,
-                      niah_plot_path=args.niah_plot)
+    report = evaluate(
+        args.model,
+        args.adapter,
+        args.benchmark_dir,
+        args.metrics,
+        args.predictions,
+        settings,
+        niah_plot_path=args.niah_plot,
+    )
     for variant in ("base", "finetuned"):
         if report[variant] is None:
             print(f"evaluate: {variant}: not scored" + (" (no adapter)" if variant == "finetuned" else ""))

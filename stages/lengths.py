@@ -1,13 +1,11 @@
 """Stage lengths: synthesized-context lengths against evaluation-context lengths (plot data, Figure 5)."""
 
 import argparse
-import sys
 from pathlib import Path
 
-
 from ctxsynth.core.io import load_params, read_jsonl, write_json
-from ctxsynth.synthesis.contexts import length_histogram
 from ctxsynth.core.text import count_words
+from ctxsynth.synthesis.contexts import length_histogram
 
 
 def main() -> None:
@@ -18,8 +16,11 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params("lengths")
     synthesized = [r["words"] for r in read_jsonl(args.contexts, required=("words",)) if r.get("context")]
-    evaluation = [count_words(doc["context"]) for task in params["tasks"]
-                  for doc in read_jsonl(args.benchmark_dir / f"{task}.jsonl", required=("context",))]
+    evaluation = [
+        count_words(doc["context"])
+        for task in params["tasks"]
+        for doc in read_jsonl(args.benchmark_dir / f"{task}.jsonl", required=("context",))
+    ]
     write_json(args.out, length_histogram(synthesized, evaluation, int(params["bin_words"])))
     print(f"lengths: {len(synthesized)} synthesized, {len(evaluation)} evaluation contexts")
 

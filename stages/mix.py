@@ -1,16 +1,14 @@
 """Stage mix: chat-format training samples (long samples of `mix.variant` plus `mix.general`), one JSONL file."""
 
 import argparse
-import sys
 from pathlib import Path
 
-
-from ctxsynth.prepare.general_data import load_general
 from ctxsynth.core.io import load_params, read_json, read_jsonl, write_json, write_jsonl
+from ctxsynth.core.tasks import templates_version
 from ctxsynth.mix.assemble import GENERAL_ONLY, VARIANTS, apply_filter, assemble, length_stats, pool_for_variant
 from ctxsynth.mix.niah_training import NIAH_VARIANTS, niah_training_samples
+from ctxsynth.prepare.general_data import load_general
 from ctxsynth.prepare.seeds import read_seed_dir
-from ctxsynth.core.tasks import templates_version
 
 
 def long_samples(params: dict, args) -> tuple[list[dict], dict]:
@@ -34,10 +32,12 @@ def long_samples(params: dict, args) -> tuple[list[dict], dict]:
     if variant == "context_synthesis" and any(v is not None for v in thresholds.values()):
         pool, filter_report = apply_filter(pool, thresholds)
     if not pool:
-        raise SystemExit(f"mix: no records usable for variant {variant!r} "
-                         f"(seeds in {args.seeds}, contexts in {args.contexts})")
-    samples = assemble(pool, variant, int(params["num_contexts"]), int(params["seed"]),
-                       bool(params["summarization_distractors"]))
+        raise SystemExit(
+            f"mix: no records usable for variant {variant!r} (seeds in {args.seeds}, contexts in {args.contexts})"
+        )
+    samples = assemble(
+        pool, variant, int(params["num_contexts"]), int(params["seed"]), bool(params["summarization_distractors"])
+    )
     return samples, {"records_available": len(pool), "records_total": len(seeds), "filter": filter_report}
 
 
@@ -55,16 +55,29 @@ def main() -> None:
     samples, report = long_samples(params, args)
     general, general_report = load_general(params.get("general"), len(samples), int(params["seed"]))
     if not samples and not general:
-        raise SystemExit(f"mix: nothing to train on: mix.variant is {params['variant']!r} and mix.general.source "
-                         "is null (name a general SFT file, e.g. data/general/train.jsonl)")
+        raise SystemExit(
+            f"mix: nothing to train on: mix.variant is {params['variant']!r} and mix.general.source "
+            "is null (name a general SFT file, e.g. data/general/train.jsonl)"
+        )
     write_jsonl(args.out, samples + general)
     from transformers import AutoTokenizer
 
     stats = length_stats(samples + general, AutoTokenizer.from_pretrained(args.model))
-    write_json(args.metrics, {**stats, "variant": params["variant"], "num_contexts": int(params["num_contexts"]),
-                              "templates_version": templates_version(), "long_samples": len(samples),
-                              "general": general_report, **report})
-    print(f"mix: {len(samples)} long samples ({params['variant']}, n={params['num_contexts']}) + {len(general)} general")
+    write_json(
+        args.metrics,
+        {
+            **stats,
+            "variant": params["variant"],
+            "num_contexts": int(params["num_contexts"]),
+            "templates_version": templates_version(),
+            "long_samples": len(samples),
+            "general": general_report,
+            **report,
+        },
+    )
+    print(
+        f"mix: {len(samples)} long samples ({params['variant']}, n={params['num_contexts']}) + {len(general)} general"
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,7 @@
 """Stage seed: instruction-answer pairs per task into data/seed/<task>.jsonl, disjoint from evaluation."""
 
 import argparse
-import sys
 from pathlib import Path
-
 
 from ctxsynth.core.io import load_params, read_json, write_json, write_jsonl
 from ctxsynth.prepare.seeds import select_seeds
@@ -24,10 +22,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for task, records in sorted(by_task.items()):
         write_jsonl(args.out / f"{task}.jsonl", records)
-    write_json(args.metrics, {"tasks": report, "total": len(seeds),
-                              "removed_reserved": sum(e["removed_reserved"] for e in report.values())})
-    print(f"seed: {len(seeds)} seeds in {len(by_task)} tasks; removed as reserved for evaluation: "
-          f"{sum(e['removed_reserved'] for e in report.values())}")
+    write_json(
+        args.metrics,
+        {"tasks": report, "total": len(seeds), "removed_reserved": sum(e["removed_reserved"] for e in report.values())},
+    )
+    print(
+        f"seed: {len(seeds)} seeds in {len(by_task)} tasks; removed as reserved for evaluation: "
+        f"{sum(e['removed_reserved'] for e in report.values())}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,17 @@ class BatchServer:
       (a lost reply); None answers normally.
     """
 
-    def __init__(self, in_progress_polls: int = 2, terminal: str = "completed", error_matching: str | None = None,
-                 omit_matching: str | None = None, errors_in_output: bool = False, duplicate_output: bool = False,
-                 faults: dict[str, list] | None = None, shuffle_seed: int = 1):
+    def __init__(
+        self,
+        in_progress_polls: int = 2,
+        terminal: str = "completed",
+        error_matching: str | None = None,
+        omit_matching: str | None = None,
+        errors_in_output: bool = False,
+        duplicate_output: bool = False,
+        faults: dict[str, list] | None = None,
+        shuffle_seed: int = 1,
+    ):
         self.in_progress_polls, self.terminal = in_progress_polls, terminal
         self.error_matching, self.omit_matching = error_matching, omit_matching
         self.errors_in_output, self.duplicate_output = errors_in_output, duplicate_output
@@ -109,7 +117,9 @@ class BatchServer:
         fields = {}
         for part in message.iter_parts():
             fields[part.get_param("name", header="content-disposition")] = (
-                part.get_filename(), part.get_payload(decode=True))
+                part.get_filename(),
+                part.get_payload(decode=True),
+            )
         if "file" not in fields or fields.get("purpose", (None, b""))[1] != b"batch":
             return 400, {"error": {"message": "need a file and purpose=batch"}}
         with self.lock:
@@ -128,11 +138,20 @@ class BatchServer:
             batch_id = f"batch_{len(self.batches)}"
             lines = [json.loads(line) for line in self.files[body["input_file_id"]]["content"].decode().splitlines()]
             self.batch_inputs[batch_id] = lines
-            self.batches[batch_id] = {"id": batch_id, "object": "batch", "endpoint": body["endpoint"],
-                                      "input_file_id": body["input_file_id"], "completion_window": "24h",
-                                      "status": "validating", "output_file_id": None, "error_file_id": None,
-                                      "errors": None, "created_at": len(self.batches), "polls": 0,
-                                      "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+            self.batches[batch_id] = {
+                "id": batch_id,
+                "object": "batch",
+                "endpoint": body["endpoint"],
+                "input_file_id": body["input_file_id"],
+                "completion_window": "24h",
+                "status": "validating",
+                "output_file_id": None,
+                "error_file_id": None,
+                "errors": None,
+                "created_at": len(self.batches),
+                "polls": 0,
+                "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            }
             return 200, self.public(batch_id)
 
     def public(self, batch_id: str) -> dict:
@@ -143,11 +162,16 @@ class BatchServer:
             self.counts["lists"] += 1
             ordered = sorted(self.batches, key=lambda b: -self.batches[b]["created_at"])  # newest first
             if query.get("after") in ordered:
-                ordered = ordered[ordered.index(query["after"]) + 1:]
+                ordered = ordered[ordered.index(query["after"]) + 1 :]
             limit = int(query.get("limit", 20))
             page = ordered[:limit]
-            return 200, {"object": "list", "data": [self.public(b) for b in page], "has_more": len(ordered) > limit,
-                         "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
+            return 200, {
+                "object": "list",
+                "data": [self.public(b) for b in page],
+                "has_more": len(ordered) > limit,
+                "first_id": page[0] if page else None,
+                "last_id": page[-1] if page else None,
+            }
 
     def poll(self, batch_id: str):
         with self.lock:
@@ -177,29 +201,57 @@ class BatchServer:
         lines = self.batch_inputs[batch["id"]]
         if self.terminal == "failed":
             batch["status"] = "failed"
-            batch["errors"] = {"object": "list", "data": [{"code": "model_not_found", "line": 1, "param": "body.model",
-                                                           "message": "The model does not exist"}]}
+            batch["errors"] = {
+                "object": "list",
+                "data": [
+                    {"code": "model_not_found", "line": 1, "param": "body.model", "message": "The model does not exist"}
+                ],
+            }
             return
         if self.terminal in ("expired", "cancelled"):
-            lines = lines[:len(lines) // 2]
+            lines = lines[: len(lines) // 2]
         outputs, errors = [], []
         for number, line in enumerate(lines):
             question = question_of(line["body"])
             if self.omit_matching and self.omit_matching in question:
                 continue
             if self.error_matching and self.error_matching in question:
-                (outputs if self.errors_in_output else errors).append({
-                    "id": f"batch_req_{number}", "custom_id": line["custom_id"],
-                    "response": {"status_code": 400, "request_id": f"req_{number}",
-                                 "body": {"error": {"message": f"invalid prompt: {question}", "code": "bad_item"}}},
-                    "error": None})
+                (outputs if self.errors_in_output else errors).append(
+                    {
+                        "id": f"batch_req_{number}",
+                        "custom_id": line["custom_id"],
+                        "response": {
+                            "status_code": 400,
+                            "request_id": f"req_{number}",
+                            "body": {"error": {"message": f"invalid prompt: {question}", "code": "bad_item"}},
+                        },
+                        "error": None,
+                    }
+                )
                 continue
-            outputs.append({"id": f"batch_req_{number}", "custom_id": line["custom_id"], "error": None, "response": {
-                "status_code": 200, "request_id": f"req_{number}", "body": {
-                    "object": "chat.completion", "model": line["body"]["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": f"Context: reply to {question}"}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}}})
+            outputs.append(
+                {
+                    "id": f"batch_req_{number}",
+                    "custom_id": line["custom_id"],
+                    "error": None,
+                    "response": {
+                        "status_code": 200,
+                        "request_id": f"req_{number}",
+                        "body": {
+                            "object": "chat.completion",
+                            "model": line["body"]["model"],
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": f"Context: reply to {question}"},
+                                }
+                            ],
+                            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                        },
+                    },
+                }
+            )
         self.random.shuffle(outputs)
         if self.duplicate_output and outputs:
             outputs.insert(1, outputs[0])
@@ -207,12 +259,18 @@ class BatchServer:
         for field, items in (("output_file_id", outputs), ("error_file_id", errors)):
             if items:
                 file_id = f"file-{field.split('_')[0]}-{batch['id']}"
-                self.files[file_id] = {"purpose": "batch_output", "filename": f"{file_id}.jsonl",
-                                       "content": "".join(json.dumps(o) + "\n" for o in items).encode()}
+                self.files[file_id] = {
+                    "purpose": "batch_output",
+                    "filename": f"{file_id}.jsonl",
+                    "content": "".join(json.dumps(o) + "\n" for o in items).encode(),
+                }
                 batch[field] = file_id
         succeeded = sum(o["response"]["status_code"] == 200 for o in outputs)
-        batch["request_counts"] = {"total": len(self.batch_inputs[batch["id"]]), "completed": succeeded,
-                                   "failed": len(lines) - succeeded}
+        batch["request_counts"] = {
+            "total": len(self.batch_inputs[batch["id"]]),
+            "completed": succeeded,
+            "failed": len(lines) - succeeded,
+        }
         batch["status"] = self.terminal
 
     def requests_of(self, batch_id: str) -> list[dict]:

@@ -13,7 +13,9 @@ class ChatServer:
     "429", "500", "slow", "malformed", "drop", or None for a normal reply. Questions containing `fail_matching`
     always get a 500."""
 
-    def __init__(self, faults: list[str | None] | None = None, slow_seconds: float = 1.0, fail_matching: str | None = None):
+    def __init__(
+        self, faults: list[str | None] | None = None, slow_seconds: float = 1.0, fail_matching: str | None = None
+    ):
         self.faults, self.fail_matching, self.slow_seconds = list(faults or []), fail_matching, slow_seconds
         self.lock = threading.Lock()
         self.received: list[str] = []
@@ -44,10 +46,21 @@ class ChatServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                reply = b"{not json" if fault == "malformed" else json.dumps({
-                    "choices": [{"message": {"role": "assistant", "content": f"Context: reply to {question}"},
-                                 "finish_reason": "stop"}],
-                    "usage": {"completion_tokens": 5}}).encode()
+                reply = (
+                    b"{not json"
+                    if fault == "malformed"
+                    else json.dumps(
+                        {
+                            "choices": [
+                                {
+                                    "message": {"role": "assistant", "content": f"Context: reply to {question}"},
+                                    "finish_reason": "stop",
+                                }
+                            ],
+                            "usage": {"completion_tokens": 5},
+                        }
+                    ).encode()
+                )
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))

@@ -9,14 +9,22 @@ from ctxsynth.generation.base import Request
 from ctxsynth.generation.transformers_backend import TransformersBackend
 
 # Prompts of different lengths, so rows are left-padded against each other and refills merge unequal caches.
-TEXTS = ["Hi", "Write a long story about a lighthouse keeper and the sea.", "What is 2+2?",
-         "Describe the history of Rome in detail, with dates.", "ok", "Tell me about cats and dogs, briefly.",
-         "Why is the sky blue?"]
+TEXTS = [
+    "Hi",
+    "Write a long story about a lighthouse keeper and the sea.",
+    "What is 2+2?",
+    "Describe the history of Rome in detail, with dates.",
+    "ok",
+    "Tell me about cats and dogs, briefly.",
+    "Why is the sky blue?",
+]
 
 
 def requests() -> list[Request]:
-    return [Request(key=f"k{i}", messages=[{"role": "user", "content": text}], response_prefix="Context:")
-            for i, text in enumerate(TEXTS)]
+    return [
+        Request(key=f"k{i}", messages=[{"role": "user", "content": text}], response_prefix="Context:")
+        for i, text in enumerate(TEXTS)
+    ]
 
 
 def outputs(backend: TransformersBackend, sampling: dict, items: list[Request]) -> tuple[dict, list[list[str]]]:
@@ -48,13 +56,20 @@ def reference_generate(backend: TransformersBackend, request: Request, sampling:
     encoded = backend.tokenizer([backend.prompt_text(request)], return_tensors="pt", add_special_tokens=False)
     kwargs = {key: sampling[key] for key in ("repetition_penalty", "min_new_tokens") if key in sampling}
     with torch.inference_mode():
-        output = backend.model.generate(**encoded, max_new_tokens=sampling["max_new_tokens"], do_sample=False,
-                                        pad_token_id=backend.tokenizer.pad_token_id, **kwargs)
-    return output[0, encoded.input_ids.shape[1]:].tolist()
+        output = backend.model.generate(
+            **encoded,
+            max_new_tokens=sampling["max_new_tokens"],
+            do_sample=False,
+            pad_token_id=backend.tokenizer.pad_token_id,
+            **kwargs,
+        )
+    return output[0, encoded.input_ids.shape[1] :].tolist()
 
 
-@pytest.mark.parametrize("sampling", [{"max_new_tokens": 24, "temperature": 0.0},
-                                      {"max_new_tokens": 24, "temperature": 0.0, "repetition_penalty": 1.3}])
+@pytest.mark.parametrize(
+    "sampling",
+    [{"max_new_tokens": 24, "temperature": 0.0}, {"max_new_tokens": 24, "temperature": 0.0, "repetition_penalty": 1.3}],
+)
 def test_greedy_batched_with_refill_matches_generate_one_at_a_time(backend, sampling):
     batched, _ = outputs(backend, sampling, requests())
     eos = set(backend._eos_ids())

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctxsynth.evaluate.run import EvalSettings, evaluate, find_sources, load_benchmark, middle_truncate
 from ctxsynth.core.io import InputError
-from ctxsynth.evaluate.lm_eval_runner import LmEvalTask, base_task_yaml, render_task_dir
 from ctxsynth.core.scoring import delta, niah_recall, score_prediction, summarize
 from ctxsynth.core.tasks import get_task
+from ctxsynth.evaluate.lm_eval_runner import LmEvalTask, base_task_yaml, render_task_dir
+from ctxsynth.evaluate.run import EvalSettings, evaluate, find_sources, load_benchmark, middle_truncate
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def score(process_results, metric, prediction, answers):
 
 # ---- scoring -----------------------------------------------------------------------------------------------------
 
+
 def test_qa_f1_hand_computed(process_results):
     # "The cat sat" -> normalized tokens [cat, sat]; "a cat" -> [cat]: P = 1/2, R = 1, F1 = 2PR/(P+R) = 2/3
     assert score(process_results, "qa_f1", "The cat sat", ["a cat"]) == pytest.approx(2 / 3)
@@ -45,18 +46,21 @@ def test_qa_f1_hand_computed(process_results):
 def test_rouge_l_hand_computed(process_results):
     # LCS of "the cat sat on a mat" / "the cat is on a mat" = "the cat on a mat": 5 of 6 words each side,
     # P = R = 5/6, so ROUGE-L F = 5/6
-    assert score(process_results, "rouge_l", "the cat sat on a mat", ["the cat is on a mat"]) \
-        == pytest.approx(5 / 6, abs=1e-6)
+    assert score(process_results, "rouge_l", "the cat sat on a mat", ["the cat is on a mat"]) == pytest.approx(
+        5 / 6, abs=1e-6
+    )
     # The `rouge` package (LongBench's choice) counts DISTINCT words (exclusive n-grams): with "the" twice, both
     # sides have 5 distinct words and the LCS "the cat on the mat" has 4 distinct ones: P = R = F = 4/5, not 5/6
-    assert score(process_results, "rouge_l", "the cat sat on the mat", ["the cat is on the mat"]) \
-        == pytest.approx(4 / 5, abs=1e-6)
+    assert score(process_results, "rouge_l", "the cat sat on the mat", ["the cat is on the mat"]) == pytest.approx(
+        4 / 5, abs=1e-6
+    )
     assert score(process_results, "rouge_l", "", ["a summary"]) == 0.0  # empty prediction scores 0, no crash
 
 
 def test_niah_recall(process_results):
-    assert score(process_results, "niah_recall", "The numbers are 123 and 456.", ["123", "456", "789"]) \
-        == pytest.approx(2 / 3)
+    assert score(
+        process_results, "niah_recall", "The numbers are 123 and 456.", ["123", "456", "789"]
+    ) == pytest.approx(2 / 3)
     assert niah_recall("ANSWER: Key-ABC", ["key-abc"]) == 1.0  # case-insensitive substring
     assert niah_recall("nothing here", ["4821"]) == 0.0
     with pytest.raises(ValueError):
@@ -72,12 +76,15 @@ def test_summary_categories_overall_and_delta():
     assert base["categories"] == {"single_doc_qa": 40.0, "multi_doc_qa": 20.0, "retrieval": 80.0}
     assert base["overall"] == 45.0  # unweighted mean of the 4 tasks, not of the 3 categories (46.67)
     tuned = summarize(dict(zip(names, (60.0, 30.0, 10.0, 100.0))), categories)
-    assert delta(base, tuned) == {"overall": 5.0, "tasks": {"squad_long": 10.0, "narrativeqa": 0.0,
-                                                          "hotpotqa_long": -10.0, "niah_single": 20.0}}
+    assert delta(base, tuned) == {
+        "overall": 5.0,
+        "tasks": {"squad_long": 10.0, "narrativeqa": 0.0, "hotpotqa_long": -10.0, "niah_single": 20.0},
+    }
     assert delta(base, None) is None and summarize({}, {})["overall"] is None
 
 
 # ---- middle truncation -------------------------------------------------------------------------------------------
+
 
 def test_middle_truncation_keeps_first_and_last_halves(tiny_model_dir):
     from transformers import AutoTokenizer
@@ -97,9 +104,18 @@ def test_middle_truncation_keeps_first_and_last_halves(tiny_model_dir):
 
 # ---- input validation --------------------------------------------------------------------------------------------
 
+
 def longbench_doc(task, index, context, question, answers):
-    return {"_id": f"{task}-{index}", "input": question, "context": context, "answers": answers,
-            "length": len(context.split()), "dataset": task, "language": "en", "all_classes": None}
+    return {
+        "_id": f"{task}-{index}",
+        "input": question,
+        "context": context,
+        "answers": answers,
+        "length": len(context.split()),
+        "dataset": task,
+        "language": "en",
+        "all_classes": None,
+    }
 
 
 def write_lines(path, lines):
@@ -142,14 +158,17 @@ def test_malformed_line_and_bad_fields(tmp_path):
 
 
 def test_missing_longbench_dir_is_reported_and_skipped(tmp_path, caplog):
-    settings = EvalSettings(tasks=["squad_long"], longbench_dir=str(tmp_path / "LongBench"),
-                            longbench_tasks=["hotpotqa", "qasper"])
+    settings = EvalSettings(
+        tasks=["squad_long"], longbench_dir=str(tmp_path / "LongBench"), longbench_tasks=["hotpotqa", "qasper"]
+    )
     (tmp_path / "LongBench" / "data").mkdir(parents=True)
     write_lines(tmp_path / "LongBench" / "data" / "hotpotqa.jsonl", ["{}"])
     with caplog.at_level(logging.WARNING):
         sources = find_sources(tmp_path / "bench", settings)
-    assert sources == [("squad_long", tmp_path / "bench" / "squad_long.jsonl"),
-                       ("hotpotqa", tmp_path / "LongBench" / "data" / "hotpotqa.jsonl")]
+    assert sources == [
+        ("squad_long", tmp_path / "bench" / "squad_long.jsonl"),
+        ("hotpotqa", tmp_path / "LongBench" / "data" / "hotpotqa.jsonl"),
+    ]
     message = caplog.text
     assert "qasper" in message and "data.zip" in message and "longbench_qasper" in message
     assert "hotpotqa skipped" not in message
@@ -173,17 +192,36 @@ def test_task_yaml_has_absolute_data_files(tmp_path, monkeypatch):
 
 # ---- end to end through lm-eval with the tiny model ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def benchmark_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("benchmark")
     filler = "The quick brown fox jumps over the lazy dog. " * 12  # ~540 bytes = tokens (byte-level tokenizer)
-    squad = [longbench_doc("squad_long", 0, "Paris is the capital of France.", "What is the capital?", ["Paris"]),
-             longbench_doc("squad_long", 1, filler + "Mount Everest is 8848 m high." + filler,
-                           "How high is Everest?", ["8848 m", "8,848 metres"]),
-             longbench_doc("squad_long", 2, "Water boils at 100 C.", "When does water boil?", ["100 C"])]
-    niah = [dict(longbench_doc("niah_single", i, filler[: 100 * (i + 1)] + f"The magic number is {4000 + i}.",
-                               "What is the magic number?", [str(4000 + i)]), niah_length=100 * (1 + i // 2),
-                 niah_depth=1.0) for i in range(3)]
+    squad = [
+        longbench_doc("squad_long", 0, "Paris is the capital of France.", "What is the capital?", ["Paris"]),
+        longbench_doc(
+            "squad_long",
+            1,
+            filler + "Mount Everest is 8848 m high." + filler,
+            "How high is Everest?",
+            ["8848 m", "8,848 metres"],
+        ),
+        longbench_doc("squad_long", 2, "Water boils at 100 C.", "When does water boil?", ["100 C"]),
+    ]
+    niah = [
+        dict(
+            longbench_doc(
+                "niah_single",
+                i,
+                filler[: 100 * (i + 1)] + f"The magic number is {4000 + i}.",
+                "What is the magic number?",
+                [str(4000 + i)],
+            ),
+            niah_length=100 * (1 + i // 2),
+            niah_depth=1.0,
+        )
+        for i in range(3)
+    ]
     for task, docs in (("squad_long", squad), ("niah_single", niah)):
         write_lines(directory / f"{task}.jsonl", [json.dumps(doc) for doc in docs])
     return directory
@@ -198,8 +236,9 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     # init_lora_weights=False: random A and B, so the adapter really changes the outputs
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    )
     directory = tmp_path_factory.mktemp("adapter")
     peft_model.save_pretrained(directory)
     return directory
@@ -222,8 +261,9 @@ def test_end_to_end_base_and_adapter(tiny_model_dir, adapter_dir, benchmark_dir,
 
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(records) == 12
-    assert {(r["variant"], r["task"]) for r in records} == {(v, t) for v in ("base", "finetuned")
-                                                           for t in ("squad_long", "niah_single")}
+    assert {(r["variant"], r["task"]) for r in records} == {
+        (v, t) for v in ("base", "finetuned") for t in ("squad_long", "niah_single")
+    }
     assert {r["_id"] for r in records} == {f"{t}-{i}" for t in ("squad_long", "niah_single") for i in range(3)}
     for record in records:  # every per-sample score is recomputable from the saved prediction
         expected = 100 * score_prediction(get_task(record["task"]).metric, record["prediction"], record["answers"])
@@ -239,15 +279,17 @@ def test_end_to_end_base_and_adapter(tiny_model_dir, adapter_dir, benchmark_dir,
             assert tasks[task] == pytest.approx(sum(scores) / 3, abs=1e-3)
         assert written[variant]["overall"] == pytest.approx(sum(tasks.values()) / 2, abs=1e-3)
         assert written[variant]["categories"]["retrieval"] == tasks["niah_single"]
-    assert written["delta"]["overall"] == pytest.approx(written["finetuned"]["overall"] - written["base"]["overall"],
-                                                        abs=1e-3)
+    assert written["delta"]["overall"] == pytest.approx(
+        written["finetuned"]["overall"] - written["base"]["overall"], abs=1e-3
+    )
     base = [r["prediction"] for r in records if r["variant"] == "base"]
     tuned = [r["prediction"] for r in records if r["variant"] == "finetuned"]
     assert base != tuned, "the adapter was not applied: identical predictions"
 
     heatmap = json.loads(plot.read_text())  # docs 0 and 1 share the (100 words, depth 1.0) cell, doc 2 is alone
     assert [(row["model"], row["subtask"], row["length"], row["depth"]) for row in heatmap] == [
-        (variant, "single", length, 1.0) for variant in ("base", "finetuned") for length in (100, 200)]
+        (variant, "single", length, 1.0) for variant in ("base", "finetuned") for length in (100, 200)
+    ]
     for row in heatmap:
         ids = ["niah_single-0", "niah_single-1"] if row["length"] == 100 else ["niah_single-2"]
         scores = [r["score"] for r in records if r["variant"] == row["model"] and r["_id"] in ids]
@@ -257,8 +299,14 @@ def test_end_to_end_base_and_adapter(tiny_model_dir, adapter_dir, benchmark_dir,
 def test_no_adapter_scores_base_only(tiny_model_dir, benchmark_dir, tmp_path, caplog):
     settings = EvalSettings(tasks=["niah_single"], max_length=128, limit=2, device="cpu")
     with caplog.at_level(logging.WARNING):
-        report = evaluate(tiny_model_dir, tmp_path / "no-adapter", benchmark_dir, tmp_path / "eval.json",
-                          tmp_path / "predictions.jsonl", settings)
+        report = evaluate(
+            tiny_model_dir,
+            tmp_path / "no-adapter",
+            benchmark_dir,
+            tmp_path / "eval.json",
+            tmp_path / "predictions.jsonl",
+            settings,
+        )
     assert "scoring the base model only" in caplog.text
     assert report["finetuned"] is None and report["delta"] is None
     assert not math.isnan(report["base"]["overall"])
@@ -304,8 +352,14 @@ def test_generations_are_cached_per_model_content(tiny_model_dir, adapter_dir, b
     config["lora_dropout"] = 0.5  # inert at inference, but other content: a different cache
     (other / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(AssertionError, match="generated again"):
-        evaluate(tiny_model_dir, other, benchmark_dir, tmp_path / "c.json", tmp_path / "c.jsonl",
-                 EvalSettings(tasks=["niah_single"], max_length=128, limit=2, device="cpu", score_base=False))
+        evaluate(
+            tiny_model_dir,
+            other,
+            benchmark_dir,
+            tmp_path / "c.json",
+            tmp_path / "c.jsonl",
+            EvalSettings(tasks=["niah_single"], max_length=128, limit=2, device="cpu", score_base=False),
+        )
 
 
 def test_longbench_layout_fixture_end_to_end(tiny_model_dir, benchmark_dir, tmp_path, monkeypatch, caplog):
@@ -315,14 +369,40 @@ def test_longbench_layout_fixture_end_to_end(tiny_model_dir, benchmark_dir, tmp_
 
     data = tmp_path / "LongBench" / "data"
     data.mkdir(parents=True)
-    hotpot = [{"input": "Which city hosts the tower?", "context": "Passage 1:\nThe tower stands in Paris.",
-               "answers": ["Paris"], "length": 6, "dataset": "hotpotqa", "language": "en", "all_classes": None,
-               "_id": "hp-a"},
-              {"input": "Who wrote it?", "context": "Passage 1:\nIt was written by Ann.", "answers": ["Ann"],
-               "length": 6, "dataset": "hotpotqa", "language": "en", "all_classes": None, "_id": "hp-b"}]
-    report = [{"input": "", "context": "The agency reviewed its budget and found savings.",
-               "answers": ["The agency found savings in its budget."], "length": 8, "dataset": "gov_report",
-               "language": "en", "all_classes": None, "_id": "gr-a"}]
+    hotpot = [
+        {
+            "input": "Which city hosts the tower?",
+            "context": "Passage 1:\nThe tower stands in Paris.",
+            "answers": ["Paris"],
+            "length": 6,
+            "dataset": "hotpotqa",
+            "language": "en",
+            "all_classes": None,
+            "_id": "hp-a",
+        },
+        {
+            "input": "Who wrote it?",
+            "context": "Passage 1:\nIt was written by Ann.",
+            "answers": ["Ann"],
+            "length": 6,
+            "dataset": "hotpotqa",
+            "language": "en",
+            "all_classes": None,
+            "_id": "hp-b",
+        },
+    ]
+    report = [
+        {
+            "input": "",
+            "context": "The agency reviewed its budget and found savings.",
+            "answers": ["The agency found savings in its budget."],
+            "length": 8,
+            "dataset": "gov_report",
+            "language": "en",
+            "all_classes": None,
+            "_id": "gr-a",
+        }
+    ]
     write_lines(data / "hotpotqa.jsonl", [json.dumps(doc) for doc in hotpot])
     write_lines(data / "gov_report.jsonl", [json.dumps(doc) for doc in report])
 
@@ -334,12 +414,16 @@ def test_longbench_layout_fixture_end_to_end(tiny_model_dir, benchmark_dir, tmp_
         return original_run(self, model_dir, tasks, **kwargs)
 
     monkeypatch.setattr(LmEvalRunner, "run", spy)
-    settings = EvalSettings(tasks=["niah_single"], longbench_dir=str(tmp_path / "LongBench"),
-                            longbench_tasks=["hotpotqa", "gov_report", "qasper"], max_length=256, device="cpu",
-                            cache=False)
+    settings = EvalSettings(
+        tasks=["niah_single"],
+        longbench_dir=str(tmp_path / "LongBench"),
+        longbench_tasks=["hotpotqa", "gov_report", "qasper"],
+        max_length=256,
+        device="cpu",
+        cache=False,
+    )
     with caplog.at_level(logging.WARNING):
-        result = evaluate(tiny_model_dir, None, benchmark_dir, tmp_path / "eval.json", tmp_path / "p.jsonl",
-                          settings)
+        result = evaluate(tiny_model_dir, None, benchmark_dir, tmp_path / "eval.json", tmp_path / "p.jsonl", settings)
     assert "qasper skipped" in caplog.text  # a missing task is named; the others run
     assert calls == [({"niah_single": 32, "hotpotqa": 32, "gov_report": 512}, True)]
     base = json.loads((tmp_path / "eval.json").read_text())["base"]
@@ -355,8 +439,9 @@ def test_longbench_layout_fixture_end_to_end(tiny_model_dir, benchmark_dir, tmp_
         assert record["score"] == pytest.approx(expected, abs=1e-3)
 
 
-def test_a_fully_fine_tuned_model_is_scored_as_the_finetuned_row_with_its_own_cache(tiny_model_dir, benchmark_dir,
-                                                                                    tmp_path, monkeypatch):
+def test_a_fully_fine_tuned_model_is_scored_as_the_finetuned_row_with_its_own_cache(
+    tiny_model_dir, benchmark_dir, tmp_path, monkeypatch
+):
     """finetune.method: full writes a whole model to data/adapter (no adapter_config.json)."""
     import torch
     from lm_eval.models.huggingface import HFLM

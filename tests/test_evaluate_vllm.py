@@ -7,10 +7,10 @@ import types
 
 import pytest
 
-from ctxsynth.evaluate import lm_eval_runner
-from ctxsynth.evaluate.run import EvalSettings
 from ctxsynth.core.io import InputError
+from ctxsynth.evaluate import lm_eval_runner
 from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
+from ctxsynth.evaluate.run import EvalSettings
 
 
 class Built(Exception):
@@ -50,15 +50,31 @@ def test_vllm_gets_the_lora_adapter_window_and_middle_truncation(fake_vllm, tmp_
     adapter = write_adapter(tmp_path / "adapter", rank=24)
     lm_runner, tasks = runner(tmp_path)
     with pytest.raises(Built):
-        lm_runner.run(tmp_path / "model", tasks, adapter_dir=adapter, batch_size=4, dtype="auto", max_length=8192,
-                      backend="vllm")
+        lm_runner.run(
+            tmp_path / "model", tasks, adapter_dir=adapter, batch_size=4, dtype="auto", max_length=8192, backend="vllm"
+        )
     with pytest.raises(Built):
         lm_runner.run(tmp_path / "model", tasks, adapter_dir=None, max_length=4096, backend="vllm")
     assert fake_vllm == [
-        {"pretrained": str(tmp_path / "model"), "dtype": "auto", "batch_size": 4, "max_model_len": 8192,
-         "truncation_side": "middle", "seed": 0, "lora_local_path": str(adapter), "max_lora_rank": 32},
-        {"pretrained": str(tmp_path / "model"), "dtype": "auto", "batch_size": 1, "max_model_len": 4096,
-         "truncation_side": "middle", "seed": 0}]
+        {
+            "pretrained": str(tmp_path / "model"),
+            "dtype": "auto",
+            "batch_size": 4,
+            "max_model_len": 8192,
+            "truncation_side": "middle",
+            "seed": 0,
+            "lora_local_path": str(adapter),
+            "max_lora_rank": 32,
+        },
+        {
+            "pretrained": str(tmp_path / "model"),
+            "dtype": "auto",
+            "batch_size": 1,
+            "max_model_len": 4096,
+            "truncation_side": "middle",
+            "seed": 0,
+        },
+    ]
 
 
 def test_vllm_missing_or_unknown_backend_is_a_clear_error(tmp_path, monkeypatch):

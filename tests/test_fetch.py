@@ -20,15 +20,25 @@ def local_index(tmp_path):
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("demo_data/data.json", payload)
         archive.writestr("demo_data-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: demo-data\nVersion: 1.0\n")
-        archive.writestr("demo_data-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(
+            "demo_data-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         archive.writestr("demo_data-1.0.dist-info/RECORD", "")
-    return {"pip_args": ["--no-index", "--find-links", str(index)], "wheel_sha": sha(wheel.read_bytes()),
-            "payload": payload, "wheel": wheel}
+    return {
+        "pip_args": ["--no-index", "--find-links", str(index)],
+        "wheel_sha": sha(wheel.read_bytes()),
+        "payload": payload,
+        "wheel": wheel,
+    }
 
 
 def test_fetch_verifies_and_extracts(tmp_path, local_index):
-    spec = {"package": "demo-data", "version": "1.0", "wheel_sha256": local_index["wheel_sha"],
-            "files": {"data": {"member": "demo_data/data.json", "sha256": sha(local_index["payload"])}}}
+    spec = {
+        "package": "demo-data",
+        "version": "1.0",
+        "wheel_sha256": local_index["wheel_sha"],
+        "files": {"data": {"member": "demo_data/data.json", "sha256": sha(local_index["payload"])}},
+    }
     out = tmp_path / "raw"
     provenance = fetch_registry_files(spec, out, tmp_path / "cache", local_index["pip_args"])
     assert (out / "data.json").read_bytes() == local_index["payload"]
@@ -46,8 +56,9 @@ def test_wheel_hash_mismatch_is_an_error_and_leaves_nothing(tmp_path, local_inde
 
 def test_unreachable_registry_is_a_clear_error(tmp_path):
     with pytest.raises(FetchError, match="could not download no-such-package-xyz==1.0"):
-        download_wheel("no-such-package-xyz", "1.0", "0" * 64, tmp_path / "cache",
-                       ["--no-index", "--find-links", str(tmp_path)])
+        download_wheel(
+            "no-such-package-xyz", "1.0", "0" * 64, tmp_path / "cache", ["--no-index", "--find-links", str(tmp_path)]
+        )
 
 
 def test_member_hash_mismatch_writes_nothing(tmp_path, local_index):

@@ -11,17 +11,37 @@ from pathlib import Path
 
 import pytest
 
-from ctxsynth.finetune.train import FinetuneParams, answer_only_loss, load_model, train
-from ctxsynth.finetune.data import (IGNORE_INDEX, PadCollator, TemplateError, encode_chat, end_of_turn_ids,
-                                    fit_length, load_chat_records, prepare_examples)
 from ctxsynth.core.io import InputError, sha256_file
+from ctxsynth.finetune.data import (
+    IGNORE_INDEX,
+    PadCollator,
+    TemplateError,
+    encode_chat,
+    end_of_turn_ids,
+    fit_length,
+    load_chat_records,
+    prepare_examples,
+)
+from ctxsynth.finetune.train import FinetuneParams, answer_only_loss, load_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Question: which city holds the archive?"
 ANSWER = "The archive is in Tartu."
-SUMMARY_KEYS = {"final_loss", "mean_loss", "steps", "samples_total", "samples_used", "samples_truncated",
-                "samples_dropped", "trained_tokens", "target_tokens", "tokens_per_second", "wall_time_s",
-                "train_time_s", "peak_rss_mb"}
+SUMMARY_KEYS = {
+    "final_loss",
+    "mean_loss",
+    "steps",
+    "samples_total",
+    "samples_used",
+    "samples_truncated",
+    "samples_dropped",
+    "trained_tokens",
+    "target_tokens",
+    "tokens_per_second",
+    "wall_time_s",
+    "train_time_s",
+    "peak_rss_mb",
+}
 
 
 def chat(prompt: str, answer: str) -> list[dict]:
@@ -29,8 +49,9 @@ def chat(prompt: str, answer: str) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows),
-                    encoding="utf-8")
+    path.write_text(
+        "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows), encoding="utf-8"
+    )
     return path
 
 
@@ -51,25 +72,38 @@ def end_ids(tokenizer):
 
 
 def tiny_params(**overrides) -> FinetuneParams:
-    values = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=5e-3, warmup_ratio=0.0, epochs=1,
-                  batch_size=2, grad_accum=1, max_tokens=512, lr_scheduler="constant", seed=7)
+    values = dict(
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        learning_rate=5e-3,
+        warmup_ratio=0.0,
+        epochs=1,
+        batch_size=2,
+        grad_accum=1,
+        max_tokens=512,
+        lr_scheduler="constant",
+        seed=7,
+    )
     values.update(overrides)
     return FinetuneParams(**values)
 
 
 # --- masking and length handling -------------------------------------------------------------------------------
 
+
 def test_labels_are_exactly_the_answer_and_end_of_turn(tokenizer, end_ids):
     messages = chat("Where is the archive?\n" + QUESTION, ANSWER)
     prompt_ids, answer_ids = encode_chat(tokenizer, messages, end_ids)
-    example = prepare_examples([(1, {"id": "a", "messages": messages})], tokenizer, max_tokens=None,
-                               overlength="drop", end_ids=end_ids).examples[0]
+    example = prepare_examples(
+        [(1, {"id": "a", "messages": messages})], tokenizer, max_tokens=None, overlength="drop", end_ids=end_ids
+    ).examples[0]
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     expected_answer = tokenizer(ANSWER, add_special_tokens=False)["input_ids"] + [im_end]
 
     assert [t for t in example.labels if t != IGNORE_INDEX] == expected_answer
-    assert example.labels[:len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
-    assert example.labels[len(prompt_ids):] == expected_answer  # contiguous, at the very end
+    assert example.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+    assert example.labels[len(prompt_ids) :] == expected_answer  # contiguous, at the very end
     assert example.input_ids == prompt_ids + answer_ids
     # The input is the model's own rendering of the conversation (the template's trailing newline excluded).
     assert tokenizer.decode(example.input_ids) == tokenizer.apply_chat_template(messages, tokenize=False).rstrip("\n")
@@ -78,8 +112,10 @@ def test_labels_are_exactly_the_answer_and_end_of_turn(tokenizer, end_ids):
 
 def test_template_whose_prompt_is_not_a_prefix_is_refused(tokenizer, end_ids):
     broken = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
-    broken.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                            "{% endfor %}{% if add_generation_prompt %}<|im_start|>model\n{% endif %}")
+    broken.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>model\n{% endif %}"
+    )
     with pytest.raises(TemplateError, match="not a prefix"):
         encode_chat(broken, chat("hi", "hello"), end_ids)
 
@@ -108,8 +144,14 @@ def test_prompt_tokens_that_are_not_a_prefix_are_refused():
     with pytest.raises(TemplateError, match="tokens are not a prefix"):
         encode_chat(tokenizer, chat("hi", "  hello"), {0})
     with pytest.raises(InputError, match=r"line 3, field 'messages'.*tokens are not a prefix"):
-        prepare_examples([(3, {"id": "x", "messages": chat("hi", " hello")})], tokenizer, max_tokens=None,
-                         overlength="drop", end_ids={0}, path="mix.jsonl")
+        prepare_examples(
+            [(3, {"id": "x", "messages": chat("hi", " hello")})],
+            tokenizer,
+            max_tokens=None,
+            overlength="drop",
+            end_ids={0},
+            path="mix.jsonl",
+        )
 
 
 def test_truncate_middle_keeps_prompt_ends_and_whole_answer(tokenizer, end_ids):
@@ -122,7 +164,7 @@ def test_truncate_middle_keeps_prompt_ends_and_whole_answer(tokenizer, end_ids):
 
     long_example, short_example = data.examples
     assert len(long_example.input_ids) <= max_tokens
-    assert long_example.input_ids[-len(answer_ids):] == answer_ids
+    assert long_example.input_ids[-len(answer_ids) :] == answer_ids
     assert [t for t in long_example.labels if t != IGNORE_INDEX] == answer_ids
     text = tokenizer.decode(long_example.input_ids)
     assert text.startswith("<|im_start|>system\n")
@@ -146,8 +188,10 @@ def test_truncate_middle_never_cuts_the_answer():
 
 
 def test_drop_skips_overlong_samples(tokenizer, end_ids):
-    records = [(1, {"id": "long", "messages": chat(long_prompt(), ANSWER)}),
-               (2, {"id": "short", "messages": chat("hi", "yo")})]
+    records = [
+        (1, {"id": "long", "messages": chat(long_prompt(), ANSWER)}),
+        (2, {"id": "short", "messages": chat("hi", "yo")}),
+    ]
     data = prepare_examples(records, tokenizer, max_tokens=400, overlength="drop", end_ids=end_ids)
     assert [example.id for example in data.examples] == ["short"]
     assert data.dropped == ["long"] and data.truncated == []
@@ -157,8 +201,9 @@ def test_drop_skips_overlong_samples(tokenizer, end_ids):
 
 
 def test_collator_pads_labels_with_ignore_index():
-    batch = PadCollator(pad_token_id=9)([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]},
-                                         {"input_ids": [4], "labels": [4]}])
+    batch = PadCollator(pad_token_id=9)(
+        [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4], "labels": [4]}]
+    )
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 9, 9]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
@@ -169,18 +214,31 @@ def test_collator_pads_labels_with_ignore_index():
 GOOD = {"id": "ok", "task": "qa", "messages": chat("q", "a")}
 
 
-@pytest.mark.parametrize("rows, pattern", [
-    ([GOOD, {"id": "b", "task": "qa"}], r"line 2, field 'messages': missing"),
-    ([GOOD, "", {"id": "c", "messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}],
-     r"line 3, field 'messages\[0\]\.role': expected role 'user', got 'assistant'"),
-    ([{"id": "d", "messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}]}],
-     r"line 1, field 'messages\[1\]\.role'"),
-    ([{"id": "e", "messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}],
-     r"line 1, field 'messages\[1\]\.content'"),
-    ([{"id": "f", "messages": chat("q", "  ")}], r"line 1, field 'messages\[1\]\.content': empty answer"),
-    ([{"id": "g", "messages": [{"role": "user", "content": "q"}]}], r"line 1, field 'messages'"),
-    ([], r"empty"),
-])
+@pytest.mark.parametrize(
+    "rows, pattern",
+    [
+        ([GOOD, {"id": "b", "task": "qa"}], r"line 2, field 'messages': missing"),
+        (
+            [
+                GOOD,
+                "",
+                {"id": "c", "messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
+            ],
+            r"line 3, field 'messages\[0\]\.role': expected role 'user', got 'assistant'",
+        ),
+        (
+            [{"id": "d", "messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}]}],
+            r"line 1, field 'messages\[1\]\.role'",
+        ),
+        (
+            [{"id": "e", "messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}],
+            r"line 1, field 'messages\[1\]\.content'",
+        ),
+        ([{"id": "f", "messages": chat("q", "  ")}], r"line 1, field 'messages\[1\]\.content': empty answer"),
+        ([{"id": "g", "messages": [{"role": "user", "content": "q"}]}], r"line 1, field 'messages'"),
+        ([], r"empty"),
+    ],
+)
 def test_bad_input_names_file_line_and_field(tmp_path, rows, pattern):
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(InputError, match=pattern) as caught:
@@ -199,10 +257,24 @@ def test_stage_stops_on_bad_input_before_loading_the_model(tmp_path, tiny_model_
     train_path = write_jsonl(tmp_path / "train.jsonl", [GOOD, {"id": "x", "messages": [{"role": "user"}]}])
     params = tmp_path / "params.yaml"
     params.write_text("finetune:\n  max_steps: 1\n", encoding="utf-8")
-    code = _stage_main()(["--model", str(tiny_model_dir), "--train", str(train_path), "--adapter",
-                          str(tmp_path / "adapter"), "--metrics", str(tmp_path / "train.json"), "--live-dir",
-                          str(tmp_path / "live"), "--checkpoints", str(tmp_path / "checkpoints"), "--params",
-                          str(params)])
+    code = _stage_main()(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--train",
+            str(train_path),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--metrics",
+            str(tmp_path / "train.json"),
+            "--live-dir",
+            str(tmp_path / "live"),
+            "--checkpoints",
+            str(tmp_path / "checkpoints"),
+            "--params",
+            str(params),
+        ]
+    )
     assert code == 2
     assert f"{train_path}, line 2, field 'messages" in capsys.readouterr().err
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "train.json").exists()
@@ -211,12 +283,28 @@ def test_stage_stops_on_bad_input_before_loading_the_model(tmp_path, tiny_model_
 def test_stage_runs_from_params_file(tmp_path, tiny_model_dir, capsys):
     train_path = write_jsonl(tmp_path / "train.jsonl", [GOOD, {**GOOD, "id": "ok2"}])
     params = tmp_path / "params.yaml"
-    params.write_text("other: {x: 1}\nfinetune:\n  max_steps: 2\n  batch_size: 1\n  grad_accum: 1\n  lora_r: 2\n",
-                      encoding="utf-8")
+    params.write_text(
+        "other: {x: 1}\nfinetune:\n  max_steps: 2\n  batch_size: 1\n  grad_accum: 1\n  lora_r: 2\n", encoding="utf-8"
+    )
     out = tmp_path / "out"
-    code = _stage_main()(["--model", str(tiny_model_dir), "--train", str(train_path), "--adapter", str(out / "adapter"),
-                          "--metrics", str(out / "train.json"), "--live-dir", str(out / "live"), "--checkpoints",
-                          str(out / "checkpoints"), "--params", str(params)])
+    code = _stage_main()(
+        [
+            "--model",
+            str(tiny_model_dir),
+            "--train",
+            str(train_path),
+            "--adapter",
+            str(out / "adapter"),
+            "--metrics",
+            str(out / "train.json"),
+            "--live-dir",
+            str(out / "live"),
+            "--checkpoints",
+            str(out / "checkpoints"),
+            "--params",
+            str(params),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "finetune (cpu, lora): 2 steps" in capsys.readouterr().out
     assert list((out / "checkpoints").iterdir()) == []  # the persistent output exists, emptied by a finished run
@@ -239,13 +327,16 @@ def test_params_are_validated(tmp_path):
 
 # --- training --------------------------------------------------------------------------------------------------
 
+
 def test_answer_only_loss_equals_the_models_own_loss(tiny_model_dir, tokenizer, end_ids):
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    records = [(1, {"id": "a", "messages": chat("Where is it?", ANSWER)}),
-               (2, {"id": "b", "messages": chat(long_prompt(20), "Tartu, in Estonia, by the river.")})]
+    records = [
+        (1, {"id": "a", "messages": chat("Where is it?", ANSWER)}),
+        (2, {"id": "b", "messages": chat(long_prompt(20), "Tartu, in Estonia, by the river.")}),
+    ]
     examples = prepare_examples(records, tokenizer, max_tokens=None, overlength="drop", end_ids=end_ids).examples
     batch = PadCollator(tokenizer.pad_token_id)(examples)
     assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()  # really padded
@@ -257,6 +348,7 @@ def test_answer_only_loss_equals_the_models_own_loss(tiny_model_dir, tokenizer, 
     assert outputs.logits.shape == (answer_tokens, model.config.vocab_size)  # only the answer positions
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
     assert summed.item() == pytest.approx(reference.item() * answer_tokens / 100, rel=1e-5)
+
 
 def _logits(model, tokenizer, text):
     import torch
@@ -271,12 +363,17 @@ def test_training_writes_adapter_metrics_and_live_logs(tmp_path, tiny_model_dir,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    train_path = write_jsonl(tmp_path / "train.jsonl", [
-        {"id": f"s{i}", "task": "qa", "messages": chat(long_prompt(40 + 30 * i), f"Answer number {i}.")}
-        for i in range(6)])
+    train_path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"id": f"s{i}", "task": "qa", "messages": chat(long_prompt(40 + 30 * i), f"Answer number {i}.")}
+            for i in range(6)
+        ],
+    )
     adapter, metrics, live = tmp_path / "adapter", tmp_path / "metrics" / "train.json", tmp_path / "live"
-    summary = train(tiny_model_dir, train_path, adapter, metrics, tiny_params(max_tokens=300, max_steps=3),
-                    live_dir=live)
+    summary = train(
+        tiny_model_dir, train_path, adapter, metrics, tiny_params(max_tokens=300, max_steps=3), live_dir=live
+    )
 
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     modules = json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
@@ -304,8 +401,9 @@ def test_training_writes_adapter_metrics_and_live_logs(tmp_path, tiny_model_dir,
     for name in ("learning_rate", "tokens_per_second", "peak_memory_mb"):
         assert len((live / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()) == 4
     assert sorted(p.relative_to(live).as_posix() for p in live.rglob("*") if p.is_file()) == [
-        f"plots/metrics/{name}.tsv" for name in ("grad_norm", "learning_rate", "loss", "peak_memory_mb",
-                                                 "tokens_per_second")]
+        f"plots/metrics/{name}.tsv"
+        for name in ("grad_norm", "learning_rate", "loss", "peak_memory_mb", "tokens_per_second")
+    ]
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     text = tokenizer.apply_chat_template(chat("hi", "Answer number 1."), tokenize=False)
@@ -339,27 +437,46 @@ def test_live_log_matches_dvclive_layout(tmp_path, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`", "ignore:Setting `save_embedding_layers`")
 def test_loss_falls_when_overfitting_two_samples(tmp_path, tiny_model_dir):
-    train_path = write_jsonl(tmp_path / "train.jsonl", [
-        {"id": "a", "task": "qa", "messages": chat("Where is the archive?", ANSWER)},
-        {"id": "b", "task": "qa", "messages": chat("What is the code?", "The code is 4821.")}])
+    train_path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"id": "a", "task": "qa", "messages": chat("Where is the archive?", ANSWER)},
+            {"id": "b", "task": "qa", "messages": chat("What is the code?", "The code is 4821.")},
+        ],
+    )
     # The tiny model's tied embeddings are ~0.02 and its final norm is frozen, which caps its logits below 1: only an
     # adapter on lm_head can move the loss far from ln(vocab). This also exercises an explicit target_modules list.
     modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
-    summary = train(tiny_model_dir, train_path, tmp_path / "adapter", None,
-                    tiny_params(max_steps=20, learning_rate=1e-2, lora_r=8, lora_alpha=16, target_modules=modules))
+    summary = train(
+        tiny_model_dir,
+        train_path,
+        tmp_path / "adapter",
+        None,
+        tiny_params(max_steps=20, learning_rate=1e-2, lora_r=8, lora_alpha=16, target_modules=modules),
+    )
     assert summary["steps"] == 20 and summary["samples_seen"] == 40
     assert summary["first_loss"] > 5.0  # near ln(259): the untrained model knows nothing
     assert summary["final_loss"] < 0.5 * summary["first_loss"], summary
 
 
 def test_runs_are_deterministic_and_checkpointing_does_not_change_the_math(tmp_path, tiny_model_dir):
-    train_path = write_jsonl(tmp_path / "train.jsonl", [
-        {"id": f"s{i}", "task": "qa", "messages": chat(f"Question {i}: " + "why? " * i, f"Answer {i}.")}
-        for i in range(4)])
+    train_path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"id": f"s{i}", "task": "qa", "messages": chat(f"Question {i}: " + "why? " * i, f"Answer {i}.")}
+            for i in range(4)
+        ],
+    )
 
     def losses(name, **overrides):
-        train(tiny_model_dir, train_path, tmp_path / name, None, tiny_params(max_steps=3, lora_dropout=0.1,
-                                                                             **overrides), live_dir=None)
+        train(
+            tiny_model_dir,
+            train_path,
+            tmp_path / name,
+            None,
+            tiny_params(max_steps=3, lora_dropout=0.1, **overrides),
+            live_dir=None,
+        )
         return json.loads((tmp_path / name / "provenance.json").read_text())["final_loss"]
 
     first, again = losses("a"), losses("b")
@@ -388,13 +505,18 @@ def test_nf4_qlora_runs_on_cpu(tmp_path, tiny_model_dir):
         pytest.skip("bitsandbytes is not installed: the nf4 (QLoRA) path cannot run (pip install 'ctxsynth[quant]')")
     params = tiny_params(quantization="nf4", max_steps=2)
     model = load_model(tiny_model_dir, params, "cpu")
-    quantized = [name for name, module in model.named_modules()
-                 if type(module).__module__.startswith("bitsandbytes") and type(module).__name__ == "Linear4bit"]
+    quantized = [
+        name
+        for name, module in model.named_modules()
+        if type(module).__module__.startswith("bitsandbytes") and type(module).__name__ == "Linear4bit"
+    ]
     assert len(quantized) == 14  # 7 linear layers x 2 blocks, all wrapped by LoRA
     assert all(".base_layer" in name for name in quantized)
 
-    train_path = write_jsonl(tmp_path / "train.jsonl", [
-        {"id": f"s{i}", "task": "qa", "messages": chat(f"Question {i}?", f"Answer {i}.")} for i in range(4)])
+    train_path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"id": f"s{i}", "task": "qa", "messages": chat(f"Question {i}?", f"Answer {i}.")} for i in range(4)],
+    )
     summary = train(tiny_model_dir, train_path, tmp_path / "adapter", tmp_path / "train.json", params)
     assert summary["steps"] == 2 and summary["quantization"] == "nf4" and math.isfinite(summary["final_loss"])
     assert summary["compute_dtype"] == "float32"

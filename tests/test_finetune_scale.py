@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctxsynth.finetune.train import FinetuneParams, answer_only_loss, is_adapter_dir, train
-from ctxsynth.finetune.data import IGNORE_INDEX, Example, PadCollator, end_of_turn_ids, prepare_examples
-from ctxsynth.finetune.recipes import load_recipes
 from ctxsynth.core.io import InputError, load_params
+from ctxsynth.finetune.data import IGNORE_INDEX, Example, PadCollator, end_of_turn_ids, prepare_examples
 from ctxsynth.finetune.packing import Pack, PackedCollator, pack_examples
+from ctxsynth.finetune.recipes import load_recipes
+from ctxsynth.finetune.train import FinetuneParams, answer_only_loss, is_adapter_dir, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,15 +23,29 @@ def chat(prompt: str, answer: str) -> list[dict]:
 
 
 def write_samples(path: Path, count: int) -> Path:
-    rows = [{"id": f"s{i}", "task": "qa", "messages": chat(f"Question {i}: " + "why? " * (3 * i), "Answer " * (1 + i))}
-            for i in range(count)]
+    rows = [
+        {"id": f"s{i}", "task": "qa", "messages": chat(f"Question {i}: " + "why? " * (3 * i), "Answer " * (1 + i))}
+        for i in range(count)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
 
 
 def tiny(**overrides) -> FinetuneParams:
-    values = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=5e-3, warmup_ratio=0.0, epochs=1,
-                  batch_size=1, grad_accum=2, max_tokens=512, lr_scheduler="linear", seed=7, max_steps=4)
+    values = dict(
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        learning_rate=5e-3,
+        warmup_ratio=0.0,
+        epochs=1,
+        batch_size=1,
+        grad_accum=2,
+        max_tokens=512,
+        lr_scheduler="linear",
+        seed=7,
+        max_steps=4,
+    )
     values.update(overrides)
     return FinetuneParams(**values)
 
@@ -45,20 +59,30 @@ def tokenizer(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def examples(tokenizer):
-    records = [(i + 1, {"id": f"e{i}", "messages": chat("Where? " * (2 + 5 * i), "It is in Tartu. " * (1 + 2 * i))})
-               for i in range(4)]
-    return prepare_examples(records, tokenizer, max_tokens=None, overlength="drop",
-                            end_ids=end_of_turn_ids(tokenizer)).examples
+    records = [
+        (i + 1, {"id": f"e{i}", "messages": chat("Where? " * (2 + 5 * i), "It is in Tartu. " * (1 + 2 * i))})
+        for i in range(4)
+    ]
+    return prepare_examples(
+        records, tokenizer, max_tokens=None, overlength="drop", end_ids=end_of_turn_ids(tokenizer)
+    ).examples
 
 
 # --- recipes ---------------------------------------------------------------------------------------------------
+
 
 def test_cpu_recipe_is_the_default_and_todays_params(tmp_path):
     assert FinetuneParams.from_mapping({}) == FinetuneParams()  # dataclass defaults == the cpu recipe
     repo_params = FinetuneParams.from_mapping(load_params("finetune", ROOT / "params.yaml"), ROOT / "params.yaml")
     assert repo_params == FinetuneParams()
-    assert (repo_params.method, repo_params.quantization, repo_params.grad_accum, repo_params.max_tokens,
-            repo_params.packing, repo_params.max_steps) == ("lora", "none", 4, 1024, False, -1)
+    assert (
+        repo_params.method,
+        repo_params.quantization,
+        repo_params.grad_accum,
+        repo_params.max_tokens,
+        repo_params.packing,
+        repo_params.max_steps,
+    ) == ("lora", "none", 4, 1024, False, -1)
 
 
 @pytest.mark.parametrize("name", sorted(load_recipes()))
@@ -66,17 +90,33 @@ def test_every_recipe_resolves(name):
     params = FinetuneParams.from_mapping({"recipe": name})
     assert params.recipe == name
     if name == "qlora":
-        assert (params.quantization, params.gradient_checkpointing, params.optim, params.target_modules,
-                params.learning_rate) == ("nf4", True, "paged_adamw_32bit", "all-linear", 2e-4)
+        assert (
+            params.quantization,
+            params.gradient_checkpointing,
+            params.optim,
+            params.target_modules,
+            params.learning_rate,
+        ) == ("nf4", True, "paged_adamw_32bit", "all-linear", 2e-4)
     if name == "paper":
-        assert (params.method, params.learning_rate, params.lr_scheduler, params.warmup_ratio, params.epochs,
-                params.weight_decay, params.adam_beta1, params.adam_beta2, params.packing, params.max_tokens,
-                params.loss_weighting) == ("full", 2e-5, "cosine", 0.03, 2.0, 0.0, 0.9, 0.95, True, 32768, "sample")
+        assert (
+            params.method,
+            params.learning_rate,
+            params.lr_scheduler,
+            params.warmup_ratio,
+            params.epochs,
+            params.weight_decay,
+            params.adam_beta1,
+            params.adam_beta2,
+            params.packing,
+            params.max_tokens,
+            params.loss_weighting,
+        ) == ("full", 2e-5, "cosine", 0.03, 2.0, 0.0, 0.9, 0.95, True, 32768, "sample")
 
 
 def test_explicit_keys_override_the_recipe_and_nulls_do_not():
-    params = FinetuneParams.from_mapping({"recipe": "paper", "learning_rate": 1e-5, "max_tokens": None,
-                                          "epochs": None, "packing": False})
+    params = FinetuneParams.from_mapping(
+        {"recipe": "paper", "learning_rate": 1e-5, "max_tokens": None, "epochs": None, "packing": False}
+    )
     assert (params.learning_rate, params.max_tokens, params.epochs, params.packing) == (1e-5, 32768, 2.0, False)
     with pytest.raises(InputError, match=r"field 'finetune.recipe'.*unknown recipe 'gpu'"):
         FinetuneParams.from_mapping({"recipe": "gpu"})
@@ -93,6 +133,7 @@ def test_run_key_ignores_logging_only():
 
 
 # --- packing ---------------------------------------------------------------------------------------------------
+
 
 def test_best_fit_packing_keeps_every_sample_once_within_budget(examples):
     lengths = [len(e) for e in examples]
@@ -140,14 +181,18 @@ def test_packed_batch_gives_the_per_sample_losses_of_unpacked_samples(tiny_model
     assert per_sample == pytest.approx(alone, rel=1e-5, abs=1e-6)
     tokens = [e.target_tokens for e in examples]
     assert len(set(tokens)) > 1  # token and sample weighting really differ here
-    assert token_mean == pytest.approx(sum(l * n for l, n in zip(alone, tokens)) / sum(tokens), rel=1e-5)
+    assert token_mean == pytest.approx(sum(loss * n for loss, n in zip(alone, tokens)) / sum(tokens), rel=1e-5)
     assert sample_mean.item() == pytest.approx(sum(alone) / len(alone), rel=1e-5)
     unpacked_model_view = model(input_ids=packed["input_ids"], use_cache=False).logits  # no restarts: attention leaks
-    assert not torch.allclose(unpacked_model_view, model(**{k: packed[k] for k in ("input_ids", "position_ids")},
-                                                         use_cache=False).logits, atol=1e-4)
+    assert not torch.allclose(
+        unpacked_model_view,
+        model(**{k: packed[k] for k in ("input_ids", "position_ids")}, use_cache=False).logits,
+        atol=1e-4,
+    )
 
 
 # --- full fine-tuning, packing in training, resume -------------------------------------------------------------
+
 
 def test_full_finetuning_with_packing_writes_a_whole_model(tmp_path, tiny_model_dir, tokenizer):
     import torch
@@ -155,9 +200,13 @@ def test_full_finetuning_with_packing_writes_a_whole_model(tmp_path, tiny_model_
 
     train_path = write_samples(tmp_path / "train.jsonl", 6)
     out = tmp_path / "model_out"
-    summary = train(tiny_model_dir, train_path, out, tmp_path / "train.json",
-                    tiny(method="full", packing=True, max_tokens=256, loss_weighting="sample", max_steps=2,
-                         learning_rate=1e-3))
+    summary = train(
+        tiny_model_dir,
+        train_path,
+        out,
+        tmp_path / "train.json",
+        tiny(method="full", packing=True, max_tokens=256, loss_weighting="sample", max_steps=2, learning_rate=1e-3),
+    )
     assert summary["method"] == "full" and summary["steps"] == 2 and math.isfinite(summary["final_loss"])
     assert summary["packed_sequences"] < summary["samples_used"] == 6
     assert summary["trainable_params"] == summary["total_params"]
@@ -174,8 +223,9 @@ def test_full_finetuning_with_packing_writes_a_whole_model(tmp_path, tiny_model_
 def test_qlora_recipe_trains_on_cpu_with_its_fallbacks(tmp_path, tiny_model_dir):
     pytest.importorskip("bitsandbytes", reason="the nf4 path needs bitsandbytes (pip install 'ctxsynth[quant]')")
     train_path = write_samples(tmp_path / "train.jsonl", 6)
-    params = FinetuneParams.from_mapping({"recipe": "qlora", "max_tokens": 256, "max_steps": 2, "lora_r": 4,
-                                          "grad_accum": 1})
+    params = FinetuneParams.from_mapping(
+        {"recipe": "qlora", "max_tokens": 256, "max_steps": 2, "lora_r": 4, "grad_accum": 1}
+    )
     summary = train(tiny_model_dir, train_path, tmp_path / "adapter", None, params)
     assert (summary["quantization"], summary["compute_dtype"], summary["optim"]) == ("nf4", "float32", "adamw_torch")
     assert summary["steps"] == 2 and summary["packed_sequences"] < 6 and math.isfinite(summary["final_loss"])
@@ -192,8 +242,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir):
     train_path = write_samples(tmp_path / "train.jsonl", 8)
     params = tiny(save_steps=1)
     checkpoints = tmp_path / "checkpoints"
-    first = train(tiny_model_dir, train_path, tmp_path / "resumed", None, params, checkpoint_dir=checkpoints,
-                  stop_after_steps=2)
+    first = train(
+        tiny_model_dir, train_path, tmp_path / "resumed", None, params, checkpoint_dir=checkpoints, stop_after_steps=2
+    )
     assert first["steps"] == 2 and not (tmp_path / "resumed").exists()  # interrupted: no output yet
     (run_dir,) = checkpoints.iterdir()
     assert [p.name for p in run_dir.glob("checkpoint-*")] == ["checkpoint-2"]  # save_total_limit=1
@@ -213,15 +264,29 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir):
 def test_params_change_does_not_resume_a_stale_run(tmp_path, tiny_model_dir):
     train_path = write_samples(tmp_path / "train.jsonl", 4)
     checkpoints = tmp_path / "checkpoints"
-    train(tiny_model_dir, train_path, tmp_path / "a", None, tiny(save_steps=1), checkpoint_dir=checkpoints,
-          stop_after_steps=1)
-    changed = train(tiny_model_dir, train_path, tmp_path / "b", None, tiny(save_steps=1, lora_r=2, max_steps=2),
-                    checkpoint_dir=checkpoints)
+    train(
+        tiny_model_dir,
+        train_path,
+        tmp_path / "a",
+        None,
+        tiny(save_steps=1),
+        checkpoint_dir=checkpoints,
+        stop_after_steps=1,
+    )
+    changed = train(
+        tiny_model_dir,
+        train_path,
+        tmp_path / "b",
+        None,
+        tiny(save_steps=1, lora_r=2, max_steps=2),
+        checkpoint_dir=checkpoints,
+    )
     assert changed["resumed_from_step"] == 0 and changed["steps"] == 2
     assert list(checkpoints.iterdir()) == []  # the abandoned run's checkpoints went too
 
 
 # --- launchers -------------------------------------------------------------------------------------------------
+
 
 def test_shipped_accelerate_configs_parse():
     from accelerate.commands.config.config_args import load_config_from_file
@@ -253,26 +318,55 @@ def _run_stage(prefix: list[str], tmp_path: Path, name: str, model: Path, train_
 
     (tmp_path / f"{name}.yaml").write_text(params, encoding="utf-8")
     out = tmp_path / name
-    command = [sys.executable, *prefix, str(ROOT / "stages" / "finetune.py"), "--model", str(model), "--train",
-               str(train_path), "--adapter", str(out / "adapter"), "--metrics", str(out / "train.json"), "--live-dir",
-               str(out / "live"), "--checkpoints", str(out / "checkpoints"), "--params", str(tmp_path / f"{name}.yaml")]
+    command = [
+        sys.executable,
+        *prefix,
+        str(ROOT / "stages" / "finetune.py"),
+        "--model",
+        str(model),
+        "--train",
+        str(train_path),
+        "--adapter",
+        str(out / "adapter"),
+        "--metrics",
+        str(out / "train.json"),
+        "--live-dir",
+        str(out / "live"),
+        "--checkpoints",
+        str(out / "checkpoints"),
+        "--params",
+        str(tmp_path / f"{name}.yaml"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
 
 
-TINY_STAGE_PARAMS = ("finetune:\n  max_steps: 3\n  batch_size: 1\n  lora_r: 4\n  lora_alpha: 8\n  lora_dropout: 0.0\n"
-                     "  learning_rate: 0.005\n  lr_scheduler: linear\n  seed: 7\n  save_steps: 0\n")
+TINY_STAGE_PARAMS = (
+    "finetune:\n  max_steps: 3\n  batch_size: 1\n  lora_r: 4\n  lora_alpha: 8\n  lora_dropout: 0.0\n"
+    "  learning_rate: 0.005\n  lr_scheduler: linear\n  seed: 7\n  save_steps: 0\n"
+)
 
 
 def test_ddp_on_two_cpu_processes_equals_one_process_with_accumulation(tmp_path, tiny_model_dir):
     """Real DDP (gloo, two torchrun processes, half the batch each) against gradient accumulation in one process."""
     train_path = write_samples(tmp_path / "train.jsonl", 8)
-    ddp, _ = _run_stage(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())],
-                        tmp_path, "ddp", tiny_model_dir, train_path, TINY_STAGE_PARAMS + "  grad_accum: 1\n")
-    single = train(tiny_model_dir, train_path, tmp_path / "single" / "adapter", None,
-                   FinetuneParams.from_mapping(yaml.safe_load(TINY_STAGE_PARAMS + "  grad_accum: 2\n")["finetune"]))
+    ddp, _ = _run_stage(
+        ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())],
+        tmp_path,
+        "ddp",
+        tiny_model_dir,
+        train_path,
+        TINY_STAGE_PARAMS + "  grad_accum: 1\n",
+    )
+    single = train(
+        tiny_model_dir,
+        train_path,
+        tmp_path / "single" / "adapter",
+        None,
+        FinetuneParams.from_mapping(yaml.safe_load(TINY_STAGE_PARAMS + "  grad_accum: 2\n")["finetune"]),
+    )
     ddp_summary = json.loads((ddp / "train.json").read_text())
     assert ddp_summary["world_size"] == 2 and ddp_summary["steps"] == single["steps"] == 3
     assert ddp_summary["samples_seen"] == 3  # rank 0's share: one sample per step, the other rank took the other
@@ -285,9 +379,15 @@ def test_ddp_on_two_cpu_processes_equals_one_process_with_accumulation(tmp_path,
 
 def test_accelerate_launcher_relaunches_the_stage(tmp_path, tiny_model_dir):
     train_path = write_samples(tmp_path / "train.jsonl", 2)
-    out, done = _run_stage([], tmp_path, "launched", tiny_model_dir, train_path,
-                           TINY_STAGE_PARAMS.replace("max_steps: 3", "max_steps: 1")
-                           + "  launcher: accelerate\n  accelerate_config: single_gpu\n")
+    out, done = _run_stage(
+        [],
+        tmp_path,
+        "launched",
+        tiny_model_dir,
+        train_path,
+        TINY_STAGE_PARAMS.replace("max_steps: 3", "max_steps: 1")
+        + "  launcher: accelerate\n  accelerate_config: single_gpu\n",
+    )
     assert "accelerate.commands.launch --config_file" in done.stderr
     assert str(ROOT / "configs" / "accelerate" / "single_gpu.yaml") in done.stderr
     assert "finetune (cpu, lora): 1 steps" in done.stdout

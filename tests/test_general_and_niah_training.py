@@ -6,20 +6,25 @@ import random
 import pytest
 from fixtures import make_squad
 
-from ctxsynth.prepare.general_data import build_squad_chat, load_general
 from ctxsynth.core.io import InputError
 from ctxsynth.mix.niah_training import niah_training_samples
+from ctxsynth.prepare.general_data import build_squad_chat, load_general
 
-WORDS = [f"{a}{b}" for a in ("quartz", "meadow", "lantern", "harbor", "pepper", "violet", "cobalt", "saddle")
-         for b in ("stone", "field", "light", "wind", "river")]
-ESSAYS = " ".join(f"The {random.Random(i).choice(WORDS)} {WORDS[i % len(WORDS)]} story goes on for a while."
-                  for i in range(600))
+WORDS = [
+    f"{a}{b}"
+    for a in ("quartz", "meadow", "lantern", "harbor", "pepper", "violet", "cobalt", "saddle")
+    for b in ("stone", "field", "light", "wind", "river")
+]
+ESSAYS = " ".join(
+    f"The {random.Random(i).choice(WORDS)} {WORDS[i % len(WORDS)]} story goes on for a while." for i in range(600)
+)
 
 
 def test_squad_chat_leaves_out_evaluation_and_seed_paragraphs_and_is_deterministic():
     squad = make_squad(articles=4, paragraphs=3)
-    samples, report = build_squad_chat(squad, exclude_question_ids={"q0-0-1"}, exclude_paragraphs={"1:2"},
-                                       count=None, seed=3)
+    samples, report = build_squad_chat(
+        squad, exclude_question_ids={"q0-0-1"}, exclude_paragraphs={"1:2"}, count=None, seed=3
+    )
     used = {s["id"].split(":")[-1].rsplit("-", 1)[0] for s in samples}  # q<article>-<paragraph>
     assert "q0-0" not in used and "q1-2" not in used and len(samples) == 10 == report["samples"]
     assert report["paragraphs_excluded"] == 2
@@ -32,8 +37,10 @@ def test_squad_chat_leaves_out_evaluation_and_seed_paragraphs_and_is_determinist
 
 def test_load_general_reads_chat_and_sharegpt_files_and_takes_a_count_or_ratio(tmp_path):
     path = tmp_path / "general.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-            for i in range(6)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(6)
+    ]
     rows.append({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]})
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     everything, report = load_general({"source": str(path)}, long_samples=10, seed=0)
@@ -47,7 +54,9 @@ def test_load_general_reads_chat_and_sharegpt_files_and_takes_a_count_or_ratio(t
 
 def test_general_data_errors_name_the_file_line_and_field(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"messages": []}) + "\n" + json.dumps({"conversations": [{"from": "robot", "value": "x"}]}) + "\n")
+    path.write_text(
+        json.dumps({"messages": []}) + "\n" + json.dumps({"conversations": [{"from": "robot", "value": "x"}]}) + "\n"
+    )
     with pytest.raises(InputError) as error:
         load_general({"source": str(path)}, 1, 0)
     assert str(path) in str(error.value) and "line 1" in str(error.value) and "messages" in str(error.value)
@@ -62,8 +71,12 @@ def test_general_data_errors_name_the_file_line_and_field(tmp_path):
 
 @pytest.mark.parametrize("variant, words", [("niah_needle_only", 0), ("niah_short", 120), ("niah_long", 400)])
 def test_training_needles_follow_the_variant_and_never_use_a_test_key_word(variant, words):
-    options = {"subtasks": ["single", "multikey", "multiquery", "multivalue"], "per_subtask": 3,
-               "short_words": 120, "long_words": 400}
+    options = {
+        "subtasks": ["single", "multikey", "multiquery", "multivalue"],
+        "per_subtask": 3,
+        "short_words": 120,
+        "long_words": 400,
+    }
     reserved = ["quartzstone-meadowfield", "lanternlight-harborwind"]
     samples = niah_training_samples(ESSAYS, reserved, variant, options, seed=1)
     assert len(samples) == 12 and len({s["id"] for s in samples}) == 12
@@ -87,8 +100,12 @@ def test_mix_stage_builds_general_only_and_pilot_variants(tmp_path, tiny_model_d
     from test_stages import params, run_stage
 
     settings = params(tmp_path)
-    settings["mix"]["niah"] = {"subtasks": ["single", "multivalue"], "per_subtask": 2, "short_words": 80,
-                               "long_words": 200}
+    settings["mix"]["niah"] = {
+        "subtasks": ["single", "multivalue"],
+        "per_subtask": 2,
+        "short_words": 80,
+        "long_words": 200,
+    }
     raw = tmp_path / "data" / "raw"
     raw.mkdir(parents=True)
     (raw / "squad.json").write_text(json.dumps(make_squad(articles=5)))

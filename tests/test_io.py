@@ -23,7 +23,7 @@ def test_missing_field_names_file_line_and_field(tmp_path):
 
 def test_non_object_line_is_rejected(tmp_path):
     path = tmp_path / "x.jsonl"
-    path.write_text('[1, 2]\n')
+    path.write_text("[1, 2]\n")
     with pytest.raises(InputError, match="line 1: expected a JSON object"):
         read_jsonl(path)
 

@@ -14,8 +14,8 @@ import pytest
 
 from ctxsynth.generation.cache import GenerationCache
 from ctxsynth.generation.openai_chat import OpenAIBackend
-from ctxsynth.synthesis.prompts import get_prompt
 from ctxsynth.synthesis.contexts import synthesize_contexts
+from ctxsynth.synthesis.prompts import get_prompt
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (opt-in test)")
 GGUF = os.environ.get("CTXSYNTH_GGUF")
@@ -26,9 +26,23 @@ def test_synthesis_through_a_real_llama_cpp_server(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", GGUF, "--host", "127.0.0.1",
-                               "--port", str(port), "--n_ctx", "2048"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            GGUF,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -37,16 +51,38 @@ def test_synthesis_through_a_real_llama_cpp_server(tmp_path):
                 break
             except OSError:
                 time.sleep(0.5)
-        seeds = [{"id": f"s{i}", "task": "hotpotqa", "instruction": q, "answer": a}
-                 for i, (q, a) in enumerate([("Who wrote Hamlet?", "William Shakespeare"), ("When did WW2 end?", "1945")])]
-        generator = OpenAIBackend([f"http://127.0.0.1:{port}/v1"], model="smollm2", model_id="smollm2-gguf",
-                                  concurrency=2, timeout=120, max_retries=2)
+        seeds = [
+            {"id": f"s{i}", "task": "hotpotqa", "instruction": q, "answer": a}
+            for i, (q, a) in enumerate([("Who wrote Hamlet?", "William Shakespeare"), ("When did WW2 end?", "1945")])
+        ]
+        generator = OpenAIBackend(
+            [f"http://127.0.0.1:{port}/v1"],
+            model="smollm2",
+            model_id="smollm2-gguf",
+            concurrency=2,
+            timeout=120,
+            max_retries=2,
+        )
         sampling = {"max_new_tokens": 48, "temperature": 0.0}
-        records, stats = synthesize_contexts(seeds, generator, GenerationCache(tmp_path), get_prompt("context_synthesis"),
-                                             sampling, seed=0, target_words=50)
+        records, stats = synthesize_contexts(
+            seeds,
+            generator,
+            GenerationCache(tmp_path),
+            get_prompt("context_synthesis"),
+            sampling,
+            seed=0,
+            target_words=50,
+        )
         assert stats["generated"] == 2 and all(r["raw_output"] for r in records)
-        again, stats = synthesize_contexts(seeds, generator, GenerationCache(tmp_path), get_prompt("context_synthesis"),
-                                           sampling, seed=0, target_words=50)
+        again, stats = synthesize_contexts(
+            seeds,
+            generator,
+            GenerationCache(tmp_path),
+            get_prompt("context_synthesis"),
+            sampling,
+            seed=0,
+            target_words=50,
+        )
         assert stats["from_cache"] == 2 and again == records
     finally:
         server.terminate()

@@ -7,14 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from ctxsynth.mix.assemble import assemble, length_stats, pool_for_variant
 from ctxsynth.core.tasks import get_task
+from ctxsynth.mix.assemble import assemble, length_stats, pool_for_variant
 
 
 def synthesized(task: str, count: int, failed: tuple[int, ...] = ()) -> list[dict]:
-    return [{"id": f"{task}-{i}", "task": task, "instruction": f"Q{i} of {task}?", "answer": f"A{i}",
-             "context": None if i in failed else f"CTX<{task}-{i}>", "parse_status": "missing_marker" if i in failed else "ok"}
-            for i in range(count)]
+    return [
+        {
+            "id": f"{task}-{i}",
+            "task": task,
+            "instruction": f"Q{i} of {task}?",
+            "answer": f"A{i}",
+            "context": None if i in failed else f"CTX<{task}-{i}>",
+            "parse_status": "missing_marker" if i in failed else "ok",
+        }
+        for i in range(count)
+    ]
 
 
 def contexts_in(sample: dict) -> list[str]:
@@ -31,7 +39,10 @@ def test_distractors_come_from_the_same_task_and_never_the_item_itself():
         assert contexts.count(f"CTX<{sample['id']}>") == 1
         assert all(c.startswith(f"CTX<{sample['task']}-") for c in contexts)
         assert contexts[sample["relevant_position"]] == f"CTX<{sample['id']}>"
-        assert sample["messages"][1] == {"role": "assistant", "content": records[[r["id"] for r in records].index(sample["id"])]["answer"]}
+        assert sample["messages"][1] == {
+            "role": "assistant",
+            "content": records[[r["id"] for r in records].index(sample["id"])]["answer"],
+        }
 
 
 def test_prompt_is_the_tasks_template_with_contexts_joined_by_a_blank_line():
@@ -58,8 +69,10 @@ def test_parse_failures_never_enter_the_mix_and_small_tasks_are_capped():
 
 
 def test_variants_human_context_and_context_free():
-    seeds = [{"id": "a", "task": "hotpotqa", "instruction": "Q?", "answer": "A", "context": "HUMAN"},
-             {"id": "b", "task": "hotpotqa", "instruction": "R?", "answer": "B", "context": None}]
+    seeds = [
+        {"id": "a", "task": "hotpotqa", "instruction": "Q?", "answer": "A", "context": "HUMAN"},
+        {"id": "b", "task": "hotpotqa", "instruction": "R?", "answer": "B", "context": None},
+    ]
     human = assemble(pool_for_variant("human_context", seeds, []), "human_context", 3, seed=0)
     assert [s["id"] for s in human] == ["a"] and "HUMAN" in human[0]["messages"][0]["content"]
     free = assemble(pool_for_variant("context_free", seeds, []), "context_free", 3, seed=0)
@@ -71,8 +84,10 @@ def test_variants_human_context_and_context_free():
 def test_summarization_distractors_can_be_switched_off():
     records = synthesized("gov_report", 4)
     assert all(len(contexts_in(s)) == 3 for s in assemble(records, "context_synthesis", 3, seed=0))
-    assert all(len(contexts_in(s)) == 1 for s in assemble(records, "context_synthesis", 3, seed=0,
-                                                           summarization_distractors=False))
+    assert all(
+        len(contexts_in(s)) == 1
+        for s in assemble(records, "context_synthesis", 3, seed=0, summarization_distractors=False)
+    )
 
 
 SCRIPT = """
@@ -89,9 +104,16 @@ print(json.dumps(assemble(records, "context_synthesis", 5, seed=42)))
 def test_assembly_is_identical_under_different_hash_seeds():
     tests = Path(__file__).parent
     code = SCRIPT.format(root=str(tests.parent), tests=str(tests))
-    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": hash_seed}).stdout
-               for hash_seed in ("0", "1", "12345")}
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        ).stdout
+        for hash_seed in ("0", "1", "12345")
+    }
     assert len(outputs) == 1 and len(json.loads(outputs.pop())) == 16
 
 

@@ -7,27 +7,32 @@ import re
 import pytest
 from fixtures import ESSAYS
 
+from ctxsynth.core.scoring import niah_heatmap
 from ctxsynth.prepare import niah
 from ctxsynth.prepare.benchmark import build_niah
-from ctxsynth.core.scoring import niah_heatmap
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu")
+WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
+)
 HAYSTACK = " ".join(f"Sentence {i} is about {w}." for i, w in enumerate(WORDS.split() * 8))
 # 600 distinct 6-letter words (the fixture essays alone have only a handful of long words)
-MANY_WORDS = " ".join("".join(letters) for letters in itertools.islice(itertools.product("bcdfgklmnprst", repeat=6),
-                                                                      0, 600 * 7919, 7919))
+MANY_WORDS = " ".join(
+    "".join(letters) for letters in itertools.islice(itertools.product("bcdfgklmnprst", repeat=6), 0, 600 * 7919, 7919)
+)
 NEEDLE = re.compile(r"One of the special magic numbers for ([a-z]+-[a-z]+) is: (\d{7})\.")
 
 
 def sample(subtask, seed=0, length=60, depth=0.5, needles=None):
     pool = niah.key_pool(ESSAYS + " " + HAYSTACK)
-    return niah.make_sample(subtask, random.Random(seed), pool, niah.haystack_sentences(HAYSTACK), length, depth,
-                            needles)
+    return niah.make_sample(
+        subtask, random.Random(seed), pool, niah.haystack_sentences(HAYSTACK), length, depth, needles
+    )
 
 
-@pytest.mark.parametrize("subtask,needles,asked", [("single", 1, 1), ("multikey", 4, 1), ("multiquery", 3, 3),
-                                                   ("multivalue", 3, 3)])
+@pytest.mark.parametrize(
+    "subtask,needles,asked", [("single", 1, 1), ("multikey", 4, 1), ("multiquery", 3, 3), ("multivalue", 3, 3)]
+)
 def test_each_subtask_places_its_needles_and_asks_for_them(subtask, needles, asked):
     item = sample(subtask, needles=None if subtask == "single" else needles)
     placed = NEEDLE.findall(item["context"])
@@ -98,18 +103,24 @@ def test_test_sets_are_longbench_rows_and_cells_are_independent():
     more = build_niah(ESSAYS, ["single", "multivalue"], [40, 80, 160], [0.0, 0.5, 1.0], 1, seed=4)
     for task, rows in sets.items():  # a new length adds cells, the old cells keep their samples
         assert more[task][:6] == rows
-    assert build_niah(ESSAYS, ["single"], [40], [0.5], 1, seed=5) != build_niah(ESSAYS, ["single"], [40], [0.5], 1,
-                                                                                seed=4)
+    assert build_niah(ESSAYS, ["single"], [40], [0.5], 1, seed=5) != build_niah(
+        ESSAYS, ["single"], [40], [0.5], 1, seed=4
+    )
 
 
 def test_heatmap_rows_average_each_cell():
     def record(variant, task, length, depth, score):
         return {"variant": variant, "task": task, "niah_length": length, "niah_depth": depth, "score": score}
 
-    predictions = [record("base", "niah_multikey", 250, 0.5, 100.0), record("base", "niah_multikey", 250, 0.5, 50.0),
-                   record("base", "niah_multikey", 1000, 0.0, 0.0), record("finetuned", "niah_single", 250, 1.0, 100.0),
-                   {"variant": "base", "task": "squad_long", "score": 80.0}]
+    predictions = [
+        record("base", "niah_multikey", 250, 0.5, 100.0),
+        record("base", "niah_multikey", 250, 0.5, 50.0),
+        record("base", "niah_multikey", 1000, 0.0, 0.0),
+        record("finetuned", "niah_single", 250, 1.0, 100.0),
+        {"variant": "base", "task": "squad_long", "score": 80.0},
+    ]
     assert niah_heatmap(predictions) == [
         {"model": "base", "subtask": "multikey", "length": 250, "depth": 0.5, "recall": 75.0},
         {"model": "base", "subtask": "multikey", "length": 1000, "depth": 0.0, "recall": 0.0},
-        {"model": "finetuned", "subtask": "single", "length": 250, "depth": 1.0, "recall": 100.0}]
+        {"model": "finetuned", "subtask": "single", "length": 250, "depth": 1.0, "recall": 100.0},
+    ]

@@ -3,24 +3,31 @@ from collections import Counter
 import pytest
 from chat_server import ChatServer
 
-from ctxsynth.generation.cache import GenerationCache
 from ctxsynth.generation.base import GenerationError
+from ctxsynth.generation.cache import GenerationCache
 from ctxsynth.generation.openai_chat import OpenAIBackend
-from ctxsynth.synthesis.prompts import get_prompt
 from ctxsynth.synthesis.contexts import synthesize_contexts
+from ctxsynth.synthesis.prompts import get_prompt
 
-SEEDS = [{"id": f"s{i}", "task": "hotpotqa", "instruction": f"Question {i}?", "answer": f"answer {i}"} for i in range(12)]
+SEEDS = [
+    {"id": f"s{i}", "task": "hotpotqa", "instruction": f"Question {i}?", "answer": f"answer {i}"} for i in range(12)
+]
 SAMPLING = {"max_new_tokens": 16, "temperature": 0.0}
 
 
 def backend(urls, **options):
-    return OpenAIBackend(urls, model="served-model", model_id="model@1",
-                         **{"concurrency": 4, "timeout": 0.5, "max_retries": 4, "backoff_base": 0.01, **options})
+    return OpenAIBackend(
+        urls,
+        model="served-model",
+        model_id="model@1",
+        **{"concurrency": 4, "timeout": 0.5, "max_retries": 4, "backoff_base": 0.01, **options},
+    )
 
 
 def run(generator, tmp_path):
-    return synthesize_contexts(SEEDS, generator, GenerationCache(tmp_path), get_prompt("context_synthesis"), SAMPLING,
-                               seed=0, target_words=50)
+    return synthesize_contexts(
+        SEEDS, generator, GenerationCache(tmp_path), get_prompt("context_synthesis"), SAMPLING, seed=0, target_words=50
+    )
 
 
 def test_every_fault_is_retried_and_no_item_is_lost_or_duplicated(tmp_path):

@@ -3,26 +3,46 @@ import json
 import pytest
 from batch_server import BatchServer, question_of
 
-from ctxsynth.generation.base import Request
+from ctxsynth.generation.base import GenerationError, Request
 from ctxsynth.generation.cache import GenerationCache
-from ctxsynth.generation.base import GenerationError
 from ctxsynth.generation.openai_batch import OpenAIBatchBackend
-from ctxsynth.synthesis.prompts import get_prompt
 from ctxsynth.synthesis.contexts import synthesize_contexts
+from ctxsynth.synthesis.prompts import get_prompt
 
-SEEDS = [{"id": f"s{i}", "task": "hotpotqa", "instruction": f"Question {i}?", "answer": f"answer {i}"} for i in range(12)]
+SEEDS = [
+    {"id": f"s{i}", "task": "hotpotqa", "instruction": f"Question {i}?", "answer": f"answer {i}"} for i in range(12)
+]
 SAMPLING = {"max_new_tokens": 16, "temperature": 0.7, "top_p": 0.9}
 
 
 def backend(url, tmp_path, **options):
-    return OpenAIBatchBackend(url, model="served-model", model_id="model@1", api_key="test-key",
-                              **{"poll_interval": 0.01, "state_dir": tmp_path / "batches", "timeout": 2,
-                                 "max_retries": 3, "backoff_base": 0.01, "verbose": False, **options})
+    return OpenAIBatchBackend(
+        url,
+        model="served-model",
+        model_id="model@1",
+        api_key="test-key",
+        **{
+            "poll_interval": 0.01,
+            "state_dir": tmp_path / "batches",
+            "timeout": 2,
+            "max_retries": 3,
+            "backoff_base": 0.01,
+            "verbose": False,
+            **options,
+        },
+    )
 
 
 def run(generator, tmp_path, seeds=SEEDS):
-    return synthesize_contexts(seeds, generator, GenerationCache(tmp_path / "cache"), get_prompt("context_synthesis"),
-                               SAMPLING, seed=3, target_words=50)
+    return synthesize_contexts(
+        seeds,
+        generator,
+        GenerationCache(tmp_path / "cache"),
+        get_prompt("context_synthesis"),
+        SAMPLING,
+        seed=3,
+        target_words=50,
+    )
 
 
 def state_files(tmp_path):
@@ -60,9 +80,12 @@ def test_a_run_killed_while_polling_resumes_the_submitted_batch(tmp_path):
     with BatchServer(in_progress_polls=5) as server:
         with pytest.raises(GenerationError, match="still in_progress after 2 polls; a rerun resumes it"):
             run(backend(server.url, tmp_path, max_polls=2), tmp_path)
-        state = json.loads((tmp_path / "batches" / next(n for n in state_files(tmp_path)
-                                                           if n.endswith(".json"))).read_text())
-        assert state["batch_id"] == "batch_0" and state["input_file_id"] == "file-in0" and len(state["custom_ids"]) == 12
+        state = json.loads(
+            (tmp_path / "batches" / next(n for n in state_files(tmp_path) if n.endswith(".json"))).read_text()
+        )
+        assert (
+            state["batch_id"] == "batch_0" and state["input_file_id"] == "file-in0" and len(state["custom_ids"]) == 12
+        )
         records, stats = run(backend(server.url, tmp_path), tmp_path)
     assert_matched(records)
     assert server.counts["uploads"] == server.counts["creates"] == 1 and stats["generated"] == 12
@@ -98,8 +121,12 @@ def test_a_run_killed_between_upload_and_create_reuses_the_upload(tmp_path):
 
 
 def test_a_transient_error_on_every_call_is_retried(tmp_path):
-    faults = {"POST /files": ["500"], "POST /batches": ["429"], "GET /batches/": ["500", None, "500"],
-              "GET /content": ["500"]}
+    faults = {
+        "POST /files": ["500"],
+        "POST /batches": ["429"],
+        "GET /batches/": ["500", None, "500"],
+        "GET /content": ["500"],
+    }
     with BatchServer(faults=faults) as server:
         generator = backend(server.url, tmp_path)
         records, _ = run(generator, tmp_path)
@@ -109,10 +136,14 @@ def test_a_transient_error_on_every_call_is_retried(tmp_path):
 
 @pytest.mark.parametrize("errors_in_output", [False, True])
 def test_failed_and_missing_items_raise_after_the_successes_are_cached(tmp_path, errors_in_output):
-    with BatchServer(error_matching="Question 3?", omit_matching="Question 7?",
-                     errors_in_output=errors_in_output) as server:
-        with pytest.raises(GenerationError, match=r"2 of 12 requests failed \(1 with errors, 1 missing from the "
-                                                  r"output\); first errors: \w+: HTTP 400: bad_item: invalid prompt"):
+    with BatchServer(
+        error_matching="Question 3?", omit_matching="Question 7?", errors_in_output=errors_in_output
+    ) as server:
+        with pytest.raises(
+            GenerationError,
+            match=r"2 of 12 requests failed \(1 with errors, 1 missing from the "
+            r"output\); first errors: \w+: HTTP 400: bad_item: invalid prompt",
+        ):
             run(backend(server.url, tmp_path), tmp_path)
     assert state_files(tmp_path) == []
     with BatchServer() as server:
@@ -125,8 +156,10 @@ def test_failed_and_missing_items_raise_after_the_successes_are_cached(tmp_path,
 
 def test_a_failed_batch_is_a_clear_error(tmp_path):
     with BatchServer(terminal="failed") as server:
-        with pytest.raises(GenerationError, match="ended failed: line 1: model_not_found: The model does not exist; "
-                                                  "0 of 12 results were kept"):
+        with pytest.raises(
+            GenerationError,
+            match="ended failed: line 1: model_not_found: The model does not exist; 0 of 12 results were kept",
+        ):
             run(backend(server.url, tmp_path), tmp_path)
     assert state_files(tmp_path) == [] and not (tmp_path / "cache").exists()
 
@@ -156,5 +189,9 @@ def test_unsupported_settings_are_refused_before_anything_is_uploaded(tmp_path):
         with pytest.raises(ValueError, match="repetition_penalty"):
             list(generator.iter_generate([Request("k", [])], {**SAMPLING, "repetition_penalty": 1.1}, 0))
     assert server.counts["uploads"] == 0
-    assert backend("http://x/v1", tmp_path, send_repetition_penalty=True).payload(
-        Request("k", []), {**SAMPLING, "repetition_penalty": 1.1}, 0)["repetition_penalty"] == 1.1
+    assert (
+        backend("http://x/v1", tmp_path, send_repetition_penalty=True).payload(
+            Request("k", []), {**SAMPLING, "repetition_penalty": 1.1}, 0
+        )["repetition_penalty"]
+        == 1.1
+    )

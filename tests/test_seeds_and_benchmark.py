@@ -7,10 +7,10 @@ import pytest
 import yaml
 from fixtures import ESSAYS, make_hotpot, make_squad
 
-from ctxsynth.prepare.benchmark import build_hotpotqa_long, build_squad_long
 from ctxsynth.core.io import InputError
-from ctxsynth.prepare.seeds import load_paper_seeds, select_seeds
 from ctxsynth.core.text import normalize_text
+from ctxsynth.prepare.benchmark import build_hotpotqa_long, build_squad_long
+from ctxsynth.prepare.seeds import load_paper_seeds, select_seeds
 
 
 @pytest.fixture
@@ -23,9 +23,11 @@ def raw_dir(tmp_path):
 def reserved_from(raw_dir):
     squad_items, squad_reserved = build_squad_long(make_squad(), count=3, target_words=60, seed=1)
     hotpot_items, hotpot_reserved = build_hotpotqa_long(make_hotpot(), count=3, target_words=60, seed=1)
-    reserved = {"ids": squad_reserved["ids"] + hotpot_reserved["ids"],
-                "questions": squad_reserved["questions"] + hotpot_reserved["questions"],
-                "paragraphs": squad_reserved["paragraphs"]}
+    reserved = {
+        "ids": squad_reserved["ids"] + hotpot_reserved["ids"],
+        "questions": squad_reserved["questions"] + hotpot_reserved["questions"],
+        "paragraphs": squad_reserved["paragraphs"],
+    }
     return squad_items + hotpot_items, reserved
 
 
@@ -42,8 +44,10 @@ def test_squad_long_hides_gold_paragraph_among_other_articles():
 
 def test_seeds_are_disjoint_from_evaluation_by_id_and_question(raw_dir):
     eval_items, reserved = reserved_from(raw_dir)
-    sources = [{"type": "squad", "task": "squad_long", "count": None},
-               {"type": "hotpotqa", "task": "hotpotqa_long", "count": None}]
+    sources = [
+        {"type": "squad", "task": "squad_long", "count": None},
+        {"type": "hotpotqa", "task": "hotpotqa_long", "count": None},
+    ]
     seeds, report = select_seeds(sources, raw_dir, reserved, seed=3)
     eval_questions = {normalize_text(i["input"]) for i in eval_items}
     eval_ids = {i["_id"] for i in eval_items}
@@ -72,7 +76,9 @@ def test_unknown_source_and_bad_jsonl_are_located(raw_dir, tmp_path):
     with pytest.raises(InputError, match="unknown seed source type 'web'"):
         select_seeds([{"type": "web"}], raw_dir, empty, seed=0)
     user = tmp_path / "mine.jsonl"
-    user.write_text('{"instruction": "q1", "answer": "a1", "task": "hotpotqa"}\n{"instruction": "q2", "task": "hotpotqa"}\n')
+    user.write_text(
+        '{"instruction": "q1", "answer": "a1", "task": "hotpotqa"}\n{"instruction": "q2", "task": "hotpotqa"}\n'
+    )
     with pytest.raises(InputError, match=r"mine.jsonl, line 2, field 'answer'"):
         select_seeds([{"type": "jsonl", "path": str(user)}], raw_dir, empty, seed=0)
     user.write_text('{"instruction": "q1", "answer": "a1"}\n')
@@ -100,8 +106,10 @@ def test_the_papers_own_seeds(paper_seeds_dir):
     by_task = {}
     for record in records:
         by_task[record["task"]] = by_task.get(record["task"], 0) + 1
-    assert by_task == {t: 200 for t in ["2wikimqa", "gov_report", "hotpotqa", "multi_news", "musique",
-                                        "narrativeqa", "qasper", "qmsum"]}
+    assert by_task == {
+        t: 200
+        for t in ["2wikimqa", "gov_report", "hotpotqa", "multi_news", "musique", "narrativeqa", "qasper", "qmsum"]
+    }
     with_context = {r["task"] for r in records if r["context"]}
     assert with_context == {"2wikimqa", "hotpotqa", "multi_news", "musique"}
 
@@ -111,24 +119,45 @@ def test_niah_params_and_reserved_keys(tmp_path):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "squad.json").write_text(json.dumps(make_squad()))
     (tmp_path / "raw" / "hotpotqa.json").write_text(json.dumps(make_hotpot()))
-    (tmp_path / "raw" / "PaulGrahamEssays.json").write_text(json.dumps({"text": ESSAYS + " " + "Crimson gadgets "
-                                                                        "tumbling northward quietly. " * 3}))
-    base = {"seed": 2, "squad_long": {"count": 2, "target_words": 50}, "hotpotqa_long": {"count": 2, "target_words": 50}}
+    (tmp_path / "raw" / "PaulGrahamEssays.json").write_text(
+        json.dumps({"text": ESSAYS + " " + "Crimson gadgets tumbling northward quietly. " * 3})
+    )
+    base = {
+        "seed": 2,
+        "squad_long": {"count": 2, "target_words": 50},
+        "hotpotqa_long": {"count": 2, "target_words": 50},
+    }
 
     def run(niah):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump({"benchmark": {**base, **niah}}))
-        return subprocess.run([sys.executable, str(root / "stages" / "benchmark.py"), "--raw", "raw", "--out", "out"],
-                              cwd=tmp_path, capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, str(root / "stages" / "benchmark.py"), "--raw", "raw", "--out", "out"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
 
-    result = run({"niah": {"subtasks": ["multikey", "multivalue"], "lengths": [30], "depths": [0.0, 1.0],
-                           "samples": 1, "needles": {"multikey": 3}}})
+    result = run(
+        {
+            "niah": {
+                "subtasks": ["multikey", "multivalue"],
+                "lengths": [30],
+                "depths": [0.0, 1.0],
+                "samples": 1,
+                "needles": {"multikey": 3},
+            }
+        }
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in (tmp_path / "out" / "niah_multikey.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(len(row["needle_keys"]) == 3 for row in rows)
     reserved = json.loads((tmp_path / "out" / "reserved.json").read_text())
-    every_key = {key for task in ("niah_multikey", "niah_multivalue")
-                 for line in (tmp_path / "out" / f"{task}.jsonl").read_text().splitlines()
-                 for key in json.loads(line)["needle_keys"]}
+    every_key = {
+        key
+        for task in ("niah_multikey", "niah_multivalue")
+        for line in (tmp_path / "out" / f"{task}.jsonl").read_text().splitlines()
+        for key in json.loads(line)["needle_keys"]
+    }
     assert set(reserved["niah_keys"]) == every_key and len(every_key) == 2 * 3 + 2  # distractor keys included
     assert {"ids", "questions", "paragraphs"} <= set(reserved)  # the seed stage's keys still there
     assert not (tmp_path / "out" / "niah_single.jsonl").exists()

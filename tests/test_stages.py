@@ -15,28 +15,56 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def params(tmp: Path) -> dict:
     return {
-        "benchmark": {"seed": 3, "squad_long": {"count": 2, "target_words": 80},
-                      "hotpotqa_long": {"count": 2, "target_words": 80},
-                      "niah_single": {"lengths": [60], "depths": [0.0, 1.0], "samples": 1}},
-        "seed": {"seed": 5, "sources": [{"type": "squad", "task": "squad_long", "count": 4},
-                                        {"type": "hotpotqa", "task": "hotpotqa_long", "count": 4}]},
-        "synthesize": {"method": "context_synthesis", "backend": "transformers", "target_words": 50,
-                       "response_prefix": "Context:", "seed": 0, "cache_dir": str(tmp / "cache"),
-                       "chunk_words": 30, "max_attempts": 2, "batch_size": 3, "device": "cpu", "dtype": "float32",
-                       "sampling": {"max_new_tokens": 6, "temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.1},
-                       "verify": {"enabled": True, "max_answer_words": 5, "answerability": True}},
+        "benchmark": {
+            "seed": 3,
+            "squad_long": {"count": 2, "target_words": 80},
+            "hotpotqa_long": {"count": 2, "target_words": 80},
+            "niah_single": {"lengths": [60], "depths": [0.0, 1.0], "samples": 1},
+        },
+        "seed": {
+            "seed": 5,
+            "sources": [
+                {"type": "squad", "task": "squad_long", "count": 4},
+                {"type": "hotpotqa", "task": "hotpotqa_long", "count": 4},
+            ],
+        },
+        "synthesize": {
+            "method": "context_synthesis",
+            "backend": "transformers",
+            "target_words": 50,
+            "response_prefix": "Context:",
+            "seed": 0,
+            "cache_dir": str(tmp / "cache"),
+            "chunk_words": 30,
+            "max_attempts": 2,
+            "batch_size": 3,
+            "device": "cpu",
+            "dtype": "float32",
+            "sampling": {"max_new_tokens": 6, "temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.1},
+            "verify": {"enabled": True, "max_answer_words": 5, "answerability": True},
+        },
         "general": {"count": 5, "seed": 2, "max_paragraph_words": 400},
-        "mix": {"variant": "context_synthesis", "num_contexts": 3, "seed": 1, "summarization_distractors": True,
-                "filter": {"min_support": None, "max_leakage": None, "min_answerability": None},
-                "general": {"source": "data/general/train.jsonl", "split": "train", "count": 3, "ratio": None}},
+        "mix": {
+            "variant": "context_synthesis",
+            "num_contexts": 3,
+            "seed": 1,
+            "summarization_distractors": True,
+            "filter": {"min_support": None, "max_leakage": None, "min_answerability": None},
+            "general": {"source": "data/general/train.jsonl", "split": "train", "count": 3, "ratio": None},
+        },
         "lengths": {"bin_words": 20, "tasks": ["squad_long", "hotpotqa_long"]},
     }
 
 
 def run_stage(workdir: Path, hash_seed: str, *args: str) -> None:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, str(ROOT / "stages" / args[0]), *args[1:]], cwd=workdir, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / args[0]), *args[1:]],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -56,9 +84,19 @@ def run_chain(workdir: Path, model: Path, hash_seed: str, settings: dict) -> Non
     run_stage(workdir, hash_seed, "lengths.py")
 
 
-OUTPUTS = ["data/benchmark/squad_long.jsonl", "data/benchmark/niah_single.jsonl", "data/benchmark/reserved.json",
-           "data/seed/squad_long.jsonl", "data/seed/hotpotqa_long.jsonl", "data/synth/contexts.jsonl",
-           "data/general/train.jsonl", "data/mix/train.jsonl", "metrics/seed.json", "metrics/mix.json", "metrics/plots/context_lengths.json"]
+OUTPUTS = [
+    "data/benchmark/squad_long.jsonl",
+    "data/benchmark/niah_single.jsonl",
+    "data/benchmark/reserved.json",
+    "data/seed/squad_long.jsonl",
+    "data/seed/hotpotqa_long.jsonl",
+    "data/synth/contexts.jsonl",
+    "data/general/train.jsonl",
+    "data/mix/train.jsonl",
+    "metrics/seed.json",
+    "metrics/mix.json",
+    "metrics/plots/context_lengths.json",
+]
 
 
 def test_stages_give_identical_bytes_under_different_hash_seeds(tmp_path, tiny_model_dir):
@@ -69,10 +107,16 @@ def test_stages_give_identical_bytes_under_different_hash_seeds(tmp_path, tiny_m
         assert (first / output).read_bytes() == (second / output).read_bytes(), output
     records = [json.loads(line) for line in (first / "data/synth/contexts.jsonl").read_text().splitlines()]
     assert len(records) == 8 and all(r["verification"] is None or "answerability" in r["verification"] for r in records)
-    seeds = {json.loads(line)["instruction"] for f in ("squad_long", "hotpotqa_long")
-             for line in (first / f"data/seed/{f}.jsonl").read_text().splitlines()}
-    evaluation = {json.loads(line)["input"] for f in ("squad_long", "hotpotqa_long")
-                  for line in (first / f"data/benchmark/{f}.jsonl").read_text().splitlines()}
+    seeds = {
+        json.loads(line)["instruction"]
+        for f in ("squad_long", "hotpotqa_long")
+        for line in (first / f"data/seed/{f}.jsonl").read_text().splitlines()
+    }
+    evaluation = {
+        json.loads(line)["input"]
+        for f in ("squad_long", "hotpotqa_long")
+        for line in (first / f"data/benchmark/{f}.jsonl").read_text().splitlines()
+    }
     assert seeds and not seeds & evaluation
 
 
@@ -97,7 +141,9 @@ def test_synthesis_killed_mid_run_resumes_without_regenerating_or_duplicating(tm
 
     settings = params(tmp_path)
     settings["seed"]["sources"] = [{"type": "hotpotqa", "task": "hotpotqa_long", "count": 12}]
-    settings["synthesize"].update(batch_size=1, verify={"enabled": False, "max_answer_words": 5, "answerability": False})
+    settings["synthesize"].update(
+        batch_size=1, verify={"enabled": False, "max_answer_words": 5, "answerability": False}
+    )
     settings["synthesize"]["sampling"]["max_new_tokens"] = 48
     work = tmp_path / "work"
     work.mkdir()
@@ -110,8 +156,12 @@ def test_synthesis_killed_mid_run_resumes_without_regenerating_or_duplicating(tm
     run_stage(work, "0", "benchmark.py")
     run_stage(work, "0", "seed.py")
     cache = Path(settings["synthesize"]["cache_dir"])
-    process = subprocess.Popen([sys.executable, str(ROOT / "stages/synthesize.py"), "--model", str(tiny_model_dir)],
-                               cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "stages/synthesize.py"), "--model", str(tiny_model_dir)],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while len(list(cache.rglob("*.json"))) < 3 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from ctxsynth.generation.transformers_backend import TransformersBackend
 from ctxsynth.generation.cache import GenerationCache
-from ctxsynth.synthesis.prompts import get_prompt
+from ctxsynth.generation.transformers_backend import TransformersBackend
 from ctxsynth.synthesis.contexts import parse_context, summarize, synthesize_contexts
+from ctxsynth.synthesis.prompts import get_prompt
 
 # The paper's Figure 3, as given in its specification (shared/notes/PAPER.md), with {length} = 2000.
 PAPER_SYSTEM = 'Please infer the missing context. Always start with "Context:" and do not provide any explanation.'
@@ -13,26 +13,32 @@ PAPER_USER = """Context: [MISSING]
 Question: Who wrote Hamlet?
 Answer: William Shakespeare
 
-The above is a question-answer pair based on a context which is missing. Write the missing context to provide relevant background information that leads to both the question and the answer, ensuring that any necessary numerical or factual details are included. The context also should include relevant details about the character, their environment, aspirations, challenges, and relationships. It should be sufficiently detailed to reach approximately 2000 words."""
+The above is a question-answer pair based on a context which is missing. Write the missing context to provide relevant background information that leads to both the question and the answer, ensuring that any necessary numerical or factual details are included. The context also should include relevant details about the character, their environment, aspirations, challenges, and relationships. It should be sufficiently detailed to reach approximately 2000 words."""  # noqa: E501 (the paper's text, verbatim)
 
-SEEDS = [{"id": f"s{i}", "task": "hotpotqa", "instruction": f"Question number {i}?", "answer": f"answer {i}"}
-         for i in range(5)]
+SEEDS = [
+    {"id": f"s{i}", "task": "hotpotqa", "instruction": f"Question number {i}?", "answer": f"answer {i}"}
+    for i in range(5)
+]
 
 
 def test_prompt_matches_the_paper_exactly():
-    messages = get_prompt("context_synthesis").messages(instruction="Who wrote Hamlet?",
-                                                         answer="William Shakespeare", length=2000)
+    messages = get_prompt("context_synthesis").messages(
+        instruction="Who wrote Hamlet?", answer="William Shakespeare", length=2000
+    )
     assert messages == [{"role": "system", "content": PAPER_SYSTEM}, {"role": "user", "content": PAPER_USER}]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Context: The play was written in 1600.", ("The play was written in 1600.", "ok")),
-    ("Sure! Context:\nA story.\n", ("A story.", "ok")),
-    ("A story with no marker.", (None, "missing_marker")),
-    ("Context:   \n", (None, "empty")),
-    ("Context: first Context: second", ("first Context: second", "ok")),
-    ("Context: Context:\nContext: text", ("text", "ok")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Context: The play was written in 1600.", ("The play was written in 1600.", "ok")),
+        ("Sure! Context:\nA story.\n", ("A story.", "ok")),
+        ("A story with no marker.", (None, "missing_marker")),
+        ("Context:   \n", (None, "empty")),
+        ("Context: first Context: second", ("first Context: second", "ok")),
+        ("Context: Context:\nContext: text", ("text", "ok")),
+    ],
+)
 def test_parse_context(text, expected):
     assert parse_context(text, "Context:") == expected
 
@@ -56,8 +62,15 @@ class CountingBackend:
 
 
 def run(backend, cache, seeds=SEEDS, sampling=None):
-    return synthesize_contexts(seeds, backend, cache, get_prompt("context_synthesis"),
-                               sampling or {"max_new_tokens": 8, "temperature": 0.0}, seed=0, target_words=50)
+    return synthesize_contexts(
+        seeds,
+        backend,
+        cache,
+        get_prompt("context_synthesis"),
+        sampling or {"max_new_tokens": 8, "temperature": 0.0},
+        seed=0,
+        target_words=50,
+    )
 
 
 def test_records_carry_status_and_provenance_and_failures_are_counted(tmp_path):
@@ -119,23 +132,35 @@ def test_length_histogram_bins_and_shares():
 
 def test_sampled_output_of_an_item_does_not_depend_on_its_batch(tiny_model_dir, tmp_path):
     sampling = {"max_new_tokens": 8, "temperature": 1.0, "top_p": 0.9, "repetition_penalty": 1.1}
-    together, _ = run(TransformersBackend(tiny_model_dir, batch_size=5), GenerationCache(tmp_path / "a"),
-                      sampling=sampling)
-    alone, _ = run(TransformersBackend(tiny_model_dir, batch_size=1), GenerationCache(tmp_path / "b"),
-                   seeds=SEEDS[2:3], sampling=sampling)
+    together, _ = run(
+        TransformersBackend(tiny_model_dir, batch_size=5), GenerationCache(tmp_path / "a"), sampling=sampling
+    )
+    alone, _ = run(
+        TransformersBackend(tiny_model_dir, batch_size=1),
+        GenerationCache(tmp_path / "b"),
+        seeds=SEEDS[2:3],
+        sampling=sampling,
+    )
     assert alone[0]["raw_output"] == together[2]["raw_output"]
     assert len({r["raw_output"] for r in together}) > 1  # really sampled: items differ
-    other_seed = synthesize_contexts(SEEDS[2:3], TransformersBackend(tiny_model_dir, batch_size=1),
-                                     GenerationCache(tmp_path / "c"), get_prompt("context_synthesis"), sampling,
-                                     seed=1, target_words=50)[0]
+    other_seed = synthesize_contexts(
+        SEEDS[2:3],
+        TransformersBackend(tiny_model_dir, batch_size=1),
+        GenerationCache(tmp_path / "c"),
+        get_prompt("context_synthesis"),
+        sampling,
+        seed=1,
+        target_words=50,
+    )[0]
     assert other_seed[0]["raw_output"] != alone[0]["raw_output"]
 
 
 def test_model_identity_names_content_not_just_a_name(tiny_model_dir, tmp_path):
     import shutil
 
-    from ctxsynth.core.identity import model_identity
     from tiny_model import build_tiny_model
+
+    from ctxsynth.core.identity import model_identity
 
     identity = model_identity(tiny_model_dir)
     assert identity.startswith(tiny_model_dir.name + "@") and "None" not in identity

@@ -5,13 +5,16 @@ from ctxsynth.mix.assemble import apply_filter
 from ctxsynth.synthesis.verify import answerability_scores, leakage_score, support_score, verify_records
 
 
-@pytest.mark.parametrize("context, answer, expected", [
-    ("The treaty was signed in Paris in 1783.", "Paris", 1.0),
-    ("The treaty was signed in Paris in 1783.", "the Paris", 1.0),      # normalization drops articles
-    ("The treaty was signed in Parisville.", "Paris", 0.0),              # whole words only
-    ("Anything at all.", "yes", None),                                   # yes/no: containment says nothing
-    ("Anything.", "a long answer with many more words than five", None),
-])
+@pytest.mark.parametrize(
+    "context, answer, expected",
+    [
+        ("The treaty was signed in Paris in 1783.", "Paris", 1.0),
+        ("The treaty was signed in Paris in 1783.", "the Paris", 1.0),  # normalization drops articles
+        ("The treaty was signed in Parisville.", "Paris", 0.0),  # whole words only
+        ("Anything at all.", "yes", None),  # yes/no: containment says nothing
+        ("Anything.", "a long answer with many more words than five", None),
+    ],
+)
 def test_support(context, answer, expected):
     assert support_score(context, answer, max_answer_words=5) == expected
 
@@ -19,8 +22,10 @@ def test_support(context, answer, expected):
 def test_leakage_is_high_for_restatement_and_low_for_real_background():
     question, answer = "Who founded the company Acme?", "John Smith"
     assert leakage_score("Who founded the company Acme? John Smith.", question, answer) == 1.0
-    background = ("Acme began in a garage in Ohio during 1952, when a young engineer named John Smith built "
-                  "brakes for delivery trucks and sold them to local bakeries before expanding nationwide.")
+    background = (
+        "Acme began in a garage in Ohio during 1952, when a young engineer named John Smith built "
+        "brakes for delivery trucks and sold them to local bakeries before expanding nationwide."
+    )
     assert leakage_score(background, question, answer) < 0.2
 
 

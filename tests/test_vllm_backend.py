@@ -31,8 +31,12 @@ class FakeLLM:
     def chat(self, conversations, sampling_params, use_tqdm, add_generation_prompt, continue_final_message):
         self.calls.append((conversations, sampling_params, add_generation_prompt, continue_final_message))
         completion = types.SimpleNamespace
-        return [types.SimpleNamespace(outputs=[completion(text=f" reply {c[-1]['content'][:6]}", finish_reason="length",
-                                                          token_ids=[1, 2, 3])]) for c in conversations]
+        return [
+            types.SimpleNamespace(
+                outputs=[completion(text=f" reply {c[-1]['content'][:6]}", finish_reason="length", token_ids=[1, 2, 3])]
+            )
+            for c in conversations
+        ]
 
 
 @pytest.fixture
@@ -48,8 +52,9 @@ def test_chat_over_whole_lists_with_per_item_seeds_and_prefix(fake_vllm, tiny_mo
 
     backend = VLLMBackend(tiny_model_dir, tensor_parallel_size=8, chunk_size=3)
     assert backend.llm.tensor_parallel_size == 8
-    requests = [Request(f"k{i}", [{"role": "user", "content": f"seed {i}"}], "Context:" if i % 2 else "")
-                for i in range(4)]
+    requests = [
+        Request(f"k{i}", [{"role": "user", "content": f"seed {i}"}], "Context:" if i % 2 else "") for i in range(4)
+    ]
     sampling = {"max_new_tokens": 64, "temperature": 0.8, "top_p": 0.9}
     batches = list(backend.iter_generate(requests, sampling, seed=7))
     assert [len(b) for b in batches] == [3, 1]  # one yield per chunk, so the caller caches progressively

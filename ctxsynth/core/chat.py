@@ -11,8 +11,9 @@ from ctxsynth.core.io import InputError
 def validate_messages(path: os.PathLike | str, line: int, messages: Any) -> None:
     """[system?] user, assistant, ..., user, assistant: the last assistant turn is the training target."""
     if not isinstance(messages, list) or len(messages) < 2:
-        raise InputError(path, "expected a list of at least a user and an assistant message", line=line,
-                         field="messages")
+        raise InputError(
+            path, "expected a list of at least a user and an assistant message", line=line, field="messages"
+        )
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
@@ -25,10 +26,15 @@ def validate_messages(path: os.PathLike | str, line: int, messages: Any) -> None
         if index >= offset:
             expected = "user" if (index - offset) % 2 == 0 else "assistant"
             if message["role"] != expected:
-                raise InputError(path, f"expected role '{expected}', got '{message['role']}'", line=line,
-                                 field=f"{where}.role")
+                raise InputError(
+                    path, f"expected role '{expected}', got '{message['role']}'", line=line, field=f"{where}.role"
+                )
     if messages[-1]["role"] != "assistant":
-        raise InputError(path, f"the last message must be the assistant's answer, got '{messages[-1]['role']}'",
-                         line=line, field=f"messages[{len(messages) - 1}].role")
+        raise InputError(
+            path,
+            f"the last message must be the assistant's answer, got '{messages[-1]['role']}'",
+            line=line,
+            field=f"messages[{len(messages) - 1}].role",
+        )
     if not messages[-1]["content"].strip():
         raise InputError(path, "empty answer", line=line, field=f"messages[{len(messages) - 1}].content")

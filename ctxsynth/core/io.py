@@ -9,12 +9,12 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import yaml
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -33,8 +33,9 @@ class InputError(ValueError):
         self.path, self.line, self.field = str(path), line, field
 
 
-def read_jsonl_numbered(path: os.PathLike | str, required: Iterable[str] = (),
-                        types: dict[str, type] | None = None) -> list[tuple[int, dict]]:
+def read_jsonl_numbered(
+    path: os.PathLike | str, required: Iterable[str] = (), types: dict[str, type] | None = None
+) -> list[tuple[int, dict]]:
     """(line number, record) for every non-blank line, so later checks can still name the line."""
     path = Path(path)
     if not path.is_file():
@@ -55,13 +56,16 @@ def read_jsonl_numbered(path: os.PathLike | str, required: Iterable[str] = (),
                     raise InputError(path, "missing required field", line=number, field=field)
             for field, kind in (types or {}).items():
                 if field in record and record[field] is not None and not isinstance(record[field], kind):
-                    raise InputError(path, f"expected {kind.__name__}, got {type(record[field]).__name__}",
-                                     line=number, field=field)
+                    raise InputError(
+                        path, f"expected {kind.__name__}, got {type(record[field]).__name__}", line=number, field=field
+                    )
             records.append((number, record))
     return records
 
 
-def read_jsonl(path: os.PathLike | str, required: Iterable[str] = (), types: dict[str, type] | None = None) -> list[dict]:
+def read_jsonl(
+    path: os.PathLike | str, required: Iterable[str] = (), types: dict[str, type] | None = None
+) -> list[dict]:
     """Read a JSONL file; every non-blank line must be an object holding the required fields."""
     return [record for _, record in read_jsonl_numbered(path, required, types)]
 

@@ -9,7 +9,7 @@ task scores in metrics/eval.json are x100 like LongBench's tables.
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 METRICS = ("qa_f1", "rouge_l", "niah_recall")
 
@@ -66,11 +66,17 @@ def niah_heatmap(predictions: Iterable[Mapping]) -> list[dict]:
     cells: dict[tuple, list[float]] = {}
     for record in predictions:
         if record["task"].startswith("niah_") and record.get("niah_length") is not None:
-            cell = (record["variant"], record["task"][len("niah_"):], int(record["niah_length"]),
-                    float(record["niah_depth"]))
+            cell = (
+                record["variant"],
+                record["task"][len("niah_") :],
+                int(record["niah_length"]),
+                float(record["niah_depth"]),
+            )
             cells.setdefault(cell, []).append(float(record["score"]))
-    return [{"model": model, "subtask": subtask, "length": length, "depth": depth, "recall": _mean(scores)}
-            for (model, subtask, length, depth), scores in sorted(cells.items())]
+    return [
+        {"model": model, "subtask": subtask, "length": length, "depth": depth, "recall": _mean(scores)}
+        for (model, subtask, length, depth), scores in sorted(cells.items())
+    ]
 
 
 def delta(base: Mapping | None, finetuned: Mapping | None) -> dict | None:
@@ -79,6 +85,9 @@ def delta(base: Mapping | None, finetuned: Mapping | None) -> dict | None:
         return None
     return {
         "overall": round(finetuned["overall"] - base["overall"], 4),
-        "tasks": {task: round(finetuned["tasks"][task] - base["tasks"][task], 4)
-                  for task in base["tasks"] if task in finetuned["tasks"]},
+        "tasks": {
+            task: round(finetuned["tasks"][task] - base["tasks"][task], 4)
+            for task in base["tasks"]
+            if task in finetuned["tasks"]
+        },
     }

@@ -25,10 +25,17 @@ class TaskSpec:
 @lru_cache(maxsize=1)
 def _registry() -> tuple[int, dict[str, TaskSpec]]:
     data = yaml.safe_load(resources.files("ctxsynth.core").joinpath("tasks.yaml").read_text(encoding="utf-8"))
-    specs = {name: TaskSpec(name=name, template=entry["template"], category=entry["category"],
-                            metric=entry["metric"], max_new_tokens=int(entry["max_new_tokens"]),
-                            aliases=tuple(entry.get("aliases", [])))
-             for name, entry in data["tasks"].items()}
+    specs = {
+        name: TaskSpec(
+            name=name,
+            template=entry["template"],
+            category=entry["category"],
+            metric=entry["metric"],
+            max_new_tokens=int(entry["max_new_tokens"]),
+            aliases=tuple(entry.get("aliases", [])),
+        )
+        for name, entry in data["tasks"].items()
+    }
     return int(data["version"]), specs
 
 

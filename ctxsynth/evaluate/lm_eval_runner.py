@@ -27,8 +27,8 @@ TASK_PREFIX = "ctxsynth_"
 
 @dataclass(frozen=True)
 class LmEvalTask:
-    name: str            # the task's name in tasks.yaml
-    data_file: Path      # prepared docs: {_id, prompt, answers, metric, ...}, one JSON object per line
+    name: str  # the task's name in tasks.yaml
+    data_file: Path  # prepared docs: {_id, prompt, answers, metric, ...}, one JSON object per line
     max_gen_toks: int
 
     @property
@@ -56,8 +56,12 @@ def render_task_dir(tasks: list[LmEvalTask], directory: Path, version: int, cach
             "include": str(base),
             "task": task.lm_eval_name,
             "dataset_kwargs": dataset_kwargs,
-            "generation_kwargs": {"until": [], "do_sample": False, "temperature": 0.0,
-                                  "max_gen_toks": int(task.max_gen_toks)},
+            "generation_kwargs": {
+                "until": [],
+                "do_sample": False,
+                "temperature": 0.0,
+                "max_gen_toks": int(task.max_gen_toks),
+            },
             "metadata": {"version": int(version)},
         }
         (directory / f"{task.lm_eval_name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -87,12 +91,19 @@ def attention_implementation(model) -> str | None:
 BACKENDS = ("hf", "vllm")
 
 
-def vllm_model_args(model_dir: Path, adapter_dir: Path | None, *, dtype: str, batch_size: int,
-                    max_model_len: int) -> dict:
+def vllm_model_args(
+    model_dir: Path, adapter_dir: Path | None, *, dtype: str, batch_size: int, max_model_len: int
+) -> dict:
     """lm-eval's `vllm` model arguments: the LoRA adapter served by vLLM (max_lora_rank >= the adapter's rank) and
     middle truncation, LongBench's rule, should a prompt still exceed the window."""
-    args = dict(pretrained=str(model_dir), dtype=dtype, batch_size=int(batch_size), max_model_len=int(max_model_len),
-                truncation_side="middle", seed=0)
+    args = dict(
+        pretrained=str(model_dir),
+        dtype=dtype,
+        batch_size=int(batch_size),
+        max_model_len=int(max_model_len),
+        truncation_side="middle",
+        seed=0,
+    )
     if adapter_dir is not None:
         config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
         rank = int(config.get("r", 16))
@@ -104,21 +115,27 @@ def vllm_model_args(model_dir: Path, adapter_dir: Path | None, *, dtype: str, ba
 def _vllm_model(model_dir: Path, adapter_dir: Path | None, *, dtype: str, batch_size: int, max_length: int):
     """Imported only here: vLLM is an optional GPU dependency, never installed in CI."""
     if importlib.util.find_spec("vllm") is None:
-        raise RuntimeError("evaluate.backend is vllm but the vllm package is not installed (pip install vllm, on a "
-                           "CUDA machine); use evaluate.backend: hf otherwise")
+        raise RuntimeError(
+            "evaluate.backend is vllm but the vllm package is not installed (pip install vllm, on a "
+            "CUDA machine); use evaluate.backend: hf otherwise"
+        )
     from lm_eval.models.vllm_causallms import VLLM
 
-    return VLLM(**vllm_model_args(model_dir, adapter_dir, dtype=dtype, batch_size=batch_size,
-                                  max_model_len=max_length))
+    return VLLM(**vllm_model_args(model_dir, adapter_dir, dtype=dtype, batch_size=batch_size, max_model_len=max_length))
 
 
-def _hf_model(model_dir: Path, adapter_dir: Path | None, *, device: str, dtype: str, batch_size: int,
-              max_length: int):
+def _hf_model(model_dir: Path, adapter_dir: Path | None, *, device: str, dtype: str, batch_size: int, max_length: int):
     from lm_eval.models.huggingface import HFLM
 
     device = resolve_device(device)
-    model_args = dict(pretrained=str(model_dir), device=device, dtype=resolve_dtype(dtype, device),
-                      batch_size=int(batch_size), max_length=int(max_length), attn_implementation="sdpa")
+    model_args = dict(
+        pretrained=str(model_dir),
+        device=device,
+        dtype=resolve_dtype(dtype, device),
+        batch_size=int(batch_size),
+        max_length=int(max_length),
+        attn_implementation="sdpa",
+    )
     if adapter_dir is not None:
         model_args["peft"] = str(adapter_dir)
     lm = HFLM(**model_args)
@@ -137,9 +154,20 @@ class LmEvalRunner:
         self.task_dir = Path(task_dir).resolve()
         self.task_manager = TaskManager(include_path=str(self.task_dir), include_defaults=False)
 
-    def run(self, model_dir: Path, tasks: list[LmEvalTask], *, adapter_dir: Path | None = None,
-            batch_size: int = 1, device: str = "auto", dtype: str = "auto", max_length: int,
-            apply_chat_template: bool = True, cache_db: Path | None = None, backend: str = "hf") -> dict[str, dict]:
+    def run(
+        self,
+        model_dir: Path,
+        tasks: list[LmEvalTask],
+        *,
+        adapter_dir: Path | None = None,
+        batch_size: int = 1,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_length: int,
+        apply_chat_template: bool = True,
+        cache_db: Path | None = None,
+        backend: str = "hf",
+    ) -> dict[str, dict]:
         """Greedy generation + scoring; returns {task: {"score": mean in [0, 1], "samples": [{doc, prediction,
         score}, ...]}} with samples in the prepared file's order."""
         import lm_eval
@@ -147,16 +175,22 @@ class LmEvalRunner:
         if backend == "vllm":
             lm = _vllm_model(model_dir, adapter_dir, dtype=dtype, batch_size=batch_size, max_length=max_length)
         elif backend == "hf":
-            lm = _hf_model(model_dir, adapter_dir, device=device, dtype=dtype, batch_size=batch_size,
-                           max_length=max_length)
+            lm = _hf_model(
+                model_dir, adapter_dir, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length
+            )
         else:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
         try:
             results = lm_eval.simple_evaluate(
-                model=lm, tasks=[task.lm_eval_name for task in tasks], task_manager=self.task_manager,
-                apply_chat_template=bool(apply_chat_template), log_samples=True, bootstrap_iters=0,
+                model=lm,
+                tasks=[task.lm_eval_name for task in tasks],
+                task_manager=self.task_manager,
+                apply_chat_template=bool(apply_chat_template),
+                log_samples=True,
+                bootstrap_iters=0,
                 use_cache=str(cache_db) if cache_db else None,
-                num_fewshot=0)
+                num_fewshot=0,
+            )
         finally:
             del lm
             gc.collect()
@@ -170,6 +204,8 @@ def _task_output(results: dict, task: LmEvalTask) -> dict:
     samples = sorted(results["samples"][name], key=lambda sample: sample["doc_id"])
     return {
         "score": float(results["results"][name]["score,none"]),
-        "samples": [{"doc": sample["doc"], "prediction": sample["filtered_resps"][0],
-                     "score": float(sample["score"])} for sample in samples],
+        "samples": [
+            {"doc": sample["doc"], "prediction": sample["filtered_resps"][0], "score": float(sample["score"])}
+            for sample in samples
+        ],
     }

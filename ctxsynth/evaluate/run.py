@@ -13,11 +13,18 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ctxsynth.core.io import (InputError, read_jsonl_numbered, sha256_file, sha256_text, user_cache_dir, write_json,
-                         write_jsonl)
-from ctxsynth.evaluate.lm_eval_runner import BACKENDS, LmEvalRunner, LmEvalTask, render_task_dir
+from ctxsynth.core.io import (
+    InputError,
+    read_jsonl_numbered,
+    sha256_file,
+    sha256_text,
+    user_cache_dir,
+    write_json,
+    write_jsonl,
+)
 from ctxsynth.core.scoring import delta, niah_heatmap, summarize
 from ctxsynth.core.tasks import get_task, templates_version
+from ctxsynth.evaluate.lm_eval_runner import BACKENDS, LmEvalRunner, LmEvalTask, render_task_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +37,21 @@ CHAT_MARGIN = 8  # tokens: re-tokenizing the decoded halves can merge/split a fe
 @dataclass
 class EvalSettings:
     tasks: list[str] = field(default_factory=lambda: ["squad_long", "hotpotqa_long", "niah_single"])
-    max_length: int | None = 2048      # prompt tokens before the chat template; None: model window - budgets
-    batch_size: int = 1                # CPU: long prompts are prefill-bound, batching pads and only adds memory
-    limit: int | None = None           # first N docs per task (None: all)
+    max_length: int | None = 2048  # prompt tokens before the chat template; None: model window - budgets
+    batch_size: int = 1  # CPU: long prompts are prefill-bound, batching pads and only adds memory
+    limit: int | None = None  # first N docs per task (None: all)
     apply_chat_template: bool = True
-    longbench_dir: str | None = None   # THUDM layout: <dir>/data/<task>.jsonl (or <dir>/<task>.jsonl)
+    longbench_dir: str | None = None  # THUDM layout: <dir>/data/<task>.jsonl (or <dir>/<task>.jsonl)
     longbench_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
-    backend: str = "hf"                # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter
+    backend: str = "hf"  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter
     device: str = "auto"
-    dtype: str = "auto"                # auto: float32 on CPU, the checkpoint's dtype on GPU
+    dtype: str = "auto"  # auto: float32 on CPU, the checkpoint's dtype on GPU
     score_base: bool = True
-    cache: bool = True                 # reuse greedy generations per (model, adapter) content: experiments that
-                                       # leave the adapter unchanged, and every base-model row, are not paid twice
+    cache: bool = True  # reuse greedy generations per (model, adapter) content: experiments that
+    # leave the adapter unchanged, and every base-model row, are not paid twice
 
     @classmethod
-    def from_params(cls, params: dict | None, source: str = "params.yaml") -> "EvalSettings":
+    def from_params(cls, params: dict | None, source: str = "params.yaml") -> EvalSettings:
         params = dict(params or {})
         known = {f.name for f in fields(cls)}
         for key in params:
@@ -58,8 +65,9 @@ class EvalSettings:
                 raise InputError(source, "expected a positive integer or null", field=f"evaluate.{key}")
         settings = cls(**params)
         if settings.backend not in BACKENDS:
-            raise InputError(source, f"unknown backend {settings.backend!r} (known: {', '.join(BACKENDS)})",
-                             field="evaluate.backend")
+            raise InputError(
+                source, f"unknown backend {settings.backend!r} (known: {', '.join(BACKENDS)})", field="evaluate.backend"
+            )
         for name in settings.tasks + (settings.longbench_tasks if settings.longbench_dir else []):
             try:
                 get_task(name)
@@ -72,7 +80,9 @@ class EvalSettings:
 
 def load_benchmark(path: Path, task: str) -> list[dict]:
     """LongBench-layout docs, validated: errors name the file, line and field."""
-    numbered = read_jsonl_numbered(path, required=REQUIRED_FIELDS, types={"input": str, "context": str, "answers": list})
+    numbered = read_jsonl_numbered(
+        path, required=REQUIRED_FIELDS, types={"input": str, "context": str, "answers": list}
+    )
     expected = get_task(task).name
     if not numbered:
         raise InputError(path, "no documents")
@@ -104,8 +114,9 @@ def middle_truncate(tokenizer, text: str, max_length: int) -> tuple[str, int, bo
         return text, len(ids), False
     head = max_length // 2
     tail = max_length - head
-    kept = (tokenizer.decode(ids[:head], skip_special_tokens=True)
-            + tokenizer.decode(ids[len(ids) - tail:], skip_special_tokens=True))
+    kept = tokenizer.decode(ids[:head], skip_special_tokens=True) + tokenizer.decode(
+        ids[len(ids) - tail :], skip_special_tokens=True
+    )
     return kept, len(ids), True
 
 
@@ -113,22 +124,30 @@ def find_sources(benchmark_dir: Path, settings: EvalSettings) -> list[tuple[str,
     """(task, file) pairs: settings.tasks from benchmark_dir; the LongBench tasks from longbench_dir if usable."""
     sources = [(task, Path(benchmark_dir) / f"{task}.jsonl") for task in settings.tasks]
     if settings.longbench_dir and not Path(settings.longbench_dir).is_dir():
-        log.warning("LongBench tasks %s skipped: evaluate.longbench_dir %s is not a directory. Either unzip "
-                    "THUDM/LongBench's data.zip there (its data/<task>.jsonl files), or, on a machine with hub "
-                    "access, run lm-eval's own hub tasks (`lm_eval --tasks longbench_<task>`, dataset "
-                    "Xnhyacinth/LongBench). The other tasks still run.", ", ".join(settings.longbench_tasks),
-                    settings.longbench_dir)
+        log.warning(
+            "LongBench tasks %s skipped: evaluate.longbench_dir %s is not a directory. Either unzip "
+            "THUDM/LongBench's data.zip there (its data/<task>.jsonl files), or, on a machine with hub "
+            "access, run lm-eval's own hub tasks (`lm_eval --tasks longbench_<task>`, dataset "
+            "Xnhyacinth/LongBench). The other tasks still run.",
+            ", ".join(settings.longbench_tasks),
+            settings.longbench_dir,
+        )
     elif settings.longbench_dir:
         root = Path(settings.longbench_dir)
         for task in settings.longbench_tasks:
             candidates = [root / "data" / f"{task}.jsonl", root / f"{task}.jsonl"]
             found = next((path for path in candidates if path.is_file()), None)
             if found is None:
-                log.warning("LongBench task %s skipped: %s not found. Either unzip THUDM/LongBench's data.zip so that "
-                            "%s exists (set evaluate.longbench_dir to that directory), or, on a machine with hub "
-                            "access, run lm-eval's own hub tasks (`lm_eval --tasks longbench_%s`, dataset "
-                            "Xnhyacinth/LongBench). The other tasks still run.", task, candidates[0],
-                            candidates[0], task)
+                log.warning(
+                    "LongBench task %s skipped: %s not found. Either unzip THUDM/LongBench's data.zip so that "
+                    "%s exists (set evaluate.longbench_dir to that directory), or, on a machine with hub "
+                    "access, run lm-eval's own hub tasks (`lm_eval --tasks longbench_%s`, dataset "
+                    "Xnhyacinth/LongBench). The other tasks still run.",
+                    task,
+                    candidates[0],
+                    candidates[0],
+                    task,
+                )
                 continue
             sources.append((task, found))
     names = [task for task, _ in sources]
@@ -137,9 +156,16 @@ def find_sources(benchmark_dir: Path, settings: EvalSettings) -> list[tuple[str,
     return sources
 
 
-def evaluate(model_dir: Path, adapter_dir: Path | None, benchmark_dir: Path, metrics_path: Path,
-             predictions_path: Path, settings: EvalSettings, work_dir: Path | None = None,
-             niah_plot_path: Path | None = None) -> dict:
+def evaluate(
+    model_dir: Path,
+    adapter_dir: Path | None,
+    benchmark_dir: Path,
+    metrics_path: Path,
+    predictions_path: Path,
+    settings: EvalSettings,
+    work_dir: Path | None = None,
+    niah_plot_path: Path | None = None,
+) -> dict:
     """Score base and base + adapter; write eval.json, predictions.jsonl and the NIAH heatmap rows (recall x100
     per model x subtask x length x depth, the paper's Figure 2); return the eval.json content."""
     from transformers import AutoConfig, AutoTokenizer
@@ -151,12 +177,16 @@ def evaluate(model_dir: Path, adapter_dir: Path | None, benchmark_dir: Path, met
     elif adapter_dir is not None and (Path(adapter_dir) / "config.json").is_file():
         finetuned = (Path(adapter_dir), None)  # finetune.method: full writes the whole model there
     elif adapter_dir is not None:
-        log.warning("no adapter or model at %s (no adapter_config.json / config.json): scoring the base model only",
-                    adapter_dir)
-    variants = ([("base", model_dir, None)] if settings.score_base else []) + ([("finetuned", *finetuned)] if finetuned else [])
+        log.warning(
+            "no adapter or model at %s (no adapter_config.json / config.json): scoring the base model only", adapter_dir
+        )
+    variants = ([("base", model_dir, None)] if settings.score_base else []) + (
+        [("finetuned", *finetuned)] if finetuned else []
+    )
     if not variants:
-        raise InputError("params.yaml", "nothing to score: score_base is false and there is no adapter",
-                         field="evaluate.score_base")
+        raise InputError(
+            "params.yaml", "nothing to score: score_base is false and there is no adapter", field="evaluate.score_base"
+        )
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
@@ -170,9 +200,12 @@ def evaluate(model_dir: Path, adapter_dir: Path | None, benchmark_dir: Path, met
         max_length = window - max(spec.max_new_tokens for spec in specs.values()) - overhead - CHAT_MARGIN
     for task, spec in specs.items():
         if max_length + overhead + CHAT_MARGIN + spec.max_new_tokens > window:
-            raise InputError("params.yaml", f"max_length {max_length} + chat template ({overhead}) + {task}'s "
-                             f"{spec.max_new_tokens} new tokens exceed the model window ({window})",
-                             field="evaluate.max_length")
+            raise InputError(
+                "params.yaml",
+                f"max_length {max_length} + chat template ({overhead}) + {task}'s "
+                f"{spec.max_new_tokens} new tokens exceed the model window ({window})",
+                field="evaluate.max_length",
+            )
 
     with tempfile.TemporaryDirectory(prefix="ctxsynth-eval-", dir=work_dir) as tmp:
         tmp = Path(tmp)
@@ -184,20 +217,38 @@ def evaluate(model_dir: Path, adapter_dir: Path | None, benchmark_dir: Path, met
             data_file = tmp / "data" / f"{task}.jsonl"
             write_jsonl(data_file, prepared[task])
             tasks.append(LmEvalTask(task, data_file, specs[task].max_new_tokens))
-            log.info("%s: %d docs from %s (%d truncated to %d tokens)", task, len(docs), path,
-                     sum(doc["truncated"] for doc in prepared[task]), max_length)
+            log.info(
+                "%s: %d docs from %s (%d truncated to %d tokens)",
+                task,
+                len(docs),
+                path,
+                sum(doc["truncated"] for doc in prepared[task]),
+                max_length,
+            )
             if task.startswith("niah_") and any(doc["truncated"] for doc in prepared[task]):
-                log.warning("%s: haystacks longer than evaluate.max_length (%d tokens) lose their middle, and with "
-                            "it any needle there: keep benchmark.niah.lengths below it or raise max_length",
-                            task, max_length)
+                log.warning(
+                    "%s: haystacks longer than evaluate.max_length (%d tokens) lose their middle, and with "
+                    "it any needle there: keep benchmark.niah.lengths below it or raise max_length",
+                    task,
+                    max_length,
+                )
         runner = LmEvalRunner(render_task_dir(tasks, tmp / "tasks", templates_version(), cache_dir=tmp / "hf_cache"))
         report: dict = {"base": None, "finetuned": None, "delta": None}
         predictions = []
         for variant, model, adapter in variants:
             cache_db = generation_cache_db(model, adapter, full=model != model_dir) if settings.cache else None
-            outputs = runner.run(model, tasks, adapter_dir=adapter, batch_size=settings.batch_size, cache_db=cache_db,
-                                 device=settings.device, dtype=settings.dtype, max_length=window,
-                                 apply_chat_template=settings.apply_chat_template, backend=settings.backend)
+            outputs = runner.run(
+                model,
+                tasks,
+                adapter_dir=adapter,
+                batch_size=settings.batch_size,
+                cache_db=cache_db,
+                device=settings.device,
+                dtype=settings.dtype,
+                max_length=window,
+                apply_chat_template=settings.apply_chat_template,
+                backend=settings.backend,
+            )
             scores = {task: 100.0 * output["score"] for task, output in outputs.items()}
             report[variant] = summarize(scores, {task: spec.category for task, spec in specs.items()})
             for task, output in outputs.items():
@@ -216,8 +267,9 @@ def generation_cache_db(model_dir: Path, adapter_dir: Path | None, full: bool = 
     (its provenance names the base model it came from, which must not share the base model's cache)."""
     from ctxsynth.core.identity import model_identity
 
-    parts = ([sha256_file(p) for p in sorted(Path(model_dir).glob("*.safetensors"))] if full
-             else [model_identity(model_dir)])
+    parts = (
+        [sha256_file(p) for p in sorted(Path(model_dir).glob("*.safetensors"))] if full else [model_identity(model_dir)]
+    )
     if adapter_dir is not None:
         parts += [sha256_file(path) for path in sorted(Path(adapter_dir).glob("adapter_*")) if path.is_file()]
     return user_cache_dir("lm_eval") / sha256_text("\n".join(parts))[:32]
@@ -226,17 +278,32 @@ def generation_cache_db(model_dir: Path, adapter_dir: Path | None, full: bool = 
 def _prepare(doc: dict, spec, tokenizer, max_length: int) -> dict:
     prompt, original, truncated = middle_truncate(tokenizer, spec.render(doc["context"], doc["input"]), max_length)
     kept = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) if truncated else original
-    return {"_id": str(doc["_id"]), "prompt": prompt, "answers": doc["answers"], "metric": spec.metric,
-            "original_tokens": original, "prompt_tokens": kept, "truncated": truncated,
-            **{name: doc[name] for name in NIAH_FIELDS if name in doc}}
+    return {
+        "_id": str(doc["_id"]),
+        "prompt": prompt,
+        "answers": doc["answers"],
+        "metric": spec.metric,
+        "original_tokens": original,
+        "prompt_tokens": kept,
+        "truncated": truncated,
+        **{name: doc[name] for name in NIAH_FIELDS if name in doc},
+    }
 
 
 def _prediction_record(variant: str, task: str, sample: dict) -> dict:
     doc = sample["doc"]
-    return {"variant": variant, "task": task, "_id": doc["_id"], "prediction": sample["prediction"],
-            "answers": doc["answers"], "score": round(100.0 * sample["score"], 4),
-            "prompt_tokens": doc["prompt_tokens"], "original_tokens": doc["original_tokens"],
-            "truncated": doc["truncated"], **{name: doc[name] for name in NIAH_FIELDS if doc.get(name) is not None}}
+    return {
+        "variant": variant,
+        "task": task,
+        "_id": doc["_id"],
+        "prediction": sample["prediction"],
+        "answers": doc["answers"],
+        "score": round(100.0 * sample["score"], 4),
+        "prompt_tokens": doc["prompt_tokens"],
+        "original_tokens": doc["original_tokens"],
+        "truncated": doc["truncated"],
+        **{name: doc[name] for name in NIAH_FIELDS if doc.get(name) is not None},
+    }
 
 
 def _check_not_stale_gguf(model_dir: Path, config) -> None:
@@ -248,9 +315,12 @@ def _check_not_stale_gguf(model_dir: Path, config) -> None:
     else:
         method = getattr(quantization, "quant_method", None)
     if str(getattr(method, "value", method)) == "gguf" and not any(Path(model_dir).glob("*.gguf")):
-        raise InputError(Path(model_dir) / "config.json", "stale GGUF quantization_config in a safetensors model "
-                         "directory (lm-eval cannot load it): delete the key and re-save the model",
-                         field="quantization_config")
+        raise InputError(
+            Path(model_dir) / "config.json",
+            "stale GGUF quantization_config in a safetensors model "
+            "directory (lm-eval cannot load it): delete the key and re-save the model",
+            field="quantization_config",
+        )
 
 
 def _model_window(config) -> int:
@@ -264,7 +334,10 @@ def _model_window(config) -> int:
 def _chat_overhead(tokenizer) -> int:
     """Tokens the chat template adds around a user message (system prompt, role markers, generation prompt)."""
     if not getattr(tokenizer, "chat_template", None):
-        raise InputError("params.yaml", "the model's tokenizer has no chat template: set it to false for a base "
-                         "(non-chat) model", field="evaluate.apply_chat_template")
+        raise InputError(
+            "params.yaml",
+            "the model's tokenizer has no chat template: set it to false for a base (non-chat) model",
+            field="evaluate.apply_chat_template",
+        )
     text = tokenizer.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=True, tokenize=False)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1

@@ -8,9 +8,9 @@ Over-long samples are either cut in the middle of the prompt (the answer is neve
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ctxsynth.core.chat import validate_messages
 from ctxsynth.core.io import InputError, read_jsonl_numbered
@@ -97,25 +97,30 @@ def encode_chat(tokenizer, messages: Sequence[dict], end_ids: Iterable[int]) -> 
     prompt_text = tokenizer.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(list(messages), tokenize=False)
     if not full_text.startswith(prompt_text):
-        raise TemplateError("the chat template's generation prompt is not a prefix of the rendered conversation "
-                            f"(prompt ends {prompt_text[-60:]!r}, conversation has {full_text[:len(prompt_text)][-60:]!r})")
+        raise TemplateError(
+            "the chat template's generation prompt is not a prefix of the rendered conversation "
+            f"(prompt ends {prompt_text[-60:]!r}, conversation has {full_text[: len(prompt_text)][-60:]!r})"
+        )
     prompt_ids, full_ids = _ids(tokenizer, prompt_text), _ids(tokenizer, full_text)
-    if full_ids[:len(prompt_ids)] != prompt_ids:
+    if full_ids[: len(prompt_ids)] != prompt_ids:
         at = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), len(full_ids))
-        raise TemplateError(f"the prompt's tokens are not a prefix of the conversation's tokens (they differ at "
-                            f"token {at} of {len(prompt_ids)}); the answer probably merges with the end of the "
-                            "prompt, e.g. it starts with whitespace")
-    answer_ids = full_ids[len(prompt_ids):]
+        raise TemplateError(
+            f"the prompt's tokens are not a prefix of the conversation's tokens (they differ at "
+            f"token {at} of {len(prompt_ids)}); the answer probably merges with the end of the "
+            "prompt, e.g. it starts with whitespace"
+        )
+    answer_ids = full_ids[len(prompt_ids) :]
     ends = [index for index, token in enumerate(answer_ids) if token in end_ids]
     if ends:
-        answer_ids = answer_ids[:ends[-1] + 1]  # drop what the template writes after the turn (a newline)
+        answer_ids = answer_ids[: ends[-1] + 1]  # drop what the template writes after the turn (a newline)
     else:
         answer_ids = answer_ids + [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(end_ids)]
     return prompt_ids, answer_ids
 
 
-def fit_length(prompt_ids: list[int], answer_ids: list[int], max_tokens: int | None,
-               overlength: str) -> tuple[list[int], int] | None:
+def fit_length(
+    prompt_ids: list[int], answer_ids: list[int], max_tokens: int | None, overlength: str
+) -> tuple[list[int], int] | None:
     """(prompt ids that fit, number of tokens removed), or None when the sample must be dropped.
 
     truncate_middle keeps the first and the last half of the prompt budget (the way LongBench truncates at
@@ -132,11 +137,18 @@ def fit_length(prompt_ids: list[int], answer_ids: list[int], max_tokens: int | N
         return None  # the answer alone (nearly) fills the budget, and it is never cut
     head = keep // 2
     tail = keep - head
-    return prompt_ids[:head] + prompt_ids[len(prompt_ids) - tail:], len(prompt_ids) - keep
+    return prompt_ids[:head] + prompt_ids[len(prompt_ids) - tail :], len(prompt_ids) - keep
 
 
-def prepare_examples(records: Sequence[tuple[int, dict]], tokenizer, *, max_tokens: int | None, overlength: str,
-                     end_ids: Iterable[int], path: os.PathLike | str = "<records>") -> PreparedData:
+def prepare_examples(
+    records: Sequence[tuple[int, dict]],
+    tokenizer,
+    *,
+    max_tokens: int | None,
+    overlength: str,
+    end_ids: Iterable[int],
+    path: os.PathLike | str = "<records>",
+) -> PreparedData:
     end_ids = set(end_ids)
     data = PreparedData(examples=[], total=len(records))
     for line, record in records:
@@ -152,8 +164,14 @@ def prepare_examples(records: Sequence[tuple[int, dict]], tokenizer, *, max_toke
         if removed:
             data.truncated.append(record["id"])
             data.removed_tokens += removed
-        data.examples.append(Example(id=record["id"], input_ids=prompt_ids + answer_ids,
-                                     labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids, removed_tokens=removed))
+        data.examples.append(
+            Example(
+                id=record["id"],
+                input_ids=prompt_ids + answer_ids,
+                labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+                removed_tokens=removed,
+            )
+        )
     if not data.examples:
         raise InputError(path, f"all {data.total} samples are longer than max_tokens={max_tokens} and were dropped")
     return data
@@ -201,6 +219,11 @@ class PadCollator:
             attention_mask[row, :length] = 1
             labels[row, :length] = torch.tensor(feature["labels"], dtype=torch.long)
             loss_weights[row, :length] = torch.tensor(answer_weights(feature["labels"], self.loss_weighting))
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                "loss_weights": loss_weights, "real_tokens": attention_mask.sum(),
-                "num_samples": torch.tensor(len(features))}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "loss_weights": loss_weights,
+            "real_tokens": attention_mask.sum(),
+            "num_samples": torch.tensor(len(features)),
+        }

@@ -9,8 +9,8 @@ checks that a packed row gives the same per-sample losses as the samples run one
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ctxsynth.finetune.data import IGNORE_INDEX, Example, answer_weights
 
@@ -83,6 +83,11 @@ class PackedCollator:
                 start = end
             position_ids[row, start:] = torch.arange(width - start)
         real_tokens = sum(len(pack) for pack in packs)
-        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "loss_weights": loss_weights,
-                "real_tokens": torch.tensor(real_tokens),
-                "num_samples": torch.tensor(sum(len(pack.examples) for pack in packs))}
+        return {
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "labels": labels,
+            "loss_weights": loss_weights,
+            "real_tokens": torch.tensor(real_tokens),
+            "num_samples": torch.tensor(sum(len(pack.examples) for pack in packs)),
+        }

@@ -7,9 +7,10 @@ params.yaml (or `dvc exp run -S`) sets to a non-null value.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -36,8 +37,7 @@ def recipe_values(name: str, source: os.PathLike | str = "params.yaml") -> dict[
         if name not in recipes:
             raise InputError(source, f"unknown recipe {name!r} (known: {', '.join(recipes)})", field="finetune.recipe")
         if name in chain:
-            raise InputError(f"ctxsynth/{RECIPES_RESOURCE}", f"recipe cycle {' -> '.join(chain + [name])}",
-                             field=name)
+            raise InputError(f"ctxsynth/{RECIPES_RESOURCE}", f"recipe cycle {' -> '.join(chain + [name])}", field=name)
         chain.append(name)
         name = recipes[name].get("extends")
     values: dict[str, Any] = {}

@@ -6,12 +6,13 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
+from ctxsynth.core.io import InputError
 from ctxsynth.finetune import recipes as finetune_recipes
 from ctxsynth.finetune.data import LOSS_WEIGHTINGS, OVERLENGTH_MODES
-from ctxsynth.core.io import InputError
 
 METHODS = ("lora", "full")
 QUANTIZATION_MODES = ("none", "nf4")
@@ -26,14 +27,14 @@ class FinetuneParams:
     """Resolved fine-tuning settings; the defaults are the `cpu` recipe (tests check they agree)."""
 
     recipe: str = "cpu"
-    method: str = "lora"                 # lora | full (every weight trained; the output is a whole model)
-    quantization: str = "none"           # none | nf4 (QLoRA through bitsandbytes, double quantization)
-    compute_dtype: str = "auto"          # auto = float32 on CPU, bfloat16 on CUDA
+    method: str = "lora"  # lora | full (every weight trained; the output is a whole model)
+    quantization: str = "none"  # none | nf4 (QLoRA through bitsandbytes, double quantization)
+    compute_dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: str | tuple[str, ...] = "all-linear"
-    optim: str = "adamw_torch"           # any TrainingArguments.optim; paged_* fall back to adamw_torch on CPU
+    optim: str = "adamw_torch"  # any TrainingArguments.optim; paged_* fall back to adamw_torch on CPU
     learning_rate: float = 2e-4
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.0
@@ -42,35 +43,39 @@ class FinetuneParams:
     adam_beta2: float = 0.95
     max_grad_norm: float = 1.0
     epochs: float = 1.0
-    max_steps: int = -1                  # > 0 overrides epochs; -1 = train `epochs` full passes
+    max_steps: int = -1  # > 0 overrides epochs; -1 = train `epochs` full passes
     batch_size: int = 1
     grad_accum: int = 4
-    max_tokens: int = 1024               # 0 = no limit (not with packing)
+    max_tokens: int = 1024  # 0 = no limit (not with packing)
     overlength: str = "truncate_middle"  # truncate_middle | drop
-    packing: bool = False                # concatenate samples up to max_tokens, attention kept inside each sample
-    loss_weighting: str = "token"        # token | sample (LongAlign)
+    packing: bool = False  # concatenate samples up to max_tokens, attention kept inside each sample
+    loss_weighting: str = "token"  # token | sample (LongAlign)
     gradient_checkpointing: bool = False
-    answer_logits_only: bool = True      # project only the answer positions onto the vocabulary (same loss)
+    answer_logits_only: bool = True  # project only the answer positions onto the vocabulary (same loss)
     attn_implementation: str = "sdpa"
-    save_steps: int = 4                  # checkpoint every N steps for resume; 0 = never
-    launcher: str = "none"               # none | accelerate (configs/accelerate/<accelerate_config>.yaml)
+    save_steps: int = 4  # checkpoint every N steps for resume; 0 = never
+    launcher: str = "none"  # none | accelerate (configs/accelerate/<accelerate_config>.yaml)
     accelerate_config: str = "single_gpu"
     seed: int = 42
     logging_steps: int = 1
 
     @classmethod
-    def from_mapping(cls, params: Mapping[str, Any], source: os.PathLike | str = "params.yaml") -> "FinetuneParams":
+    def from_mapping(cls, params: Mapping[str, Any], source: os.PathLike | str = "params.yaml") -> FinetuneParams:
         """Recipe values, overridden by every non-null key of `params`, type-checked."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - set(fields))
         if unknown:
-            raise InputError(source, f"unknown finetune parameter (known: {', '.join(fields)})",
-                             field=f"finetune.{unknown[0]}")
+            raise InputError(
+                source, f"unknown finetune parameter (known: {', '.join(fields)})", field=f"finetune.{unknown[0]}"
+            )
         values = finetune_recipes.resolve(params, source)
         unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise InputError(f"ctxsynth/{finetune_recipes.RECIPES_RESOURCE}", "unknown finetune parameter",
-                             field=f"{values['recipe']}.{unknown[0]}")
+            raise InputError(
+                f"ctxsynth/{finetune_recipes.RECIPES_RESOURCE}",
+                "unknown finetune parameter",
+                field=f"{values['recipe']}.{unknown[0]}",
+            )
         if isinstance(values.get("target_modules"), list):
             values["target_modules"] = tuple(values["target_modules"])
         for name, value in values.items():
@@ -91,9 +96,14 @@ class FinetuneParams:
         def bad(name: str, message: str) -> InputError:
             return InputError(source, message, field=f"finetune.{name}")
 
-        for name, allowed in (("method", METHODS), ("quantization", QUANTIZATION_MODES), ("compute_dtype", DTYPES),
-                              ("overlength", OVERLENGTH_MODES), ("loss_weighting", LOSS_WEIGHTINGS),
-                              ("launcher", LAUNCHERS)):
+        for name, allowed in (
+            ("method", METHODS),
+            ("quantization", QUANTIZATION_MODES),
+            ("compute_dtype", DTYPES),
+            ("overlength", OVERLENGTH_MODES),
+            ("loss_weighting", LOSS_WEIGHTINGS),
+            ("launcher", LAUNCHERS),
+        ):
             if getattr(self, name) not in allowed:
                 raise bad(name, f"expected one of {allowed}, got {getattr(self, name)!r}")
         if self.method == "full" and self.quantization != "none":

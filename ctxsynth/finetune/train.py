@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ctxsynth.finetune.data import PadCollator, PreparedData, end_of_turn_ids, load_chat_records, prepare_examples
-from ctxsynth.finetune.settings import FinetuneParams
-from ctxsynth.finetune.trainer import (FinetuneError, LiveLog, answer_only_loss, make_trainer_classes,
-                                       peak_memory_mb)
 from ctxsynth.core.io import InputError, sha256_file, write_json
+from ctxsynth.finetune.data import PadCollator, PreparedData, end_of_turn_ids, load_chat_records, prepare_examples
 from ctxsynth.finetune.packing import PackedCollator, pack_examples
+from ctxsynth.finetune.settings import FinetuneParams
+from ctxsynth.finetune.trainer import FinetuneError, LiveLog, answer_only_loss, make_trainer_classes, peak_memory_mb
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +75,15 @@ def _load_config(model_dir: os.PathLike | str):
 
     config = AutoConfig.from_pretrained(model_dir)
     quantization = getattr(config, "quantization_config", None)
-    if isinstance(quantization, dict) and quantization.get("quant_method") == "gguf" \
-            and not (Path(model_dir) / str(quantization.get("gguf_file") or "")).is_file():
-        log.warning("%s: ignoring the config's GGUF quantization_config (no GGUF file there, the weights are "
-                    "safetensors)", model_dir)
+    if (
+        isinstance(quantization, dict)
+        and quantization.get("quant_method") == "gguf"
+        and not (Path(model_dir) / str(quantization.get("gguf_file") or "")).is_file()
+    ):
+        log.warning(
+            "%s: ignoring the config's GGUF quantization_config (no GGUF file there, the weights are safetensors)",
+            model_dir,
+        )
         del config.quantization_config
     return config
 
@@ -96,13 +100,18 @@ def load_model(model_dir: os.PathLike | str, params: FinetuneParams, device: str
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as error:
-            raise FinetuneError("quantization: nf4 needs bitsandbytes (pip install 'ctxsynth[quant]'); "
-                                "use quantization: none without it") from error
+            raise FinetuneError(
+                "quantization: nf4 needs bitsandbytes (pip install 'ctxsynth[quant]'); "
+                "use quantization: none without it"
+            ) from error
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=compute_dtype)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0)) if device == "cuda" else "cpu"}
     kwargs["config"] = _load_config(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
@@ -118,12 +127,20 @@ def load_model(model_dir: os.PathLike | str, params: FinetuneParams, device: str
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=params.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+            model,
+            use_gradient_checkpointing=params.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     target = params.target_modules if isinstance(params.target_modules, str) else list(params.target_modules)
     set_seed(params.seed)  # the LoRA A matrices are drawn at random
-    lora = LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
-                      target_modules=target, bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=params.lora_r,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=params.lora_dropout,
+        target_modules=target,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -136,8 +153,9 @@ def _sort_target_modules(config_path: Path) -> None:
 
 
 def _model_fingerprint(model_dir: Path) -> dict[str, str]:
-    names = sorted(p.name for p in model_dir.iterdir()
-                   if p.suffix in {".safetensors", ".json", ".jinja"} and p.is_file())
+    names = sorted(
+        p.name for p in model_dir.iterdir() if p.suffix in {".safetensors", ".json", ".jinja"} and p.is_file()
+    )
     return {name: sha256_file(model_dir / name) for name in names}
 
 
@@ -184,9 +202,16 @@ def _save_output(trainer, tokenizer, params: FinetuneParams, adapter_dir: Path, 
             shutil.rmtree(tmp)
 
 
-def train(model_dir: os.PathLike | str, train_path: os.PathLike | str, adapter_dir: os.PathLike | str,
-          metrics_path: os.PathLike | str | None, params: FinetuneParams, live_dir: os.PathLike | str | None = None,
-          checkpoint_dir: os.PathLike | str | None = None, stop_after_steps: int | None = None) -> dict:
+def train(
+    model_dir: os.PathLike | str,
+    train_path: os.PathLike | str,
+    adapter_dir: os.PathLike | str,
+    metrics_path: os.PathLike | str | None,
+    params: FinetuneParams,
+    live_dir: os.PathLike | str | None = None,
+    checkpoint_dir: os.PathLike | str | None = None,
+    stop_after_steps: int | None = None,
+) -> dict:
     """Fine-tune; write the adapter or model (with provenance.json), the metrics summary and the live logs.
 
     With `checkpoint_dir` and save_steps > 0, a checkpoint is kept every save_steps steps and an unfinished run with
@@ -209,18 +234,30 @@ def train(model_dir: os.PathLike | str, train_path: os.PathLike | str, adapter_d
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, params, device)
     data: PreparedData = prepare_examples(
-        records, tokenizer, max_tokens=params.max_tokens or None, overlength=params.overlength,
-        end_ids=end_of_turn_ids(tokenizer, getattr(model, "generation_config", None)), path=train_path)
+        records,
+        tokenizer,
+        max_tokens=params.max_tokens or None,
+        overlength=params.overlength,
+        end_ids=end_of_turn_ids(tokenizer, getattr(model, "generation_config", None)),
+        path=train_path,
+    )
     counts = data.counts()
-    log.info("%d samples: %d used, %d truncated, %d dropped (max_tokens=%d)", data.total, len(data.examples),
-             len(data.truncated), len(data.dropped), params.max_tokens)
+    log.info(
+        "%d samples: %d used, %d truncated, %d dropped (max_tokens=%d)",
+        data.total,
+        len(data.examples),
+        len(data.truncated),
+        len(data.dropped),
+        params.max_tokens,
+    )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if params.packing:
         dataset = pack_examples(data.examples, params.max_tokens)
         collator = PackedCollator(pad_id, params.loss_weighting)
         counts["packed_sequences"] = len(dataset)
-        log.info("packed %d samples into %d sequences of <= %d tokens", len(data.examples), len(dataset),
-                 params.max_tokens)
+        log.info(
+            "packed %d samples into %d sequences of <= %d tokens", len(data.examples), len(dataset), params.max_tokens
+        )
     else:
         dataset, collator = data.examples, PadCollator(pad_id, params.loss_weighting)
     if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts 4-bit packed weights at their real size
@@ -242,30 +279,52 @@ def train(model_dir: os.PathLike | str, train_path: os.PathLike | str, adapter_d
     logger_cb = StepLogger(LiveLog(live_dir) if live_dir is not None else None)
     callbacks: list = [logger_cb]
     if stop_after_steps is not None:
+
         class StopEarly(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
                 control.should_training_stop = state.global_step >= stop_after_steps
                 return control
+
         callbacks.append(StopEarly())
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ctxsynth-finetune-") as scratch:
         args = TrainingArguments(
-            output_dir=str(run_dir or scratch), report_to="none", disable_tqdm=True,
-            save_strategy="steps" if run_dir is not None else "no", save_steps=max(params.save_steps, 1),
-            save_total_limit=1, per_device_train_batch_size=params.batch_size,
-            gradient_accumulation_steps=params.grad_accum, num_train_epochs=params.epochs, max_steps=params.max_steps,
-            optim=optim, learning_rate=params.learning_rate, lr_scheduler_type=params.lr_scheduler,
-            warmup_steps=params.warmup_ratio, weight_decay=params.weight_decay, adam_beta1=params.adam_beta1,
-            adam_beta2=params.adam_beta2, max_grad_norm=params.max_grad_norm,
-            logging_strategy="steps", logging_steps=params.logging_steps,
-            seed=params.seed, data_seed=params.seed, use_cpu=device == "cpu",
-            bf16=compute_dtype == torch.bfloat16, fp16=compute_dtype == torch.float16,
+            output_dir=str(run_dir or scratch),
+            report_to="none",
+            disable_tqdm=True,
+            save_strategy="steps" if run_dir is not None else "no",
+            save_steps=max(params.save_steps, 1),
+            save_total_limit=1,
+            per_device_train_batch_size=params.batch_size,
+            gradient_accumulation_steps=params.grad_accum,
+            num_train_epochs=params.epochs,
+            max_steps=params.max_steps,
+            optim=optim,
+            learning_rate=params.learning_rate,
+            lr_scheduler_type=params.lr_scheduler,
+            warmup_steps=params.warmup_ratio,
+            weight_decay=params.weight_decay,
+            adam_beta1=params.adam_beta1,
+            adam_beta2=params.adam_beta2,
+            max_grad_norm=params.max_grad_norm,
+            logging_strategy="steps",
+            logging_steps=params.logging_steps,
+            seed=params.seed,
+            data_seed=params.seed,
+            use_cpu=device == "cpu",
+            bf16=compute_dtype == torch.bfloat16,
+            fp16=compute_dtype == torch.float16,
             activation_checkpointing=params.gradient_checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
-            include_num_input_tokens_seen="non_padding", remove_unused_columns=False,
-            ddp_find_unused_parameters=False, dataloader_num_workers=0, dataloader_pin_memory=device == "cuda")
-        trainer = CountingTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                                  callbacks=callbacks)
+            include_num_input_tokens_seen="non_padding",
+            remove_unused_columns=False,
+            ddp_find_unused_parameters=False,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=device == "cuda",
+        )
+        trainer = CountingTrainer(
+            model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks
+        )
         trainer.answer_logits_only = params.answer_logits_only
         trainer.remove_callback(PrinterCallback)  # StepLogger logs each step once, through logging
         train_started = time.perf_counter()
@@ -302,13 +361,22 @@ def train(model_dir: os.PathLike | str, train_path: os.PathLike | str, adapter_d
         if stop_after_steps is not None and output.global_step < trainer.state.max_steps:
             return summary  # an interrupted run: checkpoints only, like a kill
         provenance = {
-            "base_model": str(model_dir), "base_model_sha256": fingerprint,
-            "train_data": str(train_path), "train_data_sha256": train_sha,
-            "params": params.as_dict(), "counts": counts,
-            "truncated_ids": data.truncated, "dropped_ids": data.dropped,
-            "steps": summary["steps"], "final_loss": summary["final_loss"], "device": device,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "peft": __import__("peft").__version__},
+            "base_model": str(model_dir),
+            "base_model_sha256": fingerprint,
+            "train_data": str(train_path),
+            "train_data_sha256": train_sha,
+            "params": params.as_dict(),
+            "counts": counts,
+            "truncated_ids": data.truncated,
+            "dropped_ids": data.dropped,
+            "steps": summary["steps"],
+            "final_loss": summary["final_loss"],
+            "device": device,
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "peft": __import__("peft").__version__,
+            },
         }
         _save_output(trainer, tokenizer, params, adapter_dir, provenance)
         if run_dir is not None and trainer.is_world_process_zero():

@@ -7,8 +7,9 @@ import os
 import resource
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ctxsynth.finetune.data import IGNORE_INDEX
 
@@ -76,8 +77,10 @@ def answer_only_loss(model, inputs: Mapping[str, Any], num_items_in_batch=None, 
         outputs = model(**model_inputs, logits_to_keep=keep)
         logits = outputs.logits.float().reshape(-1, outputs.logits.shape[-1])
         if logits.shape[0] != targets.shape[0]:
-            raise FinetuneError(f"{type(model).__name__} ignored logits_to_keep (got {logits.shape[0]} positions for "
-                                f"{targets.shape[0]} answer tokens): set finetune.answer_logits_only: false")
+            raise FinetuneError(
+                f"{type(model).__name__} ignored logits_to_keep (got {logits.shape[0]} positions for "
+                f"{targets.shape[0]} answer tokens): set finetune.answer_logits_only: false"
+            )
     else:
         outputs = model(**model_inputs)
         logits = outputs.logits.float()[keep]
@@ -142,14 +145,24 @@ def make_trainer_classes():
             now, tokens = time.perf_counter(), state.num_input_tokens_seen
             speed = (tokens - self._tokens) / max(now - self._time, 1e-9)
             self._time, self._tokens = now, tokens
-            row = {"step": state.global_step, "loss": float(logs["loss"]),
-                   "learning_rate": float(logs.get("learning_rate", 0.0)), "tokens_per_second": speed,
-                   "peak_memory_mb": peak_memory_mb()}
+            row = {
+                "step": state.global_step,
+                "loss": float(logs["loss"]),
+                "learning_rate": float(logs.get("learning_rate", 0.0)),
+                "tokens_per_second": speed,
+                "peak_memory_mb": peak_memory_mb(),
+            }
             if "grad_norm" in logs:
                 row["grad_norm"] = float(logs["grad_norm"])
             self.history.append(row)
-            log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", state.global_step, state.max_steps, row["loss"],
-                     row["learning_rate"], speed)
+            log.info(
+                "step %d/%d loss %.4f lr %.2e %.0f tok/s",
+                state.global_step,
+                state.max_steps,
+                row["loss"],
+                row["learning_rate"],
+                speed,
+            )
             if self.live is not None and state.is_world_process_zero:
                 self.live.log(state.global_step, {key: value for key, value in row.items() if key != "step"})
 

@@ -18,9 +18,16 @@ def _api_key(options: dict) -> str | None:
     return options.pop("api_key", None) or os.environ.get(options.pop("api_key_env", None) or "OPENAI_API_KEY")
 
 
-def make_backend(name: str, model_dir: Path | str, batch_size: int = 16, device: str = "auto",
-                 dtype: str = "float32", openai: dict | None = None, vllm: dict | None = None,
-                 openai_batch: dict | None = None) -> Backend:
+def make_backend(
+    name: str,
+    model_dir: Path | str,
+    batch_size: int = 16,
+    device: str = "auto",
+    dtype: str = "float32",
+    openai: dict | None = None,
+    vllm: dict | None = None,
+    openai_batch: dict | None = None,
+) -> Backend:
     """The generator named by `synthesize.backend`; heavy or optional libraries are imported only when chosen."""
     if name == "transformers":
         from ctxsynth.generation.transformers_backend import TransformersBackend

@@ -6,8 +6,9 @@ cache each item at once and a killed run loses at most what is in flight.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)

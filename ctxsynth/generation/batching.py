@@ -13,8 +13,8 @@ left-padded and concatenated to it; rows that finish are selected out; columns t
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 
 def cache_argument(model) -> str:
@@ -33,15 +33,16 @@ def sample_rows(scores, generators: list, temperature: float, top_p: float):
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) > top_p] = 0.0  # smallest set reaching top_p
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.cat([torch.multinomial(probs[row], 1, generator=generator)
-                      for row, generator in enumerate(generators)])
+    return torch.cat(
+        [torch.multinomial(probs[row], 1, generator=generator) for row, generator in enumerate(generators)]
+    )
 
 
 @dataclass
 class Item:
-    index: int                    # position in the caller's list
+    index: int  # position in the caller's list
     prompt_ids: list[int]
-    generator: object = None      # torch.Generator when sampling, else None (greedy)
+    generator: object = None  # torch.Generator when sampling, else None (greedy)
     output_ids: list[int] = field(default_factory=list)
 
 
@@ -54,11 +55,14 @@ class Sampling:
     min_new_tokens: int = 0
 
     @classmethod
-    def from_params(cls, sampling: dict) -> "Sampling":
-        return cls(max_new_tokens=int(sampling["max_new_tokens"]), temperature=float(sampling.get("temperature") or 0),
-                   top_p=float(sampling.get("top_p", 1.0)),
-                   repetition_penalty=float(sampling["repetition_penalty"]) if sampling.get("repetition_penalty")
-                   else None, min_new_tokens=int(sampling.get("min_new_tokens") or 0))
+    def from_params(cls, sampling: dict) -> Sampling:
+        return cls(
+            max_new_tokens=int(sampling["max_new_tokens"]),
+            temperature=float(sampling.get("temperature") or 0),
+            top_p=float(sampling.get("top_p", 1.0)),
+            repetition_penalty=float(sampling["repetition_penalty"]) if sampling.get("repetition_penalty") else None,
+            min_new_tokens=int(sampling.get("min_new_tokens") or 0),
+        )
 
 
 class ContinuousBatcher:
@@ -72,8 +76,9 @@ class ContinuousBatcher:
         self.model, self.batch_size, self.eos_ids, self.pad_id, self.device = model, batch_size, eos_ids, pad_id, device
         self.cache_arg = cache_argument(model)
 
-    def run(self, prompts: list[list[int]], seeds: list[int], sampling: Sampling
-            ) -> Iterator[list[tuple[int, list[int], str]]]:
+    def run(
+        self, prompts: list[list[int]], seeds: list[int], sampling: Sampling
+    ) -> Iterator[list[tuple[int, list[int], str]]]:
         import torch
 
         waiting = list(range(len(prompts)))[::-1]  # a stack: pop() takes the next prompt in the caller's order
@@ -83,8 +88,10 @@ class ContinuousBatcher:
             while waiting or active:
                 free = self.batch_size - len(active)
                 if free > 0 and waiting:  # a prefill step: the newcomers' first tokens
-                    newcomers = [self._new_item(i, prompts[i], seeds[i], sampling)
-                                 for i in (waiting.pop() for _ in range(min(free, len(waiting))))]
+                    newcomers = [
+                        self._new_item(i, prompts[i], seeds[i], sampling)
+                        for i in (waiting.pop() for _ in range(min(free, len(waiting))))
+                    ]
                     new_cache, new_mask, logits = self._prefill(newcomers)
                     tokens = self._pick(logits, newcomers, sampling)
                     cache, mask = self._merge(cache, mask, new_cache, new_mask)
@@ -93,8 +100,14 @@ class ContinuousBatcher:
                     last = torch.tensor([[item.output_ids[-1]] for item in active], device=self.device)
                     positions = mask.sum(-1, keepdim=True)  # real tokens so far = the new token's position
                     mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=-1)
-                    logits = self.model(input_ids=last, attention_mask=mask, position_ids=positions,
-                                        use_cache=True, logits_to_keep=1, **{self.cache_arg: cache}).logits[:, -1]
+                    logits = self.model(
+                        input_ids=last,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        use_cache=True,
+                        logits_to_keep=1,
+                        **{self.cache_arg: cache},
+                    ).logits[:, -1]
                     tokens = self._pick(logits, active, sampling)
                     stepped = active
                 for item, token in zip(stepped, tokens.tolist()):
@@ -123,14 +136,22 @@ class ContinuousBatcher:
         from transformers import DynamicCache
 
         width = max(len(item.prompt_ids) for item in items)
-        ids = torch.tensor([[self.pad_id] * (width - len(it.prompt_ids)) + it.prompt_ids for it in items],
-                           device=self.device)
-        mask = torch.tensor([[0] * (width - len(it.prompt_ids)) + [1] * len(it.prompt_ids) for it in items],
-                            device=self.device)
+        ids = torch.tensor(
+            [[self.pad_id] * (width - len(it.prompt_ids)) + it.prompt_ids for it in items], device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(it.prompt_ids)) + [1] * len(it.prompt_ids) for it in items], device=self.device
+        )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                            logits_to_keep=1, **{self.cache_arg: cache}).logits[:, -1]
+        logits = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_arg: cache},
+        ).logits[:, -1]
         return cache, mask, logits
 
     def _pick(self, logits, items: list[Item], sampling: Sampling):
@@ -166,8 +187,9 @@ class ContinuousBatcher:
         old_pad, new_pad = width - mask.shape[1], width - new_mask.shape[1]
         for layer, new_layer in zip(cache.layers, new_cache.layers):
             layer.keys = torch.cat([F.pad(layer.keys, (0, 0, old_pad, 0)), F.pad(new_layer.keys, (0, 0, new_pad, 0))])
-            layer.values = torch.cat([F.pad(layer.values, (0, 0, old_pad, 0)),
-                                      F.pad(new_layer.values, (0, 0, new_pad, 0))])
+            layer.values = torch.cat(
+                [F.pad(layer.values, (0, 0, old_pad, 0)), F.pad(new_layer.values, (0, 0, new_pad, 0))]
+            )
         return cache, torch.cat([F.pad(mask, (old_pad, 0)), F.pad(new_mask, (new_pad, 0))])
 
     @staticmethod

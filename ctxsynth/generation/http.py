@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import http.client
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from ctxsynth.generation.base import GenerationError
 
@@ -54,7 +54,7 @@ def http_call(method: str, url: str, body: bytes | None, headers: dict, timeout:
         if error.code in RETRYABLE_STATUS:
             raise Retryable(f"HTTP {error.code}", retry_after_seconds(error.headers.get("Retry-After"))) from None
         raise GenerationError(f"{method} {url}: HTTP {error.code}: {error.read()[:300]!r}") from None
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as error:
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
         raise Retryable(f"{type(error).__name__}: {error}") from None
 
 

@@ -24,12 +24,11 @@ import sys
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from ctxsynth.generation.base import Request
 from ctxsynth.core.io import atomic_path, dumps, sha256_text, user_cache_dir, write_json
-from ctxsynth.generation.base import GenerationError
+from ctxsynth.generation.base import GenerationError, Request
 from ctxsynth.generation.http import Retryable, RetryPolicy, http_call
 from ctxsynth.generation.openai_chat import chat_completion_body
 
@@ -44,11 +43,23 @@ STATE_VERSION = 1
 class OpenAIBatchBackend:
     name = "openai-batch"
 
-    def __init__(self, base_url: str, model: str, model_id: str | None = None, api_key: str | None = None,
-                 completion_window: str = "24h", poll_interval: float = 30.0,
-                 state_dir: os.PathLike | str | None = None, timeout: float = 120.0, max_polls: int | None = None,
-                 max_retries: int = 6, backoff_base: float = 1.0, backoff_max: float = 60.0,
-                 send_repetition_penalty: bool = False, verbose: bool = True):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        model_id: str | None = None,
+        api_key: str | None = None,
+        completion_window: str = "24h",
+        poll_interval: float = 30.0,
+        state_dir: os.PathLike | str | None = None,
+        timeout: float = 120.0,
+        max_polls: int | None = None,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        send_repetition_penalty: bool = False,
+        verbose: bool = True,
+    ):
         if not base_url:
             raise ValueError("synthesize.openai_batch.base_url is empty")
         self.base_url = base_url.rstrip("/")
@@ -74,28 +85,47 @@ class OpenAIBatchBackend:
     def payload(self, request: Request, sampling: dict, seed: int) -> dict:
         penalty = sampling.get("repetition_penalty")
         if penalty and float(penalty) != 1.0 and not self.send_repetition_penalty:
-            raise ValueError("synthesize.sampling.repetition_penalty is not an OpenAI Batch API parameter (every "
-                             "request would be rejected); remove it, or set openai_batch.send_repetition_penalty: "
-                             "true for a server that accepts it")
+            raise ValueError(
+                "synthesize.sampling.repetition_penalty is not an OpenAI Batch API parameter (every "
+                "request would be rejected); remove it, or set openai_batch.send_repetition_penalty: "
+                "true for a server that accepts it"
+            )
         body = chat_completion_body(self.model, request, sampling, seed)
         if penalty is not None and float(penalty) == 1.0:
             body.pop("repetition_penalty", None)  # neutral: not worth an unknown parameter
         return body
 
     def request_lines(self, requests: list[Request], sampling: dict, seed: int) -> bytes:
-        lines = [json.dumps({"custom_id": r.key, "method": "POST", "url": ENDPOINT,
-                             "body": self.payload(r, sampling, seed)}, ensure_ascii=False) for r in requests]
+        lines = [
+            json.dumps(
+                {"custom_id": r.key, "method": "POST", "url": ENDPOINT, "body": self.payload(r, sampling, seed)},
+                ensure_ascii=False,
+            )
+            for r in requests
+        ]
         data = ("\n".join(lines) + "\n").encode("utf-8")
         if len(requests) > MAX_REQUESTS or len(data) > MAX_FILE_BYTES:
-            raise ValueError(f"{len(requests)} requests ({len(data)} bytes) exceed one batch's limit of "
-                             f"{MAX_REQUESTS} requests / {MAX_FILE_BYTES} bytes; synthesize fewer seeds per run")
+            raise ValueError(
+                f"{len(requests)} requests ({len(data)} bytes) exceed one batch's limit of "
+                f"{MAX_REQUESTS} requests / {MAX_FILE_BYTES} bytes; synthesize fewer seeds per run"
+            )
         return data
 
     # ------------------------------------------------------------------------------------------------- state
     def scope(self, sampling: dict, seed: int) -> str:
         """What, besides the request keys, a stored batch must share to be reused."""
-        return sha256_text(dumps({"base_url": self.base_url, "model": self.model, "sampling": sampling,
-                                  "seed": int(seed), "endpoint": ENDPOINT, "version": STATE_VERSION}))
+        return sha256_text(
+            dumps(
+                {
+                    "base_url": self.base_url,
+                    "model": self.model,
+                    "sampling": sampling,
+                    "seed": int(seed),
+                    "endpoint": ENDPOINT,
+                    "version": STATE_VERSION,
+                }
+            )
+        )
 
     def state_path(self, keys: list[str], scope: str) -> Path:
         return self.state_dir / f"batch-{sha256_text(dumps({'scope': scope, 'keys': sorted(keys)}))[:32]}.json"
@@ -115,8 +145,10 @@ class OpenAIBatchBackend:
                 continue
             except (OSError, ValueError, KeyError, TypeError) as error:
                 if path == exact:
-                    raise GenerationError(f"{path}: unreadable batch state ({error}); it names a batch that may "
-                                          "already be paid for: inspect it, then delete it to submit anew") from None
+                    raise GenerationError(
+                        f"{path}: unreadable batch state ({error}); it names a batch that may "
+                        "already be paid for: inspect it, then delete it to submit anew"
+                    ) from None
         return None
 
     def _log(self, message: str) -> None:
@@ -133,8 +165,15 @@ class OpenAIBatchBackend:
     def _retrying(self, what: str, attempt_once, before_retry=None):
         return self.retry.run(f"{what} at {self.base_url}", lambda attempt: attempt_once(), before_retry)
 
-    def _json(self, what: str, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
-              before_retry=None) -> dict:
+    def _json(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        before_retry=None,
+    ) -> dict:
         def once():
             raw = self._call(method, path, body, content_type)
             try:
@@ -149,12 +188,18 @@ class OpenAIBatchBackend:
 
     def upload(self, data: bytes, filename: str) -> str:
         boundary = uuid.uuid4().hex
-        body = b"".join([
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n".encode(),
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-            "Content-Type: application/jsonl\r\n\r\n".encode(), data, f"\r\n--{boundary}--\r\n".encode()])
-        reply = self._json("uploading the batch file", "POST", "/files", body,
-                           f"multipart/form-data; boundary={boundary}")
+        body = b"".join(
+            [
+                f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'.encode(),
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                "Content-Type: application/jsonl\r\n\r\n".encode(),
+                data,
+                f"\r\n--{boundary}--\r\n".encode(),
+            ]
+        )
+        reply = self._json(
+            "uploading the batch file", "POST", "/files", body, f"multipart/form-data; boundary={boundary}"
+        )
         if not isinstance(reply.get("id"), str):
             raise GenerationError(f"{self.base_url}/files: the upload reply has no file id: {str(reply)[:300]}")
         return reply["id"]
@@ -175,8 +220,9 @@ class OpenAIBatchBackend:
         return None
 
     def create(self, input_file_id: str) -> dict:
-        body = json.dumps({"input_file_id": input_file_id, "endpoint": ENDPOINT,
-                           "completion_window": self.completion_window}).encode("utf-8")
+        body = json.dumps(
+            {"input_file_id": input_file_id, "endpoint": ENDPOINT, "completion_window": self.completion_window}
+        ).encode("utf-8")
 
         def already_created():  # a retry after a lost reply must not create (and pay for) a second batch
             try:
@@ -184,8 +230,9 @@ class OpenAIBatchBackend:
             except GenerationError:
                 return None
 
-        reply = self._json("creating the batch", "POST", "/batches", body, "application/json",
-                           before_retry=already_created)
+        reply = self._json(
+            "creating the batch", "POST", "/batches", body, "application/json", before_retry=already_created
+        )
         if not isinstance(reply.get("id"), str):
             raise GenerationError(f"{self.base_url}/batches: the create reply has no batch id: {str(reply)[:300]}")
         return reply
@@ -194,16 +241,26 @@ class OpenAIBatchBackend:
         return self._json("polling the batch", "GET", f"/batches/{urllib.parse.quote(batch_id)}")
 
     def file_content(self, file_id: str) -> str:
-        raw = self._retrying("downloading a batch result file",
-                             lambda: self._call("GET", f"/files/{urllib.parse.quote(file_id)}/content"))
+        raw = self._retrying(
+            "downloading a batch result file",
+            lambda: self._call("GET", f"/files/{urllib.parse.quote(file_id)}/content"),
+        )
         return raw.decode("utf-8")
 
     # ---------------------------------------------------------------------------------------------- the batch
     def submit(self, requests: list[Request], sampling: dict, seed: int, path: Path, scope: str) -> dict:
         data = self.request_lines(requests, sampling, seed)  # validates before anything is uploaded or paid
-        state = {"version": STATE_VERSION, "scope": scope, "base_url": self.base_url, "model": self.model,
-                 "model_id": self.model_id, "custom_ids": sorted(r.key for r in requests),
-                 "batch_id": None, "input_file_id": None, "submitted_at": None}
+        state = {
+            "version": STATE_VERSION,
+            "scope": scope,
+            "base_url": self.base_url,
+            "model": self.model,
+            "model_id": self.model_id,
+            "custom_ids": sorted(r.key for r in requests),
+            "batch_id": None,
+            "input_file_id": None,
+            "submitted_at": None,
+        }
         input_path = path.with_suffix(".input.jsonl")
         with atomic_path(input_path) as tmp:
             tmp.write_bytes(data)
@@ -231,22 +288,27 @@ class OpenAIBatchBackend:
             try:
                 batch = self.retrieve(batch_id)
             except GenerationError as error:
-                raise GenerationError(f"{error} (batch state: {path}; a rerun resumes this batch, deleting the state "
-                                      "file submits a new one)") from None
+                raise GenerationError(
+                    f"{error} (batch state: {path}; a rerun resumes this batch, deleting the state "
+                    "file submits a new one)"
+                ) from None
             polls += 1
             status = batch.get("status")
             if status != last:
                 counts = batch.get("request_counts") or {}
-                self._log(f"batch {batch_id}: {status} ({counts.get('completed', 0)} done, "
-                          f"{counts.get('failed', 0)} failed of {counts.get('total', '?')})")
+                self._log(
+                    f"batch {batch_id}: {status} ({counts.get('completed', 0)} done, "
+                    f"{counts.get('failed', 0)} failed of {counts.get('total', '?')})"
+                )
                 last = status
             if status in TERMINAL:
                 return batch
             if status not in PENDING:
                 raise GenerationError(f"batch {batch_id}: unexpected status {status!r}; its state is kept in {path}")
             if self.max_polls is not None and polls >= self.max_polls:
-                raise GenerationError(f"batch {batch_id} is still {status} after {polls} polls; a rerun resumes it "
-                                      f"(state: {path})")
+                raise GenerationError(
+                    f"batch {batch_id} is still {status} after {polls} polls; a rerun resumes it (state: {path})"
+                )
             time.sleep(self.poll_interval)
 
     def collect(self, batch: dict, custom_ids: set[str]) -> tuple[dict[str, dict], dict[str, str]]:
@@ -266,11 +328,15 @@ class OpenAIBatchBackend:
                 except (ValueError, KeyError, TypeError):
                     raise GenerationError(f"{where}: not a result line: {line[:200]!r}") from None
                 if custom_id in seen:
-                    raise GenerationError(f"{where}: custom_id {str(custom_id)[:16]} appears twice; the output cannot "
-                                          "be matched to its requests")
+                    raise GenerationError(
+                        f"{where}: custom_id {str(custom_id)[:16]} appears twice; the output cannot "
+                        "be matched to its requests"
+                    )
                 if custom_id not in custom_ids:
-                    raise GenerationError(f"{where}: custom_id {str(custom_id)[:16]} was not submitted; the output "
-                                          "cannot be matched to its requests")
+                    raise GenerationError(
+                        f"{where}: custom_id {str(custom_id)[:16]} was not submitted; the output "
+                        "cannot be matched to its requests"
+                    )
                 seen.add(custom_id)
                 result, error = parse_result(item)
                 if result is not None:
@@ -298,25 +364,37 @@ class OpenAIBatchBackend:
         batch = self.wait(state["batch_id"], path)
         results, errors = self.collect(batch, set(state["custom_ids"]))
         status = batch.get("status")
-        self.batches.append({"batch_id": batch.get("id"), "status": status, "input_file_id": state["input_file_id"],
-                             "output_file_id": batch.get("output_file_id"), "error_file_id": batch.get("error_file_id"),
-                             "request_counts": batch.get("request_counts"), "requested": len(by_key),
-                             "succeeded": sum(k in results for k in by_key)})
+        self.batches.append(
+            {
+                "batch_id": batch.get("id"),
+                "status": status,
+                "input_file_id": state["input_file_id"],
+                "output_file_id": batch.get("output_file_id"),
+                "error_file_id": batch.get("error_file_id"),
+                "request_counts": batch.get("request_counts"),
+                "requested": len(by_key),
+                "succeeded": sum(k in results for k in by_key),
+            }
+        )
         finished = [(by_key[k], results[k]) for k in by_key if k in results]
         if finished:
             yield finished  # the caller caches these before the state file goes
         remove_state(path)
         if status != "completed":
-            raise GenerationError(f"batch {batch.get('id')} ended {status}: {describe_errors(batch.get('errors'))}; "
-                                  f"{len(finished)} of {len(by_key)} results were kept; a rerun submits the rest")
+            raise GenerationError(
+                f"batch {batch.get('id')} ended {status}: {describe_errors(batch.get('errors'))}; "
+                f"{len(finished)} of {len(by_key)} results were kept; a rerun submits the rest"
+            )
         failed = [k for k in by_key if k not in results]
         if failed:
             missing = [k for k in failed if k not in errors]
             examples = "; ".join([f"{k[:12]}: {errors[k]}" for k in failed if k in errors][:3])
-            raise GenerationError(f"batch {batch.get('id')}: {len(failed)} of {len(by_key)} requests failed "
-                                  f"({len(failed) - len(missing)} with errors, {len(missing)} missing from the output)"
-                                  + (f"; first errors: {examples}" if examples else "")
-                                  + f"; the {len(finished)} successes were kept; a rerun submits only the failed ones")
+            raise GenerationError(
+                f"batch {batch.get('id')}: {len(failed)} of {len(by_key)} requests failed "
+                f"({len(failed) - len(missing)} with errors, {len(missing)} missing from the output)"
+                + (f"; first errors: {examples}" if examples else "")
+                + f"; the {len(finished)} successes were kept; a rerun submits only the failed ones"
+            )
 
 
 def parse_result(item: dict) -> tuple[dict | None, str | None]:
@@ -355,8 +433,10 @@ def describe_errors(errors) -> str:
     if not data:
         return "no errors reported"
     if isinstance(data, list):
-        shown = "; ".join((f"line {e['line']}: " if isinstance(e, dict) and e.get("line") else "") + describe_error(e)
-                          for e in data[:3])
+        shown = "; ".join(
+            (f"line {e['line']}: " if isinstance(e, dict) and e.get("line") else "") + describe_error(e)
+            for e in data[:3]
+        )
         return shown + (f" (and {len(data) - 3} more)" if len(data) > 3 else "")
     return describe_error(data)
 

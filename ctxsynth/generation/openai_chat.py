@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Iterator
 
 from ctxsynth.generation.base import Request
 from ctxsynth.generation.http import Retryable, RetryPolicy, http_call
@@ -20,9 +20,14 @@ from ctxsynth.generation.http import Retryable, RetryPolicy, http_call
 def chat_completion_body(model: str, request: Request, sampling: dict, seed: int) -> dict:
     """The chat-completions request for one item; repetition_penalty is a vLLM / llama.cpp extension."""
     if request.response_prefix:
-        raise ValueError("synthesize.response_prefix is not supported by chat-completions servers; set it to \"\"")
-    body = {"model": model, "messages": request.messages, "max_tokens": int(sampling["max_new_tokens"]),
-            "temperature": float(sampling.get("temperature", 0.0)), "seed": int(seed)}
+        raise ValueError('synthesize.response_prefix is not supported by chat-completions servers; set it to ""')
+    body = {
+        "model": model,
+        "messages": request.messages,
+        "max_tokens": int(sampling["max_new_tokens"]),
+        "temperature": float(sampling.get("temperature", 0.0)),
+        "seed": int(seed),
+    }
     if "top_p" in sampling:
         body["top_p"] = float(sampling["top_p"])
     if sampling.get("repetition_penalty"):
@@ -33,9 +38,18 @@ def chat_completion_body(model: str, request: Request, sampling: dict, seed: int
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, base_urls: list[str] | str, model: str, model_id: str | None = None, api_key: str | None = None,
-                 concurrency: int = 8, timeout: float = 120.0, max_retries: int = 6, backoff_base: float = 1.0,
-                 backoff_max: float = 60.0):
+    def __init__(
+        self,
+        base_urls: list[str] | str,
+        model: str,
+        model_id: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+    ):
         self.base_urls = [u.rstrip("/") for u in ([base_urls] if isinstance(base_urls, str) else base_urls)]
         if not self.base_urls:
             raise ValueError("synthesize.openai.base_urls is empty")
@@ -65,8 +79,11 @@ class OpenAIBackend:
         except (ValueError, KeyError, IndexError, TypeError) as error:
             raise Retryable(f"{url}: malformed reply ({error})") from None
         usage = reply.get("usage") or {}
-        return {"text": text, "finish_reason": choice.get("finish_reason") or "stop",
-                "generated_tokens": int(usage.get("completion_tokens") or 0)}
+        return {
+            "text": text,
+            "finish_reason": choice.get("finish_reason") or "stop",
+            "generated_tokens": int(usage.get("completion_tokens") or 0),
+        }
 
     def _generate_one(self, index: int, request: Request, sampling: dict, seed: int) -> dict:
         body = self.payload(request, sampling, seed)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ctxsynth.core.identity import model_identity
 from ctxsynth.core.text import stable_int
@@ -26,8 +26,11 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype),
-                                                          attn_implementation="sdpa").to(self.device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa")
+            .to(self.device)
+            .eval()
+        )
         self.batch_size = batch_size
         self.model_id = model_identity(model_dir)
 
@@ -40,17 +43,22 @@ class TransformersBackend:
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
         # Longest first, so the batch's padding stays small while it refills with ever shorter prompts.
         order = sorted(range(len(requests)), key=lambda i: (-len(prompt_ids[i]), requests[i].key))
-        batcher = ContinuousBatcher(self.model, self.batch_size, set(self._eos_ids()), self.tokenizer.pad_token_id,
-                                    self.device)
-        runs = batcher.run([prompt_ids[i] for i in order], [stable_int(seed, requests[i].key) % (2**63) for i in order],
-                           Sampling.from_params(sampling))
+        batcher = ContinuousBatcher(
+            self.model, self.batch_size, set(self._eos_ids()), self.tokenizer.pad_token_id, self.device
+        )
+        runs = batcher.run(
+            [prompt_ids[i] for i in order],
+            [stable_int(seed, requests[i].key) % (2**63) for i in order],
+            Sampling.from_params(sampling),
+        )
         for finished in runs:
             results = []
             for position, tokens, finish_reason in finished:
                 request = requests[order[position]]
                 text = request.response_prefix + self.tokenizer.decode(tokens, skip_special_tokens=True)
-                results.append((request, {"text": text, "generated_tokens": len(tokens),
-                                          "finish_reason": finish_reason}))
+                results.append(
+                    (request, {"text": text, "generated_tokens": len(tokens), "finish_reason": finish_reason})
+                )
             yield results
 
     def _eos_ids(self) -> list[int]:

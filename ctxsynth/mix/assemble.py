@@ -39,8 +39,9 @@ def apply_filter(pool: list[dict], thresholds: dict) -> tuple[list[dict], dict]:
 
     kept, report = [], {}
     for record in pool:
-        ok = passes(record, thresholds.get("min_support"), thresholds.get("max_leakage"),
-                    thresholds.get("min_answerability"))
+        ok = passes(
+            record, thresholds.get("min_support"), thresholds.get("max_leakage"), thresholds.get("min_answerability")
+        )
         entry = report.setdefault(record["task"], {"kept": 0, "dropped": 0})
         entry["kept" if ok else "dropped"] += 1
         if ok:
@@ -48,8 +49,14 @@ def apply_filter(pool: list[dict], thresholds: dict) -> tuple[list[dict], dict]:
     return kept, report
 
 
-def assemble(records: list[dict], variant: str, num_contexts: int, seed: int,
-             summarization_distractors: bool = True, separator: str = "\n\n") -> list[dict]:
+def assemble(
+    records: list[dict],
+    variant: str,
+    num_contexts: int,
+    seed: int,
+    summarization_distractors: bool = True,
+    separator: str = "\n\n",
+) -> list[dict]:
     """One chat sample per record, in the order of `records` sorted by (task, id)."""
     if num_contexts < 1:
         raise ValueError(f"mix.num_contexts must be at least 1, not {num_contexts}")
@@ -73,15 +80,27 @@ def assemble(records: list[dict], variant: str, num_contexts: int, seed: int,
             order = [int(i) for i in rng.permutation(len(documents))]
             documents = [documents[i] for i in order]
             context = separator.join(d["context"] for d in documents)
-            samples.append(_sample(record, variant, spec.render(context, record["instruction"]),
-                                   [d["id"] for d in documents], order.index(0)))
+            samples.append(
+                _sample(
+                    record,
+                    variant,
+                    spec.render(context, record["instruction"]),
+                    [d["id"] for d in documents],
+                    order.index(0),
+                )
+            )
     return samples
 
 
 def _sample(record: dict, variant: str, prompt: str, context_ids: list[str], position: int | None) -> dict:
-    return {"id": record["id"], "task": record["task"], "variant": variant,
-            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["answer"].strip()}],
-            "context_ids": context_ids, "relevant_position": position}
+    return {
+        "id": record["id"],
+        "task": record["task"],
+        "variant": variant,
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["answer"].strip()}],
+        "context_ids": context_ids,
+        "relevant_position": position,
+    }
 
 
 def length_stats(samples: list[dict], tokenizer) -> dict:
@@ -90,8 +109,14 @@ def length_stats(samples: list[dict], tokenizer) -> dict:
 
     def describe(lengths: list[int]) -> dict:
         array = np.asarray(lengths)
-        return {"count": int(array.size), "min": int(array.min()), "mean": round(float(array.mean()), 1),
-                "p50": int(np.percentile(array, 50)), "p90": int(np.percentile(array, 90)), "max": int(array.max())}
+        return {
+            "count": int(array.size),
+            "min": int(array.min()),
+            "mean": round(float(array.mean()), 1),
+            "p50": int(np.percentile(array, 50)),
+            "p90": int(np.percentile(array, 90)),
+            "max": int(array.max()),
+        }
 
     lengths: dict[str, list[int]] = {}
     for sample in samples:
@@ -101,5 +126,8 @@ def length_stats(samples: list[dict], tokenizer) -> dict:
     everything = [n for values in lengths.values() for n in values]
     if not everything:
         return {"samples": 0}
-    return {"samples": len(everything), "tokens": describe(everything),
-            "tasks": {task: describe(values) for task, values in sorted(lengths.items())}}
+    return {
+        "samples": len(everything),
+        "tokens": describe(everything),
+        "tasks": {task: describe(values) for task, values in sorted(lengths.items())},
+    }

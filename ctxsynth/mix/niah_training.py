@@ -1,18 +1,18 @@
-"""Training needles for the pilot study (PAPER.md F1): SFT2 needles only, SFT3 a short essay haystack, SFT4 a long one.
+"""Training needles for the pilot study (docs/method.md, finding F1): SFT2 needles only, SFT3 a short essay haystack, SFT4 a long one.
 
-Every sample comes from the same generator as the test set (ctxsynth.prepare.niah), wrapped in the same task template, with
-keys drawn from a pool that shares no word with the test keys (`reserved.json` `niah_keys`): the model can learn
-the format and the retrieval, never a test needle. Samples are drawn per (seed, variant, subtask, index), so the
-set does not depend on PYTHONHASHSEED or on which other subtasks are asked for.
+Every sample comes from the same generator as the test set (ctxsynth.prepare.niah), wrapped in the same task
+template, with keys drawn from a pool that shares no word with the test keys (`reserved.json` `niah_keys`): the
+model can learn the format and the retrieval, never a test needle. Samples are drawn per (seed, variant, subtask,
+index), so the set does not depend on PYTHONHASHSEED or on which other subtasks are asked for.
 """
 
 from __future__ import annotations
 
 import random
 
-from ctxsynth.prepare import niah
 from ctxsynth.core.tasks import get_task
 from ctxsynth.core.text import stable_int
+from ctxsynth.prepare import niah
 
 # mix.variant -> the `mix.niah` key holding its haystack length in words (needles only: no haystack)
 NIAH_VARIANTS = {"niah_needle_only": None, "niah_short": "short_words", "niah_long": "long_words"}
@@ -34,9 +34,18 @@ def niah_training_samples(essays: str, reserved_keys: list[str], variant: str, o
             rng = random.Random(stable_int(seed, "mix", variant, subtask, index))
             depth = rng.random()  # training needles at every depth; the test grid asks for fixed ones
             item = niah.make_sample(subtask, rng, pool, sentences, length_words, depth, exclude=reserved_keys)
-            samples.append({
-                "id": f"{variant}:{subtask}:{index}", "task": spec.name, "variant": variant,
-                "messages": [{"role": "user", "content": spec.render(item["context"], item["input"])},
-                             {"role": "assistant", "content": ", ".join(item["answers"])}],
-                "needle_keys": item["needle_keys"], "haystack_words": length_words, "depth": round(depth, 4)})
+            samples.append(
+                {
+                    "id": f"{variant}:{subtask}:{index}",
+                    "task": spec.name,
+                    "variant": variant,
+                    "messages": [
+                        {"role": "user", "content": spec.render(item["context"], item["input"])},
+                        {"role": "assistant", "content": ", ".join(item["answers"])},
+                    ],
+                    "needle_keys": item["needle_keys"],
+                    "haystack_words": length_words,
+                    "depth": round(depth, 4),
+                }
+            )
     return samples

@@ -1,7 +1,7 @@
 """Collect the paper experiments' results from DVC into one small JSON file (metrics/results.json).
 
 Experiment refs stay local to a machine; this file is what gets committed, and the report is rendered from it alone,
-so `python -m ctxsynth.paper.report --from-results` rebuilds the report anywhere. Collecting is cumulative: a row found in
+so `ctxsynth report --from-results` rebuilds the report anywhere. Collecting is cumulative: a row found in
 `dvc exp show` replaces its stored result, and a stored row whose experiment is not on this machine (run elsewhere, or
 before the refs were lost) is kept as long as the plan still gives it the same overrides.
 """
@@ -16,8 +16,17 @@ from ctxsynth.paper.experiments import RUNS_LOG, SCALES, load_plan, planned_runs
 
 NIAH_PLOT = "metrics/plots/niah.json"
 LENGTHS_PLOT = "metrics/plots/context_lengths.json"
-TRAIN_KEYS = ("samples_used", "steps", "train_time_s", "tokens_per_second", "final_loss", "mean_loss", "peak_rss_mb",
-              "recipe", "method")
+TRAIN_KEYS = (
+    "samples_used",
+    "steps",
+    "train_time_s",
+    "tokens_per_second",
+    "final_loss",
+    "mean_loss",
+    "peak_rss_mb",
+    "recipe",
+    "method",
+)
 MIX_KEYS = ("variant", "num_contexts", "samples", "long_samples")
 
 
@@ -27,17 +36,17 @@ def planned_names(plan: dict) -> dict[str, dict]:
     for group in plan["groups"]:
         for scale in SCALES:
             for name, overrides in planned_runs(plan, group, scale):
-                row = name[len(f"{scale}-{group}-"):]
-                names[name] = {"group": group, "row": row, "scale": scale, "overrides": overrides,
-                               "order": len(names)}
+                row = name[len(f"{scale}-{group}-") :]
+                names[name] = {"group": group, "row": row, "scale": scale, "overrides": overrides, "order": len(names)}
     return names
 
 
 def exp_show() -> list:
     # Baselines are named explicitly (the last 20 commits: experiments run before a later commit still count):
     # DVC 3.67 without --rev was seen listing an older commit as the baseline and none of its experiments.
-    commits = subprocess.run(["git", "rev-list", "-n", "20", "HEAD"], check=True, text=True,
-                             capture_output=True).stdout.split()
+    commits = subprocess.run(
+        ["git", "rev-list", "-n", "20", "HEAD"], check=True, text=True, capture_output=True
+    ).stdout.split()
     revs = [arg for commit in commits for arg in ("--rev", commit)]
     completed = subprocess.run(["dvc", "exp", "show", "--json", *revs], check=True, text=True, capture_output=True)
     return json.loads(completed.stdout)
@@ -67,14 +76,20 @@ def experiments_from_show(show: list, planned: dict[str, dict], read_file=_git_j
                     continue
                 metrics = _metrics(data)
                 train, mix = metrics.get("metrics/train.json") or {}, metrics.get("metrics/mix.json") or {}
-                found[name] = {**planned[name], "rev": rev["rev"], "timestamp": data.get("timestamp"),
-                               "eval": metrics.get("metrics/eval.json"),
-                               "train": {k: train[k] for k in TRAIN_KEYS if k in train},
-                               "mix": {k: mix[k] for k in MIX_KEYS if k in mix},
-                               "synthesize": {k: (metrics.get("metrics/synthesize.json") or {}).get(k)
-                                              for k in ("method", "parse_failure_rate")},
-                               "test_documents": documents_per_task(data, metrics.get("metrics/eval.json")),
-                               "niah": read_file(rev["rev"], NIAH_PLOT)}
+                found[name] = {
+                    **planned[name],
+                    "rev": rev["rev"],
+                    "timestamp": data.get("timestamp"),
+                    "eval": metrics.get("metrics/eval.json"),
+                    "train": {k: train[k] for k in TRAIN_KEYS if k in train},
+                    "mix": {k: mix[k] for k in MIX_KEYS if k in mix},
+                    "synthesize": {
+                        k: (metrics.get("metrics/synthesize.json") or {}).get(k)
+                        for k in ("method", "parse_failure_rate")
+                    },
+                    "test_documents": documents_per_task(data, metrics.get("metrics/eval.json")),
+                    "niah": read_file(rev["rev"], NIAH_PLOT),
+                }
     return found
 
 
@@ -82,14 +97,20 @@ def documents_per_task(data: dict, evaluation: dict | None) -> dict[str, int]:
     """Documents per scored QA task, from the experiment's own params (benchmark.<task>.count)."""
     benchmark = (((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("benchmark") or {}
     tasks = ((evaluation or {}).get("finetuned") or {}).get("tasks") or {}
-    return {task: benchmark[task]["count"] for task in tasks
-            if isinstance(benchmark.get(task), dict) and benchmark[task].get("count")}
+    return {
+        task: benchmark[task]["count"]
+        for task in tasks
+        if isinstance(benchmark.get(task), dict) and benchmark[task].get("count")
+    }
 
 
 def merge_experiments(stored: dict[str, dict], found: dict[str, dict], planned: dict[str, dict]) -> dict[str, dict]:
     """Stored rows still planned with the same overrides, then the rows found now (which win), in the plan's order."""
-    kept = {name: {**row, "order": planned[name]["order"]} for name, row in stored.items()
-            if name in planned and row.get("overrides") == planned[name]["overrides"]}
+    kept = {
+        name: {**row, "order": planned[name]["order"]}
+        for name, row in stored.items()
+        if name in planned and row.get("overrides") == planned[name]["overrides"]
+    }
     merged = {**kept, **found}
     return dict(sorted(merged.items(), key=lambda item: item[1]["order"]))
 
@@ -103,10 +124,13 @@ def collect(plan_path: Path, show: list | None = None, stored: dict | None = Non
     return {
         "plan_version": plan["version"],
         "scales": plan["scales"],
-        "groups": {group: {"finding": spec.get("finding"), "title": spec.get("title")}
-                   for group, spec in plan["groups"].items()},
-        "experiments": merge_experiments((stored or {}).get("experiments") or {}, experiments_from_show(show, planned),
-                                         planned),
+        "groups": {
+            group: {"finding": spec.get("finding"), "title": spec.get("title")}
+            for group, spec in plan["groups"].items()
+        },
+        "experiments": merge_experiments(
+            (stored or {}).get("experiments") or {}, experiments_from_show(show, planned), planned
+        ),
         "runs": json.loads(RUNS_LOG.read_text(encoding="utf-8")) if RUNS_LOG.is_file() else {},
         "context_lengths": json.loads(lengths.read_text(encoding="utf-8")) if lengths.is_file() else None,
     }

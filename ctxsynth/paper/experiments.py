@@ -113,12 +113,28 @@ def queue_status() -> dict[str, str]:
 
 def check_committed() -> None:
     """Queued runs copy git-tracked files only: an uncommitted new module would be missing from every run."""
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "ctxsynth", "stages",
-                             "experiments", "dvc.yaml", "params.yaml"], text=True, capture_output=True).stdout
+    status = subprocess.run(
+        [
+            "git",
+            "status",
+            "--porcelain",
+            "--untracked-files=all",
+            "--",
+            "ctxsynth",
+            "stages",
+            "experiments",
+            "dvc.yaml",
+            "params.yaml",
+        ],
+        text=True,
+        capture_output=True,
+    ).stdout
     untracked = [line[3:] for line in status.splitlines() if line.startswith("??")]
     if untracked:
-        raise SystemExit("experiments: queued runs see only git-tracked files; add or remove these first: "
-                         + ", ".join(untracked[:8]))
+        raise SystemExit(
+            "experiments: queued runs see only git-tracked files; add or remove these first: "
+            + ", ".join(untracked[:8])
+        )
 
 
 def select_rows(plan: dict, group: str, scale: str, rows: list[str] | None) -> list[tuple[str, dict]]:
@@ -127,12 +143,15 @@ def select_rows(plan: dict, group: str, scale: str, rows: list[str] | None) -> l
     if not rows:
         return runs
     prefix = experiment_name(scale, group, "")
-    known = [name[len(prefix):] for name, _ in runs]
+    known = [name[len(prefix) :] for name, _ in runs]
     unknown = [row for row in rows if row not in known]
     if unknown:
-        raise InputError(PLAN, f"group {group!r} has no row {', '.join(unknown)} at scale {scale}; rows: "
-                         + ", ".join(known), field=f"groups.{group}.rows")
-    return [(name, overrides) for name, overrides in runs if name[len(prefix):] in rows]
+        raise InputError(
+            PLAN,
+            f"group {group!r} has no row {', '.join(unknown)} at scale {scale}; rows: " + ", ".join(known),
+            field=f"groups.{group}.rows",
+        )
+    return [(name, overrides) for name, overrides in runs if name[len(prefix) :] in rows]
 
 
 def queue_group(plan: dict, group: str, scale: str, dry_run: bool = False, rows: list[str] | None = None) -> list[str]:
@@ -169,8 +188,14 @@ def run_history(entry: dict) -> list[dict]:
     """One group's runs, oldest first (an entry written before partial runs existed is one run of all its rows)."""
     if "history" in entry:
         return entry["history"]
-    return [{"scale": entry["scale"], "wall_seconds": entry["wall_seconds"], "finished": entry["finished"],
-             "rows": sorted(entry["statuses"])}]
+    return [
+        {
+            "scale": entry["scale"],
+            "wall_seconds": entry["wall_seconds"],
+            "finished": entry["finished"],
+            "rows": sorted(entry["statuses"]),
+        }
+    ]
 
 
 def record_run(group: str, scale: str, started: float, outcome: dict[str, str], path: Path = RUNS_LOG) -> None:
@@ -182,8 +207,14 @@ def record_run(group: str, scale: str, started: float, outcome: dict[str, str], 
     runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     entry = runs.get(group) or {}
     history = run_history(entry) if entry else []
-    history.append({"scale": scale, "wall_seconds": round(time.time() - started),
-                    "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": sorted(outcome)})
+    history.append(
+        {
+            "scale": scale,
+            "wall_seconds": round(time.time() - started),
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "rows": sorted(outcome),
+        }
+    )
     runs[group] = {"statuses": {**entry.get("statuses", {}), **outcome}, "history": history}
     write_json(path, runs)
 

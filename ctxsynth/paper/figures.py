@@ -20,8 +20,9 @@ def niah_heatmaps(cells: list[dict], model: str, title: str, out: Path) -> Path 
         return None
     lengths = sorted({c["length"] for c in rows})
     depths = sorted({c["depth"] for c in rows})
-    figure, axes = plt.subplots(1, len(subtasks), figsize=(3.2 * len(subtasks), 2.2 + 0.35 * len(lengths)),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(subtasks), figsize=(3.2 * len(subtasks), 2.2 + 0.35 * len(lengths)), squeeze=False
+    )
     for axis, subtask in zip(axes[0], subtasks):
         grid = [[float("nan")] * len(depths) for _ in lengths]
         for cell in rows:
@@ -65,8 +66,9 @@ def task_bars(series: dict[str, dict[str, float]], title: str, out: Path) -> Pat
     width = 0.8 / max(len(series), 1)
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(tasks) * max(1, len(series) / 3)), 3.4))
     for index, (name, scores) in enumerate(series.items()):
-        axis.bar([t + index * width for t in range(len(tasks))], [scores.get(task, 0.0) for task in tasks], width,
-                 label=name)
+        axis.bar(
+            [t + index * width for t in range(len(tasks))], [scores.get(task, 0.0) for task in tasks], width, label=name
+        )
     axis.set_xticks([t + width * (len(series) - 1) / 2 for t in range(len(tasks))], tasks)
     axis.set_ylabel("score")
     axis.set_title(title, fontsize=10)

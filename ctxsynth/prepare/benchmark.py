@@ -16,13 +16,21 @@ from __future__ import annotations
 
 import random
 
-from ctxsynth.prepare import niah
 from ctxsynth.core.text import count_words, normalize_text, rng_for, stable_int
+from ctxsynth.prepare import niah
 
 
 def longbench_item(task: str, item_id: str, question: str, context: str, answers: list[str]) -> dict:
-    return {"_id": item_id, "input": question, "context": context, "answers": answers,
-            "length": count_words(context), "dataset": task, "language": "en", "all_classes": None}
+    return {
+        "_id": item_id,
+        "input": question,
+        "context": context,
+        "answers": answers,
+        "length": count_words(context),
+        "dataset": task,
+        "language": "en",
+        "all_classes": None,
+    }
 
 
 def squad_paragraphs(squad: dict) -> list[dict]:
@@ -30,13 +38,25 @@ def squad_paragraphs(squad: dict) -> list[dict]:
     paragraphs = []
     for article_index, article in enumerate(squad["data"]):
         for paragraph_index, paragraph in enumerate(article["paragraphs"]):
-            questions = [{"id": qa["id"], "question": qa["question"].strip(),
-                          "answers": list(dict.fromkeys(a["text"] for a in qa["answers"]))}
-                         for qa in paragraph["qas"] if not qa.get("is_impossible") and qa["answers"]]
-            paragraphs.append({"article": article_index, "key": f"{article_index}:{paragraph_index}",
-                               "text": paragraph["context"].strip(), "questions": questions,
-                               "all_question_ids": [qa["id"] for qa in paragraph["qas"]],
-                               "all_questions": [qa["question"] for qa in paragraph["qas"]]})
+            questions = [
+                {
+                    "id": qa["id"],
+                    "question": qa["question"].strip(),
+                    "answers": list(dict.fromkeys(a["text"] for a in qa["answers"])),
+                }
+                for qa in paragraph["qas"]
+                if not qa.get("is_impossible") and qa["answers"]
+            ]
+            paragraphs.append(
+                {
+                    "article": article_index,
+                    "key": f"{article_index}:{paragraph_index}",
+                    "text": paragraph["context"].strip(),
+                    "questions": questions,
+                    "all_question_ids": [qa["id"] for qa in paragraph["qas"]],
+                    "all_questions": [qa["question"] for qa in paragraph["qas"]],
+                }
+            )
     return paragraphs
 
 
@@ -64,8 +84,9 @@ def build_squad_long(squad: dict, count: int, target_words: int, seed: int) -> t
         others = [p["text"] for p in paragraphs if p["article"] != gold["article"]]
         fillers = [others[i] for i in rng.permutation(len(others))]
         context = "\n\n".join(_fill([gold["text"]], fillers, target_words, rng))
-        items.append(longbench_item("squad_long", f"squad:{question['id']}", question["question"], context,
-                                    question["answers"]))
+        items.append(
+            longbench_item("squad_long", f"squad:{question['id']}", question["question"], context, question["answers"])
+        )
         # The whole gold paragraph is reserved: a seed asking another question of it would leak the answer text.
         reserved["ids"] += gold["all_question_ids"]
         reserved["questions"] += [normalize_text(q) for q in gold["all_questions"]]
@@ -97,15 +118,25 @@ def build_hotpotqa_long(hotpot: list[dict], count: int, target_words: int, seed:
                 continue
             fillers += [hotpot_passage(t, s) for t, s in hotpot[int(other)]["context"] if t not in own_titles]
         context = format_passages(_fill(own, fillers, target_words, rng))
-        items.append(longbench_item("hotpotqa_long", f"hotpotqa:{example['_id']}", example["question"].strip(),
-                                    context, [example["answer"]]))
+        items.append(
+            longbench_item(
+                "hotpotqa_long", f"hotpotqa:{example['_id']}", example["question"].strip(), context, [example["answer"]]
+            )
+        )
         reserved["ids"].append(example["_id"])
         reserved["questions"].append(normalize_text(example["question"]))
     return items, reserved
 
 
-def build_niah(essays: str, subtasks: list[str], lengths: list[int], depths: list[float], samples: int,
-               seed: int, needles: dict[str, int] | None = None) -> dict[str, list[dict]]:
+def build_niah(
+    essays: str,
+    subtasks: list[str],
+    lengths: list[int],
+    depths: list[float],
+    samples: int,
+    seed: int,
+    needles: dict[str, int] | None = None,
+) -> dict[str, list[dict]]:
     """The NIAH test sets, {task: rows}: one sample per (subtask, length, depth, sample index), each drawn from its
     own generator, so adding a length or a depth leaves the other cells' samples unchanged."""
     sentences = niah.haystack_sentences(essays)
@@ -120,10 +151,16 @@ def build_niah(essays: str, subtasks: list[str], lengths: list[int], depths: lis
                 for index in range(samples):
                     rng = random.Random(stable_int(seed, "benchmark", task, length, float(depth), index))
                     sample = niah.make_sample(subtask, rng, pool, sentences, int(length), float(depth), count)
-                    row = longbench_item(task, f"{task}:{length}:{float(depth)}:{index}", sample["input"],
-                                         sample["context"], sample["answers"])
-                    row.update({"niah_length": int(length), "niah_depth": float(depth),
-                                "needle_keys": sample["needle_keys"]})
+                    row = longbench_item(
+                        task,
+                        f"{task}:{length}:{float(depth)}:{index}",
+                        sample["input"],
+                        sample["context"],
+                        sample["answers"],
+                    )
+                    row.update(
+                        {"niah_length": int(length), "niah_depth": float(depth), "needle_keys": sample["needle_keys"]}
+                    )
                     rows.append(row)
         sets[task] = rows
     return sets

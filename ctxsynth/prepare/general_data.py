@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from ctxsynth.prepare.benchmark import squad_paragraphs
 from ctxsynth.core.chat import validate_messages
 from ctxsynth.core.io import InputError, read_jsonl_numbered
 from ctxsynth.core.text import count_words, stable_int
+from ctxsynth.prepare.benchmark import squad_paragraphs
 
 RESOURCE = Path(__file__).with_name("general_data.yaml")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -34,8 +34,14 @@ def chat_sample(sample_id: str, source: str, messages: list[dict]) -> dict:
     return {"id": sample_id, "task": "general", "variant": "general", "source": source, "messages": messages}
 
 
-def build_squad_chat(squad: dict, exclude_question_ids: set[str], exclude_paragraphs: set[str], count: int | None,
-                     seed: int, max_paragraph_words: int = 400) -> tuple[list[dict], dict]:
+def build_squad_chat(
+    squad: dict,
+    exclude_question_ids: set[str],
+    exclude_paragraphs: set[str],
+    count: int | None,
+    seed: int,
+    max_paragraph_words: int = 400,
+) -> tuple[list[dict], dict]:
     """Up to `count` SQuAD chat samples (one question per paragraph), ranked by a seeded hash of the question id."""
     template = templates()["squad_chat"]["template"]
     candidates, excluded = [], 0
@@ -50,9 +56,17 @@ def build_squad_chat(squad: dict, exclude_question_ids: set[str], exclude_paragr
         candidates.append((paragraph, question))
     candidates.sort(key=lambda pair: stable_int(seed, "general", pair[1]["id"]))
     chosen = candidates if count is None else candidates[: int(count)]
-    samples = [chat_sample(f"general:squad:{q['id']}", "squad_chat", [
-        {"role": "user", "content": template.format(paragraph=p["text"], question=q["question"])},
-        {"role": "assistant", "content": q["answers"][0].strip()}]) for p, q in chosen]
+    samples = [
+        chat_sample(
+            f"general:squad:{q['id']}",
+            "squad_chat",
+            [
+                {"role": "user", "content": template.format(paragraph=p["text"], question=q["question"])},
+                {"role": "assistant", "content": q["answers"][0].strip()},
+            ],
+        )
+        for p, q in chosen
+    ]
     samples.sort(key=lambda s: s["id"])
     report = {"paragraphs_excluded": excluded, "candidates": len(candidates), "samples": len(samples)}
     return samples, report
@@ -67,20 +81,28 @@ def _normalize_messages(record: dict, where: str, line: int | None) -> list[dict
         for index, turn in enumerate(turns):
             role = SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
             if role is None:
-                raise InputError(where, f"unknown speaker {turn.get('from')!r}", line=line,
-                                 field=f"conversations[{index}].from")
+                raise InputError(
+                    where, f"unknown speaker {turn.get('from')!r}", line=line, field=f"conversations[{index}].from"
+                )
             messages.append({"role": role, "content": turn.get("value")})
         return messages
-    raise InputError(where, "no chat turns: expected `messages` (role/content) or `conversations` (from/value)",
-                     line=line, field="messages")
+    raise InputError(
+        where,
+        "no chat turns: expected `messages` (role/content) or `conversations` (from/value)",
+        line=line,
+        field="messages",
+    )
 
 
 def _read_rows(source: str, split: str) -> list[tuple[int | None, dict]]:
     path = Path(source)
     if path.suffix == ".jsonl":
         if not path.is_file():
-            raise InputError(path, "mix.general.source: no such file (build it with the `general` stage, "
-                             "or name a chat-format JSONL / Parquet file or a hub dataset)")
+            raise InputError(
+                path,
+                "mix.general.source: no such file (build it with the `general` stage, "
+                "or name a chat-format JSONL / Parquet file or a hub dataset)",
+            )
         return read_jsonl_numbered(path)
     if path.suffix == ".parquet":
         if not path.is_file():
@@ -93,8 +115,12 @@ def _read_rows(source: str, split: str) -> list[tuple[int | None, dict]]:
 
         dataset = datasets.load_dataset(source, split=split)
     except Exception as error:  # noqa: BLE001 - the message must name the parameter, whatever the cause
-        raise InputError("params.yaml", f"mix.general.source {source!r} is neither a .jsonl / .parquet file nor a "
-                         f"loadable hub dataset ({type(error).__name__}: {error})", field="mix.general.source") from None
+        raise InputError(
+            "params.yaml",
+            f"mix.general.source {source!r} is neither a .jsonl / .parquet file nor a "
+            f"loadable hub dataset ({type(error).__name__}: {error})",
+            field="mix.general.source",
+        ) from None
     return [(index + 1, dict(row)) for index, row in enumerate(dataset)]
 
 

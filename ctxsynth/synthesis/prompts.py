@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import yaml
@@ -21,11 +21,16 @@ class PromptSpec:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": self.user.format(**fields)}]
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_prompt(name: str) -> PromptSpec:
     data = yaml.safe_load(resources.files("ctxsynth.synthesis").joinpath("prompts.yaml").read_text(encoding="utf-8"))
     if name not in data:
         raise KeyError(f"unknown prompt {name!r}; known prompts: {', '.join(data)}")
     entry = data[name]
-    return PromptSpec(name=name, version=str(entry["version"]), system=entry["system"], user=entry["user"],
-                      marker=entry.get("marker", ""))
+    return PromptSpec(
+        name=name,
+        version=str(entry["version"]),
+        system=entry["system"],
+        user=entry["user"],
+        marker=entry.get("marker", ""),
+    )

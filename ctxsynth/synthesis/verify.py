@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ctxsynth.generation.base import Request
-from ctxsynth.generation.cache import GenerationCache, cache_key
 from ctxsynth.core.scoring import score_prediction
-from ctxsynth.synthesis.contexts import generate_cached
 from ctxsynth.core.tasks import get_task
 from ctxsynth.core.text import normalize_text
+from ctxsynth.generation.base import Request
+from ctxsynth.generation.cache import GenerationCache, cache_key
+from ctxsynth.synthesis.contexts import generate_cached
 
 YES_NO = {"yes", "no"}
 ANSWERABILITY_PROMPT_VERSION = "answerability-v1"
@@ -47,8 +47,14 @@ def answerability_scores(records: list[dict], backend, cache: GenerationCache, s
         task = get_task(record["task"])
         messages = [{"role": "user", "content": task.render(record["context"], record["instruction"])}]
         sampling = {"max_new_tokens": task.max_new_tokens, "temperature": 0.0}
-        key = cache_key(model=backend.model_id, messages=messages, response_prefix="", sampling=sampling, seed=seed,
-                        prompt_version=ANSWERABILITY_PROMPT_VERSION)
+        key = cache_key(
+            model=backend.model_id,
+            messages=messages,
+            response_prefix="",
+            sampling=sampling,
+            seed=seed,
+            prompt_version=ANSWERABILITY_PROMPT_VERSION,
+        )
         requests.append(Request(key=key, messages=messages))
         budgets[key] = sampling
     scores: dict[str, float] = {}
@@ -84,7 +90,10 @@ def passes(record: dict, min_support: float | None, max_leakage: float | None, m
         return False
     if max_leakage is not None and scores.get("leakage") is not None and scores["leakage"] > max_leakage:
         return False
-    if (min_answerability is not None and scores.get("answerability") is not None
-            and scores["answerability"] < min_answerability):
+    if (
+        min_answerability is not None
+        and scores.get("answerability") is not None
+        and scores["answerability"] < min_answerability
+    ):
         return False
     return True
