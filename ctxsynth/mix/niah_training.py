@@ -1,4 +1,4 @@
-"""Training needles for the pilot study (docs/method.md, finding F1): SFT2 needles only, SFT3 a short essay haystack, SFT4 a long one.
+"""Training needles for the pilot study (finding F1): SFT2 needles only, SFT3 a short essay haystack, SFT4 a long one.
 
 Every sample comes from the same generator as the test set (ctxsynth.prepare.niah), wrapped in the same task
 template, with keys drawn from a pool that shares no word with the test keys (`reserved.json` `niah_keys`): the
