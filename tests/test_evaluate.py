@@ -57,6 +57,28 @@ def test_rouge_l_hand_computed(process_results):
     assert score(process_results, "rouge_l", "", ["a summary"]) == 0.0  # empty prediction scores 0, no crash
 
 
+def thudm_rouge_score(prediction: str, ground_truth: str) -> float:
+    """THUDM LongBench metrics.py `rouge_score`: the `rouge` package on the strings exactly as given."""
+    from rouge import Rouge
+
+    try:
+        return Rouge().get_scores([prediction], [ground_truth], avg=True)["rouge-l"]["f"]
+    except ValueError:  # THUDM catches everything here: an empty hypothesis scores 0
+        return 0.0
+
+
+def test_rouge_l_scores_the_prediction_as_generated_like_thudm(process_results):
+    # THUDM's eval.py: max over answers of rouge_score(prediction, answer), with no strip of the prediction. A model
+    # that ends its summary with blank lines scores 10/13 here, not the 5/6 of the stripped text.
+    prediction, answers = "The report says costs rose.\n\n", ["The report says the costs rose sharply.", "Costs fell."]
+    expected = max(thudm_rouge_score(prediction, answer) for answer in answers)
+    stripped = max(thudm_rouge_score(prediction.strip(), answer) for answer in answers)
+    assert expected == pytest.approx(10 / 13) and stripped == pytest.approx(5 / 6)
+    assert score(process_results, "rouge_l", prediction, answers) == pytest.approx(expected, abs=1e-12)
+    assert score(process_results, "rouge_l", "\n", answers) == 0.0
+    assert score(process_results, "rouge_l", "anything", []) == 0.0  # THUDM starts from 0 when no answer is given
+
+
 def test_niah_recall(process_results):
     assert score(
         process_results, "niah_recall", "The numbers are 123 and 456.", ["123", "456", "789"]
@@ -466,3 +488,37 @@ def test_a_fully_fine_tuned_model_is_scored_as_the_finetuned_row_with_its_own_ca
     monkeypatch.setattr(HFLM, "generate_until", counting)
     evaluate(tiny_model_dir, full, benchmark_dir, tmp_path / "b.json", tmp_path / "b.jsonl", settings)
     assert calls == [2]  # the base row came from the cache, the changed full model generated
+
+
+def test_progress_bar_counts_generations_and_leaves_scores_unchanged(
+    tiny_model_dir, benchmark_dir, tmp_path, monkeypatch
+):
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ctxsynth.evaluate import lm_eval_runner
+
+    settings = EvalSettings(tasks=["niah_single"], max_length=128, limit=2, device="cpu", cache=False)
+
+    def run(name: str) -> dict:
+        return evaluate(
+            tiny_model_dir, None, benchmark_dir, tmp_path / f"{name}.json", tmp_path / f"{name}.jsonl", settings
+        )
+
+    plain = run("plain")
+    bars: list[Progress] = []
+    columns = lm_eval_runner.stage_progress().columns
+
+    def recording_progress(**_):
+        bars.append(Progress(*columns, console=Console(file=io.StringIO(), width=160)))
+        return bars[-1]
+
+    monkeypatch.setattr(lm_eval_runner, "interactive", lambda: True)
+    monkeypatch.setattr(lm_eval_runner, "stage_progress", recording_progress)
+    shown = run("shown")
+    (task,) = bars[0].tasks
+    assert task.description.startswith("evaluate") and task.total == 2 and task.completed == 2
+    assert shown == plain
+    assert (tmp_path / "shown.jsonl").read_bytes() == (tmp_path / "plain.jsonl").read_bytes()

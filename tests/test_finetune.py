@@ -521,3 +521,29 @@ def test_nf4_qlora_runs_on_cpu(tmp_path, tiny_model_dir):
     assert summary["steps"] == 2 and summary["quantization"] == "nf4" and math.isfinite(summary["final_loss"])
     assert summary["compute_dtype"] == "float32"
     assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_training_draws_a_progress_bar_with_loss_and_speed(tmp_path, tiny_model_dir, monkeypatch):
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ctxsynth.finetune import trainer
+
+    bars: list[Progress] = []
+    columns = trainer.stage_progress().columns
+
+    def recording_progress(**_):
+        bars.append(Progress(*columns, console=Console(file=io.StringIO(), width=160)))
+        return bars[-1]
+
+    monkeypatch.setattr(trainer, "interactive", lambda: True)
+    monkeypatch.setattr(trainer, "stage_progress", recording_progress)
+    train_path = write_jsonl(
+        tmp_path / "train.jsonl", [{"id": f"s{i}", "messages": chat(f"question {i}", f"answer {i}")} for i in range(4)]
+    )
+    train(tiny_model_dir, train_path, tmp_path / "adapter", None, tiny_params(max_steps=2, logging_steps=1))
+    (task,) = bars[0].tasks
+    assert task.description == "finetune" and task.total == 2 and task.completed == 2 and task.finished
+    assert re.fullmatch(r"loss \d+\.\d{4}  lr \S+  [\d,]+ tok/s", task.fields["stats"])

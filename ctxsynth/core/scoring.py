@@ -1,7 +1,7 @@
 """Per-sample scoring and score aggregation for the evaluate stage.
 
-QA F1 and ROUGE-L are LongBench's own functions as shipped in lm-eval (`lm_eval.tasks.longbench.metrics`), so our
-numbers match lm-eval's longbench tasks and THUDM's eval.py. `niah_recall` is RULER's `string_match_all`: the
+QA F1 and ROUGE-L are LongBench's own per-pair functions as shipped in lm-eval (`lm_eval.tasks.longbench.metrics`),
+applied with THUDM's eval.py rule (best over answers, prediction as generated), so our numbers match THUDM's. `niah_recall` is RULER's `string_match_all`: the
 fraction of expected strings found in the prediction, case-insensitively. Per-sample scores are in [0, 1];
 task scores in metrics/eval.json are x100 like LongBench's tables.
 """
@@ -23,19 +23,19 @@ def niah_recall(prediction: str, answers: Sequence[str]) -> float:
 
 
 def score_prediction(metric: str, prediction: str, answers: Sequence[str]) -> float:
-    """Score one prediction against its reference answers (best over answers for F1 / ROUGE-L)."""
+    """Score one prediction as THUDM's LongBench `eval.py` does: the best score over the reference answers, with the
+    prediction exactly as generated. (lm-eval's `get_rouge_score` strips the prediction first, which moves ROUGE-L
+    for predictions that end in newlines; its per-pair metric functions are THUDM's and are used here.)"""
     if metric == "niah_recall":
         return niah_recall(prediction, answers)
     with warnings.catch_warnings():  # fuzzywuzzy warns about its pure-python matcher (only code tasks use it)
         warnings.simplefilter("ignore", UserWarning)
         from lm_eval.tasks.longbench import metrics as longbench  # needs jieba/rouge/fuzzywuzzy: the longbench extra
 
-    doc, results = {"answers": list(answers)}, [prediction]
-    if metric == "qa_f1":
-        return float(longbench.get_qa_f1_with_score(doc, results)["score"])
-    if metric == "rouge_l":
-        return float(longbench.get_rouge_with_score(doc, results)["score"])
-    raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
+    pair_metrics = {"qa_f1": longbench.qa_f1_score, "rouge_l": longbench.rouge_score}
+    if metric not in pair_metrics:
+        raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
+    return float(max((pair_metrics[metric](prediction, answer) for answer in answers), default=0.0))
 
 
 def process_results(doc: Mapping, results: Sequence[str]) -> dict[str, float]:

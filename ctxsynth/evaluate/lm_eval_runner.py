@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from ctxsynth.core.progress import interactive, stage_progress
+
 log = logging.getLogger(__name__)
 
 TASK_PREFIX = "ctxsynth_"
@@ -124,8 +126,40 @@ def _vllm_model(model_dir: Path, adapter_dir: Path | None, *, dtype: str, batch_
     return VLLM(**vllm_model_args(model_dir, adapter_dir, dtype=dtype, batch_size=batch_size, max_model_len=max_length))
 
 
-def _hf_model(model_dir: Path, adapter_dir: Path | None, *, device: str, dtype: str, batch_size: int, max_length: int):
-    from lm_eval.models.huggingface import HFLM
+class _RichTqdm:
+    """Stands in for the tqdm bar lm-eval's HFLM opens in generate_until, drawing the project's progress bar
+    instead; lm-eval's own batching and ordering are untouched (so scores cannot depend on the display)."""
+
+    def __init__(self, progress, label: str):
+        self.progress, self.label = progress, label
+
+    def __call__(self, total=None, disable=False, desc=None, **kwargs):
+        self.task = self.progress.add_task(self.label, total=total, stats="", visible=not disable)
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.progress.advance(self.task, n)
+
+    def close(self) -> None:
+        pass
+
+
+def _hf_model(
+    model_dir: Path, adapter_dir: Path | None, *, device: str, dtype: str, batch_size: int, max_length: int, label: str
+):
+    from lm_eval.models import huggingface
+
+    class HFLM(huggingface.HFLM):
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            if disable_tqdm or self.rank != 0 or not interactive():
+                return super().generate_until(requests, disable_tqdm=disable_tqdm)
+            original = huggingface.tqdm
+            with stage_progress() as progress:
+                huggingface.tqdm = _RichTqdm(progress, label)
+                try:
+                    return super().generate_until(requests, disable_tqdm=False)
+                finally:
+                    huggingface.tqdm = original
 
     device = resolve_device(device)
     model_args = dict(
@@ -167,6 +201,7 @@ class LmEvalRunner:
         apply_chat_template: bool = True,
         cache_db: Path | None = None,
         backend: str = "hf",
+        label: str | None = None,
     ) -> dict[str, dict]:
         """Greedy generation + scoring; returns {task: {"score": mean in [0, 1], "samples": [{doc, prediction,
         score}, ...]}} with samples in the prepared file's order."""
@@ -175,8 +210,15 @@ class LmEvalRunner:
         if backend == "vllm":
             lm = _vllm_model(model_dir, adapter_dir, dtype=dtype, batch_size=batch_size, max_length=max_length)
         elif backend == "hf":
+            label = label or f"evaluate {Path(adapter_dir or model_dir).name}"
             lm = _hf_model(
-                model_dir, adapter_dir, device=device, dtype=dtype, batch_size=batch_size, max_length=max_length
+                model_dir,
+                adapter_dir,
+                device=device,
+                dtype=dtype,
+                batch_size=batch_size,
+                max_length=max_length,
+                label=label,
             )
         else:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

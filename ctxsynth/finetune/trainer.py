@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ctxsynth.core.progress import interactive, stage_progress
 from ctxsynth.finetune.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -130,13 +131,27 @@ def make_trainer_classes():
         def __init__(self, live=None):
             self.live, self.history = live, []
             self._time = self._tokens = None
+            self.progress = self._task = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             self._time, self._tokens = time.perf_counter(), state.num_input_tokens_seen
+            if state.is_world_process_zero and interactive():
+                self.progress = stage_progress()
+                self.progress.start()
+                self._task = self.progress.add_task(
+                    "finetune", total=state.max_steps, completed=state.global_step, stats=""
+                )
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
 
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step >= state.max_steps:
                 control.should_log = True
+            if self.progress is not None:  # the bar moves every step; loss and speed change when logged
+                self.progress.update(self._task, completed=state.global_step)
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -155,14 +170,18 @@ def make_trainer_classes():
             if "grad_norm" in logs:
                 row["grad_norm"] = float(logs["grad_norm"])
             self.history.append(row)
-            log.info(
-                "step %d/%d loss %.4f lr %.2e %.0f tok/s",
-                state.global_step,
-                state.max_steps,
-                row["loss"],
-                row["learning_rate"],
-                speed,
-            )
+            if self.progress is not None:
+                stats = f"loss {row['loss']:.4f}  lr {row['learning_rate']:.2e}  {speed:,.0f} tok/s"
+                self.progress.update(self._task, completed=state.global_step, stats=stats)
+            else:
+                log.info(
+                    "step %d/%d loss %.4f lr %.2e %.0f tok/s",
+                    state.global_step,
+                    state.max_steps,
+                    row["loss"],
+                    row["learning_rate"],
+                    speed,
+                )
             if self.live is not None and state.is_world_process_zero:
                 self.live.log(state.global_step, {key: value for key, value in row.items() if key != "step"})
 
