@@ -1,9 +1,9 @@
 """Per-sample scoring and score aggregation for the evaluate stage.
 
 QA F1 and ROUGE-L are LongBench's own per-pair functions as shipped in lm-eval (`lm_eval.tasks.longbench.metrics`),
-applied with THUDM's eval.py rule (best over answers, prediction as generated), so our numbers match THUDM's. `niah_recall` is RULER's `string_match_all`: the
-fraction of expected strings found in the prediction, case-insensitively. Per-sample scores are in [0, 1];
-task scores in metrics/eval.json are x100 like LongBench's tables.
+applied with THUDM's eval.py rule (best over answers, prediction as generated), so our numbers match THUDM's.
+`niah_recall` is RULER's `string_match_all`: the fraction of expected strings found in the prediction,
+case-insensitively. Per-sample scores are in [0, 1]; task scores in metrics/eval.json are x100 like LongBench's.
 """
 
 from __future__ import annotations
