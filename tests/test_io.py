@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ctxsynth.core.io import InputError, read_jsonl, write_jsonl
+from ctxsynth.core.io import InputError, load_params, read_json, read_jsonl, write_jsonl
 
 
 def test_malformed_line_names_file_and_line(tmp_path):
@@ -37,3 +37,19 @@ def test_write_jsonl_is_canonical_and_atomic(tmp_path):
     # The failed write left the previous complete file in place and no temporary file behind.
     assert json.loads(path.read_text(encoding="utf-8")) == {"a": "é", "b": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "read", "where"),
+    [
+        ("seeds.jsonl", b'{"a": 1}\n{"b": "caf\xe9"}\n', read_jsonl, "line 2: not UTF-8 (byte 0xe9 at column 11)"),
+        ("reserved.json", b'{\n "a": "x",\n "b": "\xff"\n}', read_json, "line 3: not UTF-8 (byte 0xff at column 8)"),
+        ("params.yaml", b"seed:\n  seed: 4\xc3\n", lambda p: load_params("seed", p), "line 2: not UTF-8"),
+    ],
+)
+def test_non_utf8_input_names_file_line_and_column(tmp_path, name, content, read, where):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputError) as error:
+        read(path)
+    assert str(error.value).startswith(f"{path}, {where}")

@@ -41,8 +41,9 @@ def read_jsonl_numbered(
     if not path.is_file():
         raise InputError(path, "file not found")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            line = decode_line(path, raw, number)
             if not line.strip():
                 continue
             try:
@@ -61,6 +62,32 @@ def read_jsonl_numbered(
                     )
             records.append((number, record))
     return records
+
+
+def decode_line(path: os.PathLike | str, raw: bytes, number: int) -> str:
+    """One line as UTF-8, or an InputError naming the file, the line and the column of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        byte = raw[error.start : error.start + 1].hex()
+        raise InputError(path, f"not UTF-8 (byte 0x{byte} at column {error.start + 1})", line=number) from None
+
+
+def read_text_utf8(path: os.PathLike | str) -> str:
+    """A whole file as UTF-8; a missing file or a non-UTF-8 byte is an InputError naming the file and line."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        byte = data[error.start : error.start + 1].hex()
+        column = error.start - line_start + 1
+        line = data.count(b"\n", 0, error.start) + 1
+        raise InputError(path, f"not UTF-8 (byte 0x{byte} at column {column})", line=line) from None
 
 
 def read_jsonl(
@@ -109,9 +136,7 @@ def write_json(path: os.PathLike | str, data: Any) -> None:
 def read_json(path: os.PathLike | str) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
+        return json.loads(read_text_utf8(path))
     except json.JSONDecodeError as error:
         raise InputError(path, f"malformed JSON ({error.msg})", line=error.lineno) from None
 
@@ -136,7 +161,7 @@ def user_cache_dir(*parts: str) -> Path:
 
 def load_params(section: str, path: os.PathLike | str = "params.yaml") -> dict:
     """One stage's section of params.yaml (stages read only their own knobs)."""
-    params = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    params = yaml.safe_load(read_text_utf8(path)) or {}
     if section not in params:
         raise InputError(path, "missing params section", field=section)
     return params[section]

@@ -1,0 +1,57 @@
+"""Files that a parameter names must be dependencies of the stage that reads them, or `dvc repro` cannot see them
+change. DVC cannot take a dependency list from params.yaml, so each such input lives under a directory the stage
+declares in dvc.yaml (`inputs/seeds`, `inputs/models`, `inputs/general`, `inputs/longbench`, or a pipeline output
+such as `data/general`); a path anywhere else is refused before any work, naming the key that gave it."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from ctxsynth.core.io import InputError
+
+PIPELINE = Path("dvc.yaml")
+
+
+@lru_cache(maxsize=8)
+def _declared_deps(pipeline: Path, mtime: float) -> dict[str, list[Path]]:
+    stages = (yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}).get("stages", {})
+    root = pipeline.resolve().parent
+    return {name: [root / dep for dep in stage.get("deps", [])] for name, stage in stages.items()}
+
+
+def declared_deps(stage: str, pipeline: Path = PIPELINE) -> list[Path] | None:
+    """The absolute dependency paths of `stage` in dvc.yaml; None outside a DVC pipeline (a library call, a test)."""
+    if not pipeline.is_file():
+        return None
+    return _declared_deps(pipeline.resolve(), pipeline.stat().st_mtime).get(stage)
+
+
+def require_tracked(
+    path: os.PathLike | str, stage: str, key: str, source: str = "params.yaml", pipeline: Path = PIPELINE
+) -> Path:
+    """`path` as given, once it is known to exist and to lie under one of `stage`'s declared dependencies."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(source, f"{str(path)!r} does not exist", field=key)
+    deps = declared_deps(stage, pipeline)
+    if deps is None:
+        return path
+    resolved = path.resolve()
+    if not any(resolved == dep or dep in resolved.parents for dep in deps):
+        roots = sorted(
+            str(dep.relative_to(pipeline.resolve().parent))
+            for dep in deps
+            if dep.is_dir() and dep.relative_to(pipeline.resolve().parent).parts[0] == "inputs"
+        )
+        where = " or ".join(roots) if roots else "a directory listed in its deps"
+        raise InputError(
+            source,
+            f"{str(path)!r} is not a dependency of stage {stage!r} in dvc.yaml, so `dvc repro` would not see it "
+            f"change: move it under {where} (or add it to the stage's deps)",
+            field=key,
+        )
+    return path
