@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ctxsynth.finetune.data import PadCollator, end_of_turn_ids, load_chat_records, prepare_examples
 from ctxsynth.finetune.packing import PackedCollator, pack_examples
-from ctxsynth.finetune.train import FinetuneParams, load_tokenizer, train
+from ctxsynth.finetune.train import FinetuneSettings, load_tokenizer, train
 
 
 def useful_share(rows: list, collator, batch_size: int) -> tuple[float, int]:
@@ -70,7 +70,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ctxsynth-bench-packing-") as scratch:
         for mode in ("padding", "packing"):
             packing = mode == "packing"  # every sample is within --max-tokens already: the same samples either way
-            params = FinetuneParams(
+            params = FinetuneSettings(
                 packing=packing,
                 batch_size=1 if packing else args.batch_size,
                 grad_accum=1,

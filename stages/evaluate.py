@@ -3,17 +3,21 @@
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 # Offline by construction: lm-eval reads local JSON files only and the model is a local directory.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from ctxsynth.core.io import load_params
-from ctxsynth.evaluate.run import EvalSettings, evaluate
+from ctxsynth.core.errors import stage_main
+from ctxsynth.core.settings import load_settings
+from ctxsynth.evaluate.run import evaluate
+from ctxsynth.evaluate.settings import EvalSettings
 
 
-def main() -> None:
+@stage_main
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="data/model", type=Path)
     parser.add_argument("--adapter", default="data/adapter", type=Path)
@@ -26,9 +30,9 @@ def main() -> None:
         type=Path,
         help="NIAH recall per model x subtask x length x depth (heatmap rows)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = EvalSettings.from_params(load_params("evaluate"))
+    settings = load_settings(EvalSettings, "evaluate")
     report = evaluate(
         args.model,
         args.adapter,
@@ -48,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ctxsynth.core.io import InputError, load_params
-from ctxsynth.finetune.train import FinetuneError, FinetuneParams, train
+from ctxsynth.core.errors import stage_main
+from ctxsynth.core.settings import load_settings
+from ctxsynth.finetune.data import TemplateError
+from ctxsynth.finetune.settings import FinetuneSettings, accelerate_config_file
+from ctxsynth.finetune.train import FinetuneError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,22 +22,14 @@ ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
 LAUNCHED = "CTXSYNTH_FINETUNE_LAUNCHED"  # set in the processes `accelerate launch` starts: do not relaunch
 
 
-def accelerate_config(name: str, source: str) -> Path:
-    """configs/accelerate/<name>.yaml, or a path to a config file."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else ACCELERATE_CONFIGS / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
-        raise InputError(source, f"no accelerate config {path} (shipped: {known})", field="finetune.accelerate_config")
-    return path
-
-
-def relaunch_with_accelerate(params: FinetuneParams, argv: list[str], source: str) -> int:
+def relaunch_with_accelerate(settings: FinetuneSettings, argv: list[str], source: str) -> int:
+    """This script again, under `accelerate launch` with the config `finetune.accelerate_config` names."""
     command = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(accelerate_config(params.accelerate_config, source)),
+        str(accelerate_config_file(settings.accelerate_config, ACCELERATE_CONFIGS, source)),
         str(Path(__file__).resolve()),
         *argv,
     ]
@@ -42,6 +37,7 @@ def relaunch_with_accelerate(params: FinetuneParams, argv: list[str], source: st
     return subprocess.run(command, env={**os.environ, LAUNCHED: "1"}).returncode
 
 
+@stage_main(FinetuneError, TemplateError)
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__)
@@ -60,26 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        params = FinetuneParams.from_mapping(load_params("finetune", args.params), source=args.params)
-        if params.launcher == "accelerate" and not os.environ.get(LAUNCHED):
-            return relaunch_with_accelerate(params, argv, args.params)
-        Path(args.checkpoints).mkdir(parents=True, exist_ok=True)  # DVC expects the persistent output to exist
-        summary = train(
-            args.model,
-            args.train,
-            args.adapter,
-            args.metrics,
-            params,
-            live_dir=args.live_dir,
-            checkpoint_dir=args.checkpoints,
-        )
-    except (InputError, FinetuneError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    settings = load_settings(FinetuneSettings, "finetune", source=args.params)
+    if settings.launcher == "accelerate" and not os.environ.get(LAUNCHED):
+        return relaunch_with_accelerate(settings, argv, args.params)
+    Path(args.checkpoints).mkdir(parents=True, exist_ok=True)  # DVC expects the persistent output to exist
+    summary = train(
+        args.model,
+        args.train,
+        args.adapter,
+        args.metrics,
+        settings,
+        live_dir=args.live_dir,
+        checkpoint_dir=args.checkpoints,
+    )
     if int(os.environ.get("RANK", 0)) == 0:
         print(
-            f"finetune ({params.recipe}, {params.method}): {summary['steps']} steps, loss "
+            f"finetune ({settings.recipe}, {settings.method}): {summary['steps']} steps, loss "
             f"{summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, {summary['samples_used']}/"
             f"{summary['samples_total']} samples ({summary['samples_truncated']} truncated, "
             f"{summary['samples_dropped']} dropped), {summary['tokens_per_second']:.0f} tok/s, "

@@ -13,7 +13,8 @@ from ctxsynth.core.io import InputError
 from ctxsynth.core.scoring import delta, niah_recall, score_prediction, summarize
 from ctxsynth.core.tasks import get_task
 from ctxsynth.evaluate.lm_eval_runner import LmEvalTask, base_task_yaml, render_task_dir
-from ctxsynth.evaluate.run import EvalSettings, evaluate, find_sources, load_benchmark, middle_truncate
+from ctxsynth.evaluate.run import evaluate, find_sources, load_benchmark, middle_truncate
+from ctxsynth.evaluate.settings import EvalSettings
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from ctxsynth.core.io import InputError
 from ctxsynth.evaluate import lm_eval_runner
 from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
-from ctxsynth.evaluate.run import EvalSettings
+from ctxsynth.evaluate.settings import EvalSettings
 
 
 class Built(Exception):

@@ -22,7 +22,7 @@ from ctxsynth.finetune.data import (
     load_chat_records,
     prepare_examples,
 )
-from ctxsynth.finetune.train import FinetuneParams, answer_only_loss, load_model, train
+from ctxsynth.finetune.train import FinetuneSettings, answer_only_loss, load_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Question: which city holds the archive?"
@@ -71,7 +71,7 @@ def end_ids(tokenizer):
     return end_of_turn_ids(tokenizer)
 
 
-def tiny_params(**overrides) -> FinetuneParams:
+def tiny_params(**overrides) -> FinetuneSettings:
     values = dict(
         lora_r=4,
         lora_alpha=8,
@@ -86,7 +86,7 @@ def tiny_params(**overrides) -> FinetuneParams:
         seed=7,
     )
     values.update(overrides)
-    return FinetuneParams(**values)
+    return FinetuneSettings(**values)
 
 
 # --- masking and length handling -------------------------------------------------------------------------------
@@ -315,12 +315,12 @@ def test_stage_runs_from_params_file(tmp_path, tiny_model_dir, capsys):
 
 def test_params_are_validated(tmp_path):
     with pytest.raises(InputError, match=r"field 'finetune.lora_rank'"):
-        FinetuneParams.from_mapping({"lora_rank": 8})
+        FinetuneSettings.from_mapping({"lora_rank": 8})
     with pytest.raises(InputError, match=r"field 'finetune.overlength'"):
-        FinetuneParams.from_mapping({"overlength": "truncate_left"})
+        FinetuneSettings.from_mapping({"overlength": "truncate_left"})
     with pytest.raises(InputError, match=r"field 'finetune.batch_size'"):
-        FinetuneParams.from_mapping({"batch_size": 1.5})
-    params = FinetuneParams.from_mapping({"target_modules": ["q_proj", "v_proj"], "epochs": 2, "max_tokens": 64})
+        FinetuneSettings.from_mapping({"batch_size": 1.5})
+    params = FinetuneSettings.from_mapping({"target_modules": ["q_proj", "v_proj"], "epochs": 2, "max_tokens": 64})
     assert params.target_modules == ("q_proj", "v_proj") and params.epochs == 2.0
     assert params.as_dict()["target_modules"] == ["q_proj", "v_proj"]
 

@@ -13,7 +13,7 @@ from ctxsynth.core.io import InputError, load_params
 from ctxsynth.finetune.data import IGNORE_INDEX, Example, PadCollator, end_of_turn_ids, prepare_examples
 from ctxsynth.finetune.packing import Pack, PackedCollator, pack_examples
 from ctxsynth.finetune.recipes import load_recipes
-from ctxsynth.finetune.train import FinetuneParams, answer_only_loss, is_adapter_dir, train
+from ctxsynth.finetune.train import FinetuneSettings, answer_only_loss, is_adapter_dir, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def write_samples(path: Path, count: int) -> Path:
     return path
 
 
-def tiny(**overrides) -> FinetuneParams:
+def tiny(**overrides) -> FinetuneSettings:
     values = dict(
         lora_r=4,
         lora_alpha=8,
@@ -47,7 +47,7 @@ def tiny(**overrides) -> FinetuneParams:
         max_steps=4,
     )
     values.update(overrides)
-    return FinetuneParams(**values)
+    return FinetuneSettings(**values)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,9 @@ def examples(tokenizer):
 
 
 def test_cpu_recipe_is_the_default_and_todays_params(tmp_path):
-    assert FinetuneParams.from_mapping({}) == FinetuneParams()  # dataclass defaults == the cpu recipe
-    repo_params = FinetuneParams.from_mapping(load_params("finetune", ROOT / "params.yaml"), ROOT / "params.yaml")
-    assert repo_params == FinetuneParams()
+    assert FinetuneSettings.from_mapping({}) == FinetuneSettings()  # dataclass defaults == the cpu recipe
+    repo_params = FinetuneSettings.from_mapping(load_params("finetune", ROOT / "params.yaml"), ROOT / "params.yaml")
+    assert repo_params == FinetuneSettings()
     assert (
         repo_params.method,
         repo_params.quantization,
@@ -87,7 +87,7 @@ def test_cpu_recipe_is_the_default_and_todays_params(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(load_recipes()))
 def test_every_recipe_resolves(name):
-    params = FinetuneParams.from_mapping({"recipe": name})
+    params = FinetuneSettings.from_mapping({"recipe": name})
     assert params.recipe == name
     if name == "qlora":
         assert (
@@ -114,22 +114,22 @@ def test_every_recipe_resolves(name):
 
 
 def test_explicit_keys_override_the_recipe_and_nulls_do_not():
-    params = FinetuneParams.from_mapping(
+    params = FinetuneSettings.from_mapping(
         {"recipe": "paper", "learning_rate": 1e-5, "max_tokens": None, "epochs": None, "packing": False}
     )
     assert (params.learning_rate, params.max_tokens, params.epochs, params.packing) == (1e-5, 32768, 2.0, False)
     with pytest.raises(InputError, match=r"field 'finetune.recipe'.*unknown recipe 'gpu'"):
-        FinetuneParams.from_mapping({"recipe": "gpu"})
+        FinetuneSettings.from_mapping({"recipe": "gpu"})
     with pytest.raises(InputError, match=r"field 'finetune.quantization'.*full fine-tuning"):
-        FinetuneParams.from_mapping({"recipe": "paper", "quantization": "nf4"})
+        FinetuneSettings.from_mapping({"recipe": "paper", "quantization": "nf4"})
     with pytest.raises(InputError, match=r"field 'finetune.max_tokens'.*packing"):
-        FinetuneParams.from_mapping({"packing": True, "max_tokens": 0})
+        FinetuneSettings.from_mapping({"packing": True, "max_tokens": 0})
 
 
 def test_run_key_ignores_logging_only():
-    base = FinetuneParams()
-    assert base.run_key("data") == FinetuneParams(logging_steps=5, save_steps=9).run_key("data")
-    assert base.run_key("data") != FinetuneParams(learning_rate=1e-3).run_key("data") != base.run_key("other")
+    base = FinetuneSettings()
+    assert base.run_key("data") == FinetuneSettings(logging_steps=5, save_steps=9).run_key("data")
+    assert base.run_key("data") != FinetuneSettings(learning_rate=1e-3).run_key("data") != base.run_key("other")
 
 
 # --- packing ---------------------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def test_full_finetuning_with_packing_writes_a_whole_model(tmp_path, tiny_model_
 def test_qlora_recipe_trains_on_cpu_with_its_fallbacks(tmp_path, tiny_model_dir):
     pytest.importorskip("bitsandbytes", reason="the nf4 path needs bitsandbytes (pip install 'ctxsynth[quant]')")
     train_path = write_samples(tmp_path / "train.jsonl", 6)
-    params = FinetuneParams.from_mapping(
+    params = FinetuneSettings.from_mapping(
         {"recipe": "qlora", "max_tokens": 256, "max_steps": 2, "lora_r": 4, "grad_accum": 1}
     )
     summary = train(tiny_model_dir, train_path, tmp_path / "adapter", None, params)
@@ -297,7 +297,7 @@ def test_shipped_accelerate_configs_parse():
         config = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
         assert config.num_machines == 1
     zero3 = yaml.safe_load((ROOT / "configs" / "accelerate" / "deepspeed_zero3.yaml").read_text())
-    paper = FinetuneParams.from_mapping({"recipe": "paper"})
+    paper = FinetuneSettings.from_mapping({"recipe": "paper"})
     assert zero3["deepspeed_config"]["zero_stage"] == 3
     assert zero3["deepspeed_config"]["gradient_accumulation_steps"] == paper.grad_accum
     assert zero3["deepspeed_config"]["gradient_clipping"] == paper.max_grad_norm
@@ -365,7 +365,7 @@ def test_ddp_on_two_cpu_processes_equals_one_process_with_accumulation(tmp_path,
         train_path,
         tmp_path / "single" / "adapter",
         None,
-        FinetuneParams.from_mapping(yaml.safe_load(TINY_STAGE_PARAMS + "  grad_accum: 2\n")["finetune"]),
+        FinetuneSettings.from_mapping(yaml.safe_load(TINY_STAGE_PARAMS + "  grad_accum: 2\n")["finetune"]),
     )
     ddp_summary = json.loads((ddp / "train.json").read_text())
     assert ddp_summary["world_size"] == 2 and ddp_summary["steps"] == single["steps"] == 3

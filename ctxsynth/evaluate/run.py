@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ctxsynth.core.io import (
@@ -24,58 +23,14 @@ from ctxsynth.core.io import (
 )
 from ctxsynth.core.scoring import delta, niah_heatmap, summarize
 from ctxsynth.core.tasks import get_task, templates_version
-from ctxsynth.evaluate.lm_eval_runner import BACKENDS, LmEvalRunner, LmEvalTask, render_task_dir
+from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
+from ctxsynth.evaluate.settings import EvalSettings
 
 log = logging.getLogger(__name__)
 
-PAPER_TASKS = ("narrativeqa", "qasper", "hotpotqa", "2wikimqa", "musique", "gov_report", "qmsum", "multi_news")
 REQUIRED_FIELDS = ("_id", "input", "context", "answers")
 NIAH_FIELDS = ("niah_length", "niah_depth")  # carried from the benchmark row to the prediction: the heatmap cell
 CHAT_MARGIN = 8  # tokens: re-tokenizing the decoded halves can merge/split a few tokens at the cut
-
-
-@dataclass
-class EvalSettings:
-    tasks: list[str] = field(default_factory=lambda: ["squad_long", "hotpotqa_long", "niah_single"])
-    max_length: int | None = 2048  # prompt tokens before the chat template; None: model window - budgets
-    batch_size: int = 1  # CPU: long prompts are prefill-bound, batching pads and only adds memory
-    limit: int | None = None  # first N docs per task (None: all)
-    apply_chat_template: bool = True
-    longbench_dir: str | None = None  # THUDM layout: <dir>/data/<task>.jsonl (or <dir>/<task>.jsonl)
-    longbench_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
-    backend: str = "hf"  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter
-    device: str = "auto"
-    dtype: str = "auto"  # auto: float32 on CPU, the checkpoint's dtype on GPU
-    score_base: bool = True
-    cache: bool = True  # reuse greedy generations per (model, adapter) content: experiments that
-    # leave the adapter unchanged, and every base-model row, are not paid twice
-
-    @classmethod
-    def from_params(cls, params: dict | None, source: str = "params.yaml") -> EvalSettings:
-        params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        for key in params:
-            if key not in known:
-                raise InputError(source, f"unknown key (known: {', '.join(sorted(known))})", field=f"evaluate.{key}")
-        for key in ("tasks", "longbench_tasks"):
-            if key in params and not (isinstance(params[key], list) and all(isinstance(t, str) for t in params[key])):
-                raise InputError(source, "expected a list of task names", field=f"evaluate.{key}")
-        for key in ("max_length", "limit"):
-            if params.get(key) is not None and (not isinstance(params[key], int) or params[key] < 1):
-                raise InputError(source, "expected a positive integer or null", field=f"evaluate.{key}")
-        settings = cls(**params)
-        if settings.backend not in BACKENDS:
-            raise InputError(
-                source, f"unknown backend {settings.backend!r} (known: {', '.join(BACKENDS)})", field="evaluate.backend"
-            )
-        for name in settings.tasks + (settings.longbench_tasks if settings.longbench_dir else []):
-            try:
-                get_task(name)
-            except KeyError as error:
-                raise InputError(source, error.args[0], field="evaluate.tasks") from None
-        if settings.max_length is not None and int(settings.max_length) < 16:
-            raise InputError(source, "must be at least 16 tokens (or null)", field="evaluate.max_length")
-        return settings
 
 
 def load_benchmark(path: Path, task: str) -> list[dict]:

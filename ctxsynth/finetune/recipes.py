@@ -1,13 +1,13 @@
 """Fine-tuning recipes (recipes.yaml): named presets that fill the finetune keys left unset.
 
 Resolution order, lowest to highest: the recipe named by `extends` (recursively), the recipe itself, then every key
-params.yaml (or `dvc exp run -S`) sets to a non-null value.
+params.yaml (or `dvc exp run -S`) sets to a non-null value (ctxsynth.finetune.settings.FinetuneSettings). The recipe
+file is the only place the values of the recipe-driven keys are written.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -43,15 +43,4 @@ def recipe_values(name: str, source: os.PathLike | str = "params.yaml") -> dict[
     values: dict[str, Any] = {}
     for link in reversed(chain):
         values.update(recipes[link]["values"])
-    return values
-
-
-def resolve(params: Mapping[str, Any], source: os.PathLike | str = "params.yaml") -> dict[str, Any]:
-    """The recipe's values overlaid with every non-null key of `params`; includes the recipe's name."""
-    recipe = params.get("recipe") or DEFAULT_RECIPE
-    if not isinstance(recipe, str):
-        raise InputError(source, f"expected a recipe name, got {recipe!r}", field="finetune.recipe")
-    values = recipe_values(recipe, source)
-    values.update({key: value for key, value in params.items() if value is not None and key != "recipe"})
-    values["recipe"] = recipe
     return values

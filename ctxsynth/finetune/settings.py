@@ -1,4 +1,11 @@
-"""The `finetune` section of params.yaml, resolved through a recipe (ctxsynth/finetune_recipes.py) and validated."""
+"""Settings of the finetune stage: params.yaml section `finetune`, resolved through a recipe (recipes.yaml).
+
+The recipe file is the one place for the values of the recipe-driven keys: their fields below carry no default of
+their own but `FROM_RECIPE`, filled from the recipe `recipe` names (every recipe extends `cpu`). A key params.yaml
+sets to a value overrides the recipe; `null` means "the recipe's value" (for `launcher` and `accelerate_config`,
+which no recipe sets: the default here). Loaded with `load_settings(FinetuneSettings, "finetune")` or
+`FinetuneSettings.from_mapping(section)`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,11 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, get_type_hints
 
 from ctxsynth.core.io import InputError
+from ctxsynth.core.settings import Invalid, check, convert, load_settings
 from ctxsynth.finetune import recipes as finetune_recipes
 from ctxsynth.finetune.data import LOSS_WEIGHTINGS, OVERLENGTH_MODES
 
@@ -22,107 +31,113 @@ LAUNCHERS = ("none", "accelerate")
 NOT_IN_RUN_KEY = ("logging_steps", "save_steps")
 
 
-@dataclass(frozen=True)
-class FinetuneParams:
-    """Resolved fine-tuning settings; the defaults are the `cpu` recipe (tests check they agree)."""
+class _FromRecipe:
+    """The default of a recipe-driven field: replaced by the recipe's value when the settings are built."""
 
-    recipe: str = "cpu"
-    method: str = "lora"  # lora | full (every weight trained; the output is a whole model)
-    quantization: str = "none"  # none | nf4 (QLoRA through bitsandbytes, double quantization)
-    compute_dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: str | tuple[str, ...] = "all-linear"
-    optim: str = "adamw_torch"  # any TrainingArguments.optim; paged_* fall back to adamw_torch on CPU
-    learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    max_grad_norm: float = 1.0
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs; -1 = train `epochs` full passes
-    batch_size: int = 1
-    grad_accum: int = 4
-    max_tokens: int = 1024  # 0 = no limit (not with packing)
-    overlength: str = "truncate_middle"  # truncate_middle | drop
-    packing: bool = False  # concatenate samples up to max_tokens, attention kept inside each sample
-    loss_weighting: str = "token"  # token | sample (LongAlign)
-    gradient_checkpointing: bool = False
-    answer_logits_only: bool = True  # project only the answer positions onto the vocabulary (same loss)
-    attn_implementation: str = "sdpa"
-    save_steps: int = 4  # checkpoint every N steps for resume; 0 = never
-    launcher: str = "none"  # none | accelerate (configs/accelerate/<accelerate_config>.yaml)
-    accelerate_config: str = "single_gpu"
-    seed: int = 42
-    logging_steps: int = 1
+    def __repr__(self) -> str:
+        return "FROM_RECIPE"
+
+
+FROM_RECIPE: Any = _FromRecipe()
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Resolved fine-tuning settings. Building one without a value for a recipe-driven key takes the recipe's."""
+
+    recipe: str = finetune_recipes.DEFAULT_RECIPE  # cpu (LoRA fp32) | qlora (nf4, CUDA) | paper (full FT, packing)
+    method: Literal[METHODS] = FROM_RECIPE  # lora | full (every weight trained; the output is a whole model)
+    quantization: Literal[QUANTIZATION_MODES] = FROM_RECIPE  # none | nf4 (QLoRA: bitsandbytes, double quantization)
+    compute_dtype: Literal[DTYPES] = FROM_RECIPE  # auto = float32 on CPU, bfloat16 on CUDA
+    lora_r: int = FROM_RECIPE  # LoRA rank
+    lora_alpha: int = FROM_RECIPE  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = FROM_RECIPE  # dropout on the LoRA input
+    target_modules: str | tuple[str, ...] = FROM_RECIPE  # all-linear or a list of module names
+    optim: str = FROM_RECIPE  # any TrainingArguments.optim; paged_* fall back to adamw_torch on CPU
+    learning_rate: float = FROM_RECIPE  # peak learning rate
+    lr_scheduler: str = FROM_RECIPE  # TrainingArguments.lr_scheduler_type
+    warmup_ratio: float = FROM_RECIPE  # share of the steps warming up at the start, in [0, 1)
+    weight_decay: float = FROM_RECIPE  # AdamW weight decay
+    adam_beta1: float = FROM_RECIPE  # AdamW beta1
+    adam_beta2: float = FROM_RECIPE  # AdamW beta2 (the paper: 0.95)
+    max_grad_norm: float = FROM_RECIPE  # gradient clipping
+    epochs: float = FROM_RECIPE  # passes over the data when max_steps is -1
+    max_steps: int = FROM_RECIPE  # > 0 overrides epochs; -1 = train `epochs` full passes
+    batch_size: int = FROM_RECIPE  # sequences per device per step
+    grad_accum: int = FROM_RECIPE  # gradient accumulation steps
+    max_tokens: int = FROM_RECIPE  # per sequence; 0 = no limit (not with packing)
+    overlength: Literal[OVERLENGTH_MODES] = FROM_RECIPE  # truncate_middle (keep question and answer) | drop
+    packing: bool = FROM_RECIPE  # concatenate samples up to max_tokens, attention kept inside each sample
+    loss_weighting: Literal[LOSS_WEIGHTINGS] = FROM_RECIPE  # token | sample (LongAlign)
+    gradient_checkpointing: bool = FROM_RECIPE  # recompute activations in the backward pass: less memory
+    answer_logits_only: bool = FROM_RECIPE  # project only the answer positions onto the vocabulary (same loss)
+    attn_implementation: str = FROM_RECIPE  # sdpa; flash_attention_2 on GPU for packing without a materialized mask
+    save_steps: int = FROM_RECIPE  # checkpoint every N steps for resume; 0 = never
+    launcher: Literal[LAUNCHERS] = "none"  # none | accelerate (relaunch with configs/accelerate/<accelerate_config>)
+    accelerate_config: str = "single_gpu"  # single_gpu | multi_gpu_ddp | fsdp | deepspeed_zero3, or a .yaml path
+    seed: int = FROM_RECIPE  # model initialization (LoRA matrices), data order, dropout
+    logging_steps: int = FROM_RECIPE  # log loss, learning rate and throughput every N steps
+
+    def __post_init__(self) -> None:
+        recipes = finetune_recipes.load_recipes()
+        if self.recipe not in recipes:
+            raise Invalid("recipe", f"unknown recipe {self.recipe!r} (known: {', '.join(recipes)})")
+        fields = {field.name: field for field in dataclasses.fields(self)}
+        unset = [name for name in fields if getattr(self, name) is FROM_RECIPE]
+        hints = get_type_hints(type(self), include_extras=True)
+        if unset:
+            recipe_file = f"ctxsynth/{finetune_recipes.RECIPES_RESOURCE}"
+            values = finetune_recipes.recipe_values(self.recipe)
+            unknown = sorted(set(values) - set(fields))
+            if unknown:
+                raise InputError(recipe_file, "unknown finetune parameter", field=f"{self.recipe}.{unknown[0]}")
+            for name in unset:
+                if name not in values:
+                    raise InputError(recipe_file, "missing from the recipe", field=f"{self.recipe}.{name}")
+                value = convert(hints[name], values[name], f"{self.recipe}.{name}", recipe_file)
+                object.__setattr__(self, name, value)
+        # One spelling per value, whatever the source: lists as tuples, numbers of float keys as floats.
+        if isinstance(self.target_modules, list):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        for name, hint in hints.items():
+            value = getattr(self, name)
+            if hint is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
 
     @classmethod
-    def from_mapping(cls, params: Mapping[str, Any], source: os.PathLike | str = "params.yaml") -> FinetuneParams:
-        """Recipe values, overridden by every non-null key of `params`, type-checked."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - set(fields))
-        if unknown:
-            raise InputError(
-                source, f"unknown finetune parameter (known: {', '.join(fields)})", field=f"finetune.{unknown[0]}"
-            )
-        values = finetune_recipes.resolve(params, source)
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise InputError(
-                f"ctxsynth/{finetune_recipes.RECIPES_RESOURCE}",
-                "unknown finetune parameter",
-                field=f"{values['recipe']}.{unknown[0]}",
-            )
-        if isinstance(values.get("target_modules"), list):
-            values["target_modules"] = tuple(values["target_modules"])
-        for name, value in values.items():
-            default = fields[name].default
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise InputError(source, f"expected true/false, got {value!r}", field=f"finetune.{name}")
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise InputError(source, f"expected a number, got {value!r}", field=f"finetune.{name}")
-                if isinstance(default, int) and value != int(value):
-                    raise InputError(source, f"expected an integer, got {value!r}", field=f"finetune.{name}")
-                values[name] = type(default)(value)
-        result = cls(**values)
-        result.check(source)
-        return result
+    def normalize_params(cls, data: dict) -> dict:
+        """`null` in params.yaml means "the recipe's value" (or the default here): such keys are left unset."""
+        return {key: value for key, value in data.items() if value is not None}
 
-    def check(self, source: os.PathLike | str = "params.yaml") -> None:
-        def bad(name: str, message: str) -> InputError:
-            return InputError(source, message, field=f"finetune.{name}")
+    @classmethod
+    def from_mapping(
+        cls, params: Mapping[str, Any] | None, source: os.PathLike | str = "params.yaml"
+    ) -> FinetuneSettings:
+        """The `finetune` section: recipe values overridden by every non-null key of `params`, type-checked."""
+        return load_settings(cls, "finetune", params or {}, source)
 
-        for name, allowed in (
-            ("method", METHODS),
-            ("quantization", QUANTIZATION_MODES),
-            ("compute_dtype", DTYPES),
-            ("overlength", OVERLENGTH_MODES),
-            ("loss_weighting", LOSS_WEIGHTINGS),
-            ("launcher", LAUNCHERS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise bad(name, f"expected one of {allowed}, got {getattr(self, name)!r}")
+    def validate(self) -> None:
         if self.method == "full" and self.quantization != "none":
-            raise bad("quantization", "full fine-tuning cannot train 4-bit weights: use method: lora with nf4")
+            raise Invalid("quantization", "full fine-tuning cannot train 4-bit weights: use method: lora with nf4")
         if not 0 <= self.warmup_ratio < 1:
-            raise bad("warmup_ratio", f"expected a ratio in [0, 1), got {self.warmup_ratio}")
+            raise Invalid("warmup_ratio", f"expected a ratio in [0, 1), got {self.warmup_ratio}")
         for name in ("lora_r", "batch_size", "grad_accum", "logging_steps"):
             if getattr(self, name) < 1:
-                raise bad(name, f"expected >= 1, got {getattr(self, name)}")
+                raise Invalid(name, f"expected >= 1, got {getattr(self, name)}")
         if self.save_steps < 0:
-            raise bad("save_steps", f"expected >= 0 (0 = no checkpoints), got {self.save_steps}")
+            raise Invalid("save_steps", f"expected >= 0 (0 = no checkpoints), got {self.save_steps}")
         if self.max_tokens < 0:
-            raise bad("max_tokens", f"expected >= 0 (0 = no limit), got {self.max_tokens}")
+            raise Invalid("max_tokens", f"expected >= 0 (0 = no limit), got {self.max_tokens}")
         if self.packing and self.max_tokens == 0:
-            raise bad("max_tokens", "packing needs a token budget per sequence (max_tokens > 0)")
+            raise Invalid("max_tokens", "packing needs a token budget per sequence (max_tokens > 0)")
         if self.max_steps <= 0 and self.epochs <= 0:
-            raise bad("epochs", "expected > 0 when max_steps is off (-1)")
-        if not isinstance(self.target_modules, (str, tuple)) or not self.target_modules:
-            raise bad("target_modules", "expected 'all-linear' or a list of module names")
+            raise Invalid("epochs", "expected > 0 when max_steps is off (-1)")
+        if not self.target_modules:
+            raise Invalid("target_modules", "expected 'all-linear' or a list of module names")
+
+    def check(self, source: os.PathLike | str = "params.yaml") -> None:
+        """Type-check and validate settings built in code, with the errors the loader gives."""
+        check(self, "finetune", source)
 
     def as_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -135,3 +150,12 @@ class FinetuneParams:
         values = {key: value for key, value in self.as_dict().items() if key not in NOT_IN_RUN_KEY}
         blob = json.dumps([values, *fingerprints], sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def accelerate_config_file(name: str, configs_dir: Path, source: os.PathLike | str = "params.yaml") -> Path:
+    """`finetune.accelerate_config`: <configs_dir>/<name>.yaml, or a path to a config file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else Path(configs_dir) / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in Path(configs_dir).glob("*.yaml")))
+        raise InputError(source, f"no accelerate config {path} (shipped: {known})", field="finetune.accelerate_config")
+    return path

@@ -1,7 +1,7 @@
 """Instruction tuning on the assembled mix (LoRA, QLoRA or full fine-tuning), with the loss on the answer tokens only.
 
 transformers' Trainer runs the loop (AdamW, schedule, gradient accumulation, gradient checkpointing, seeding, DDP /
-FSDP / DeepSpeed through accelerate). Settings come from a recipe (ctxsynth/finetune_params.py). Checkpoints go to
+FSDP / DeepSpeed through accelerate). Settings come from a recipe (ctxsynth/finetune/settings.py). Checkpoints go to
 <checkpoint_dir>/<run key>, the key hashing the resolved params, the base model and the training data, so a rerun
 after a kill resumes the same run and never a stale one. Per-step loss, learning rate, throughput and peak memory go
 to dvclive-format logs (`dvc plots`); a summary goes to a JSON file.
@@ -22,12 +22,12 @@ from typing import Any
 from ctxsynth.core.io import InputError, sha256_file, write_json
 from ctxsynth.finetune.data import PadCollator, PreparedData, end_of_turn_ids, load_chat_records, prepare_examples
 from ctxsynth.finetune.packing import PackedCollator, pack_examples
-from ctxsynth.finetune.settings import FinetuneParams
+from ctxsynth.finetune.settings import FinetuneSettings
 from ctxsynth.finetune.trainer import FinetuneError, LiveLog, answer_only_loss, make_trainer_classes, peak_memory_mb
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FinetuneError", "FinetuneParams", "LiveLog", "answer_only_loss", "is_adapter_dir", "load_model", "train"]
+__all__ = ["FinetuneError", "FinetuneSettings", "LiveLog", "answer_only_loss", "is_adapter_dir", "load_model", "train"]
 
 
 def is_adapter_dir(path: os.PathLike | str) -> bool:
@@ -88,7 +88,7 @@ def _load_config(model_dir: os.PathLike | str):
     return config
 
 
-def load_model(model_dir: os.PathLike | str, params: FinetuneParams, device: str):
+def load_model(model_dir: os.PathLike | str, params: FinetuneSettings, device: str):
     """The base model, with LoRA adapters on `target_modules` (nf4 quantizes the frozen base: QLoRA) or whole."""
     import torch
     from transformers import AutoModelForCausalLM, set_seed
@@ -175,7 +175,7 @@ def _last_checkpoint(run_dir: Path) -> str | None:
     return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
 
 
-def _save_output(trainer, tokenizer, params: FinetuneParams, adapter_dir: Path, provenance: dict) -> None:
+def _save_output(trainer, tokenizer, params: FinetuneSettings, adapter_dir: Path, provenance: dict) -> None:
     """The adapter (LoRA) or the whole model and its tokenizer (full), with provenance.json, replaced atomically.
 
     Every process calls this: under FSDP or ZeRO-3 the weights are sharded and save_model gathers them.
@@ -207,7 +207,7 @@ def train(
     train_path: os.PathLike | str,
     adapter_dir: os.PathLike | str,
     metrics_path: os.PathLike | str | None,
-    params: FinetuneParams,
+    params: FinetuneSettings,
     live_dir: os.PathLike | str | None = None,
     checkpoint_dir: os.PathLike | str | None = None,
     stop_after_steps: int | None = None,

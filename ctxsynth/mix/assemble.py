@@ -13,11 +13,13 @@ Distractors come from the same task, never the item itself, drawn and shuffled w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from ctxsynth.core.settings import coerce
 from ctxsynth.core.tasks import get_task
 from ctxsynth.core.text import rng_for
+from ctxsynth.mix.settings import VARIANTS, FilterSettings
 
-VARIANTS = ("context_synthesis", "human_context", "context_free", "synthesized_context_free")
-GENERAL_ONLY = "none"
 CONTEXT_FREE = ("context_free", "synthesized_context_free")
 SUMMARIZATION = "summarization"
 
@@ -33,15 +35,14 @@ def pool_for_variant(variant: str, seeds: list[dict], synthesized: list[dict]) -
     raise ValueError(f"unknown mix.variant {variant!r}; expected one of {', '.join(VARIANTS)}")
 
 
-def apply_filter(pool: list[dict], thresholds: dict) -> tuple[list[dict], dict]:
+def apply_filter(pool: list[dict], thresholds: FilterSettings | Mapping) -> tuple[list[dict], dict]:
     """Keep records whose verification scores pass `mix.filter`; report kept / dropped per task."""
     from ctxsynth.synthesis.verify import passes
 
+    thresholds = coerce(FilterSettings, thresholds, "mix.filter")
     kept, report = [], {}
     for record in pool:
-        ok = passes(
-            record, thresholds.get("min_support"), thresholds.get("max_leakage"), thresholds.get("min_answerability")
-        )
+        ok = passes(record, thresholds.min_support, thresholds.max_leakage, thresholds.min_answerability)
         entry = report.setdefault(record["task"], {"kept": 0, "dropped": 0})
         entry["kept" if ok else "dropped"] += 1
         if ok:

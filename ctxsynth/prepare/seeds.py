@@ -10,14 +10,15 @@ Sources (params `seed.sources`, a list):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ctxsynth.core.io import InputError, read_json, read_jsonl_numbered
+from ctxsynth.core.settings import coerce
 from ctxsynth.core.tasks import get_task
 from ctxsynth.core.text import normalize_text, stable_int
 from ctxsynth.prepare.benchmark import format_passages, hotpot_passage, squad_paragraphs
-
-SOURCE_TYPES = ("paper", "squad", "hotpotqa", "jsonl")
+from ctxsynth.prepare.settings import SeedSource
 
 
 def seed_record(task: str, item_id: str, instruction: str, answer: str, context: str | None, source: str) -> dict:
@@ -141,23 +142,14 @@ def load_jsonl_seeds(path: Path, default_task: str | None) -> list[dict]:
     return records
 
 
-def load_source(source: dict, raw_dir: Path) -> list[dict]:
-    kind = source.get("type")
-    if kind == "paper":
-        return load_paper_seeds(Path(source["path"]), source.get("tasks"))
-    if kind == "squad":
-        return load_squad_seeds(raw_dir / "squad.json", _task_name(source.get("task", "squad_long"), "params.yaml"))
-    if kind == "hotpotqa":
-        return load_hotpotqa_seeds(
-            raw_dir / "hotpotqa.json", _task_name(source.get("task", "hotpotqa_long"), "params.yaml")
-        )
-    if kind == "jsonl":
-        return load_jsonl_seeds(Path(source["path"]), source.get("task"))
-    raise InputError(
-        "params.yaml",
-        f"unknown seed source type {kind!r}; expected one of {', '.join(SOURCE_TYPES)}",
-        field="seed.sources.type",
-    )
+def load_source(source: SeedSource, raw_dir: Path) -> list[dict]:
+    if source.type == "paper":
+        return load_paper_seeds(Path(source.path), source.tasks)
+    if source.type == "squad":
+        return load_squad_seeds(raw_dir / "squad.json", _task_name(source.resolved_task, "params.yaml"))
+    if source.type == "hotpotqa":
+        return load_hotpotqa_seeds(raw_dir / "hotpotqa.json", _task_name(source.resolved_task, "params.yaml"))
+    return load_jsonl_seeds(Path(source.path), source.resolved_task)  # jsonl: the settings allow nothing else
 
 
 def is_reserved(record: dict, reserved: dict) -> bool:
@@ -169,8 +161,12 @@ def is_reserved(record: dict, reserved: dict) -> bool:
     )
 
 
-def select_seeds(sources: list[dict], raw_dir: Path, reserved: dict, seed: int) -> tuple[list[dict], dict]:
-    """Load every source, drop reserved items, sample `count` per (source, task) with a seeded generator."""
+def select_seeds(
+    sources: Sequence[SeedSource | Mapping], raw_dir: Path, reserved: dict, seed: int
+) -> tuple[list[dict], dict]:
+    """Load every source (`seed.sources`), drop reserved items, sample `count` per (source, task) with a seeded
+    generator."""
+    sources = [coerce(SeedSource, source, f"seed.sources[{index}]") for index, source in enumerate(sources)]
     reserved = {
         "ids": set(reserved.get("ids", [])),
         "questions": set(reserved.get("questions", [])),
@@ -185,11 +181,11 @@ def select_seeds(sources: list[dict], raw_dir: Path, reserved: dict, seed: int) 
         for task in sorted(by_task):
             kept = [r for r in by_task[task] if not is_reserved(r, reserved)]
             removed = len(by_task[task]) - len(kept)
-            count = source.get("count")
+            count = source.count
             if count is not None and count < len(kept):
                 # Rank by a seeded hash of each id rather than drawing positions: reserving a different evaluation
                 # item, or adding items to a source, then changes only the seeds it touches (and their generations).
-                ranked = sorted(kept, key=lambda r: stable_int(seed, source["type"], task, r["id"]))
+                ranked = sorted(kept, key=lambda r: stable_int(seed, source.type, task, r["id"]))
                 chosen = {r["id"] for r in ranked[: int(count)]}
                 kept = [r for r in kept if r["id"] in chosen]
             for record in kept:
@@ -204,6 +200,23 @@ def select_seeds(sources: list[dict], raw_dir: Path, reserved: dict, seed: int) 
         duplicates = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise InputError("params.yaml", f"seed ids repeat across sources: {duplicates}", field="seed.sources")
     return selected, report
+
+
+def seeds_by_task(seeds: list[dict]) -> dict[str, list[dict]]:
+    """The selected seeds grouped per task, tasks in sorted order (one data/seed/<task>.jsonl each)."""
+    by_task: dict[str, list[dict]] = {}
+    for record in seeds:
+        by_task.setdefault(record["task"], []).append(record)
+    return dict(sorted(by_task.items()))
+
+
+def seed_metrics(seeds: list[dict], report: dict) -> dict:
+    """metrics/seed.json: per-task counts, the total, and how many items were removed as reserved for evaluation."""
+    return {
+        "tasks": report,
+        "total": len(seeds),
+        "removed_reserved": sum(entry["removed_reserved"] for entry in report.values()),
+    }
 
 
 def read_seed_dir(directory: Path) -> list[dict]:

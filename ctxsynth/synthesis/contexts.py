@@ -7,7 +7,9 @@ Records keep the raw output and a parse status; failures are counted, never pass
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+from ctxsynth.core.io import read_jsonl
 from ctxsynth.core.text import count_words
 from ctxsynth.generation.base import Request
 from ctxsynth.generation.cache import GenerationCache, cache_key
@@ -163,6 +165,17 @@ def summarize(records: list[dict]) -> dict:
         "parse_failures": failures,
         "parse_failure_rate": round(failures / total, 4) if total else 0.0,
     }
+
+
+def context_lengths(contexts_path: Path, benchmark_dir: Path, tasks: list[str]) -> tuple[list[int], list[int]]:
+    """Words per synthesized context (records with a context) and per evaluation context of `tasks`."""
+    synthesized = [r["words"] for r in read_jsonl(contexts_path, required=("words",)) if r.get("context")]
+    evaluation = [
+        count_words(doc["context"])
+        for task in tasks
+        for doc in read_jsonl(Path(benchmark_dir) / f"{task}.jsonl", required=("context",))
+    ]
+    return synthesized, evaluation
 
 
 def length_histogram(synthesized_words: list[int], evaluation_words: list[int], bin_words: int) -> list[dict]:

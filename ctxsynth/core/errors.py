@@ -1,0 +1,70 @@
+"""One error path for every stage script and command: an expected failure is one line on stderr and exit code 2.
+
+Expected failures are bad input (`InputError`: a params key, a file, a line, a field) and the domain errors a stage
+raises when it cannot go on (`StageError` and its subclasses, such as `FetchError`; a stage names the others it
+expects, e.g. `GenerationError`, `FinetuneError`). They print as `error: <message>` with no traceback, since the
+message says what to fix. Anything else is a bug and keeps its traceback.
+
+    @stage_main(GenerationError)
+    def main(argv=None) -> int | None: ...
+
+    if __name__ == "__main__":
+        sys.exit(main())
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ctxsynth.core.io import InputError
+
+EXIT_EXPECTED_ERROR = 2
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on for a reason its message explains (base class of the domain errors)."""
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (InputError, StageError)
+
+
+def error_line(error: BaseException) -> str:
+    """`error: <message>` on one line (a multi-line message, such as pip's tail, is joined with ' | ')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "error: " + (" | ".join(lines) or type(error).__name__)
+
+
+def run_reporting_errors(main: Callable[[], Any], *expected: type[BaseException]) -> int:
+    """Run `main()` and return its exit code (None = 0); an expected error prints one line and returns 2."""
+    try:
+        code = main()
+    except (*EXPECTED_ERRORS, *expected) as error:
+        print(error_line(error), file=sys.stderr)
+        return EXIT_EXPECTED_ERROR
+    return 0 if code is None else int(code)
+
+
+def stage_main(*expected: Any) -> Callable:
+    """Decorate a stage's `main`: it then returns an exit code, and InputError, StageError and the `expected` error
+    classes become one `error: ...` line on stderr and code 2. Usable bare (`@stage_main`) or with classes."""
+    if len(expected) == 1 and callable(expected[0]) and not _is_error_class(expected[0]):
+        return stage_main()(expected[0])
+    for cls in expected:
+        if not _is_error_class(cls):
+            raise TypeError(f"stage_main takes exception classes, not {cls!r}")
+
+    def decorate(main: Callable[..., Any]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def wrapper(*args: Any, **kwargs: Any) -> int:
+            return run_reporting_errors(lambda: main(*args, **kwargs), *expected)
+
+        return wrapper
+
+    return decorate
+
+
+def _is_error_class(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseException)

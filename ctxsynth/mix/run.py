@@ -1,0 +1,76 @@
+"""The mix stage as one call: the long samples `mix.variant` names (from the seeds, the synthesized records or the
+training needles) plus the general data `mix.general` names, and the stage's metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ctxsynth.core.io import InputError, read_json, read_jsonl
+from ctxsynth.core.tasks import templates_version
+from ctxsynth.mix.assemble import apply_filter, assemble, length_stats, pool_for_variant
+from ctxsynth.mix.niah_training import niah_training_samples
+from ctxsynth.mix.settings import GENERAL_ONLY, NIAH_VARIANTS, MixSettings
+from ctxsynth.prepare.general_data import load_general
+from ctxsynth.prepare.seeds import read_seed_dir
+
+
+def long_samples(
+    settings: MixSettings, *, raw_dir: Path, reserved_path: Path, seeds_dir: Path, contexts_path: Path
+) -> tuple[list[dict], dict]:
+    """The variant's long samples and what they were built from."""
+    variant = settings.variant
+    if variant == GENERAL_ONLY:
+        return [], {}
+    if variant in NIAH_VARIANTS:
+        essays = read_json(Path(raw_dir) / "PaulGrahamEssays.json")["text"]
+        reserved_keys = read_json(reserved_path).get("niah_keys", [])
+        samples = niah_training_samples(essays, reserved_keys, variant, settings.niah, settings.seed)
+        return samples, {"niah": dataclasses.asdict(settings.niah), "reserved_test_keys": len(reserved_keys)}
+    seeds = read_seed_dir(seeds_dir)
+    synthesized = read_jsonl(contexts_path, required=("id", "task", "parse_status"))
+    pool = pool_for_variant(variant, seeds, synthesized)
+    filter_report = {}
+    if variant == "context_synthesis" and settings.filter.active:
+        pool, filter_report = apply_filter(pool, settings.filter)
+    if not pool:
+        raise InputError(
+            "params.yaml",
+            f"no records usable for variant {variant!r} (seeds in {seeds_dir}, contexts in {contexts_path})",
+            field="mix.variant",
+        )
+    samples = assemble(pool, variant, settings.num_contexts, settings.seed, settings.summarization_distractors)
+    return samples, {"records_available": len(pool), "records_total": len(seeds), "filter": filter_report}
+
+
+def build_mix(
+    settings: MixSettings, *, raw_dir: Path, reserved_path: Path, seeds_dir: Path, contexts_path: Path
+) -> tuple[list[dict], list[dict], dict]:
+    """(long samples, general samples, report); the training file is the long samples followed by the general."""
+    samples, report = long_samples(
+        settings, raw_dir=raw_dir, reserved_path=reserved_path, seeds_dir=seeds_dir, contexts_path=contexts_path
+    )
+    general, general_report = load_general(settings.general, len(samples), settings.seed)
+    if not samples and not general:
+        raise InputError(
+            "params.yaml",
+            f"nothing to train on: mix.variant is {settings.variant!r} and mix.general.source is null "
+            "(name a general SFT file, e.g. data/general/train.jsonl)",
+            field="mix.general.source",
+        )
+    return samples, general, {"general": general_report, **report}
+
+
+def mix_metrics(settings: MixSettings, samples: list[dict], general: list[dict], report: dict, model_dir: Path) -> dict:
+    """metrics/mix.json: token lengths under the model's chat template, the variant and what the samples came from."""
+    from transformers import AutoTokenizer
+
+    stats = length_stats(samples + general, AutoTokenizer.from_pretrained(model_dir))
+    return {
+        **stats,
+        "variant": settings.variant,
+        "num_contexts": settings.num_contexts,
+        "templates_version": templates_version(),
+        "long_samples": len(samples),
+        **report,
+    }

@@ -1,0 +1,72 @@
+"""Settings of the mix stage: params.yaml section `mix`.
+
+Each field's default is the one place that default lives; params.yaml repeats every key because DVC tracks them
+(tests/test_settings.py checks that the two agree). Loaded with `ctxsynth.core.settings.load_settings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from ctxsynth.core.settings import Invalid
+from ctxsynth.prepare.niah import SUBTASKS
+from ctxsynth.prepare.settings import GeneralSourceSettings
+
+# Long samples from the seeds or the synthesized records (ctxsynth.mix.assemble).
+VARIANTS = ("context_synthesis", "human_context", "context_free", "synthesized_context_free")
+GENERAL_ONLY = "none"  # no long samples: the general data alone (the paper's "general data only" row)
+# The pilot study's training needles (ctxsynth.mix.niah_training): variant -> the `mix.niah` key holding its
+# haystack length in words (needles only: no haystack).
+NIAH_VARIANTS = {"niah_needle_only": None, "niah_short": "short_words", "niah_long": "long_words"}
+# Every mix.variant.
+ALL_VARIANTS = (GENERAL_ONLY,) + VARIANTS + tuple(NIAH_VARIANTS)
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """`mix.filter`: thresholds on synthesize.verify scores; null = no filter (the paper has none). A score that is
+    null (not applicable or not computed) never fails a threshold."""
+
+    min_support: float | None = None  # e.g. 1.0: short answers must occur in their context
+    max_leakage: float | None = None  # e.g. 0.5: drop contexts that mostly restate the question and answer
+    min_answerability: float | None = None  # e.g. 0.5: QA F1 of the generator answering from the context alone
+
+    @property
+    def active(self) -> bool:
+        return any(value is not None for value in (self.min_support, self.max_leakage, self.min_answerability))
+
+
+@dataclass(frozen=True)
+class NiahTrainingSettings:
+    """`mix.niah`: variants niah_*: training needles, keys disjoint from the test keys."""
+
+    # single | multikey | multiquery | multivalue: training needles of these subtasks
+    subtasks: list[Annotated[Literal[SUBTASKS], "NIAH subtask"]] = field(default_factory=lambda: list(SUBTASKS))
+    per_subtask: int = 8  # samples per subtask (the paper: 200)
+    short_words: int = 300  # niah_short haystack words (the paper: about 1K tokens)
+    long_words: int = 1000  # niah_long haystack words (the paper: about 64K tokens)
+
+    def validate(self) -> None:
+        for key in ("per_subtask", "short_words", "long_words"):
+            if getattr(self, key) < 0:
+                raise Invalid(key, f"expected >= 0, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class MixSettings:
+    """`mix`: chat-format training samples, the long samples of `variant` plus the `general` data."""
+
+    # context_synthesis | human_context | context_free | synthesized_context_free | none (general data only)
+    # | niah_needle_only | niah_short | niah_long (the pilot study's training needles)
+    variant: Literal[ALL_VARIANTS] = "context_synthesis"
+    num_contexts: int = 3  # the relevant context plus n-1 from other seeds of the same task (paper: 10)
+    seed: int = 42  # draws and orders the distractor contexts, the general subset and the training needles
+    summarization_distractors: bool = True  # the paper hides summarization documents among others too
+    filter: FilterSettings = field(default_factory=FilterSettings)  # context_synthesis: verification thresholds
+    general: GeneralSourceSettings = field(default_factory=GeneralSourceSettings)  # general SFT data added
+    niah: NiahTrainingSettings = field(default_factory=NiahTrainingSettings)  # variants niah_*
+
+    def validate(self) -> None:
+        if self.num_contexts < 1:
+            raise Invalid("num_contexts", f"expected at least 1, got {self.num_contexts}")

@@ -1,0 +1,144 @@
+"""Settings of the synthesis stages: params.yaml sections `synthesize` and `lengths`.
+
+Each field's default is the one place that default lives; params.yaml repeats every key because DVC tracks them
+(tests/test_settings.py checks that the two agree). Loaded with `ctxsynth.core.settings.load_settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ctxsynth.core.settings import Invalid
+from ctxsynth.core.tasks import get_task
+from ctxsynth.generation import BACKENDS
+
+METHODS = ("context_synthesis", "instruction_synthesis")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """`synthesize.sampling`: how the generator samples. Every key is part of each generation's cache key, as
+    written (an integer stays an integer)."""
+
+    max_new_tokens: int = 224  # the generation budget per item
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 0.9  # nucleus sampling
+    repetition_penalty: float | None = 1.1  # null: none (the OpenAI Batch API rejects the parameter)
+
+    def as_dict(self) -> dict:
+        """The mapping the backends and the cache keys take."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise Invalid("max_new_tokens", f"expected at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise Invalid("temperature", f"expected >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise Invalid("top_p", f"expected a probability in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """`synthesize.verify`: scores per record (support, leakage, answerability); mix.filter decides what to keep."""
+
+    enabled: bool = True  # score the records at all
+    max_answer_words: int = 5  # support is checked for answers up to this many words (not yes/no)
+    answerability: bool = False  # the generator answers from the context alone (one more short generation per seed)
+    judge_model: str | None = None  # a local HF model directory to answer instead of the generator
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """`synthesize.vllm`: backend vllm (CUDA; pip install '.[vllm]')."""
+
+    tensor_parallel_size: int = 1  # GPUs per model
+    dtype: str = "auto"  # vLLM's dtype
+    max_model_len: int | None = None  # null: the model's own window
+    gpu_memory_utilization: float = 0.9  # share of GPU memory vLLM may take
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    """`synthesize.openai`: backend openai (any chat-completions server; several URLs are used round-robin)."""
+
+    base_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])  # used round-robin
+    model: str = "SmolLM2-135M-Instruct"  # the model name the server serves
+    model_id: str | None = None  # cache identity; null = the pipeline's base model (shares cache with transformers)
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the API key
+    concurrency: int = 8  # requests in flight
+    timeout: float = 120  # seconds per request
+    max_retries: int = 6  # per request, with exponential backoff
+
+    def validate(self) -> None:
+        if not self.base_urls:
+            raise Invalid("base_urls", "expected at least one server URL")
+        if self.concurrency < 1:
+            raise Invalid("concurrency", f"expected at least 1, got {self.concurrency}")
+
+
+@dataclass(frozen=True)
+class OpenAIBatchSettings:
+    """`synthesize.openai_batch`: backend openai-batch (the OpenAI Batch API the paper used; matched by custom_id)."""
+
+    base_url: str = "https://api.openai.com/v1"  # the Batch API server
+    model: str = "gpt-4o-mini-2024-07-18"  # pin a dated snapshot: the cache key is the name
+    model_id: str | None = None  # cache identity; null = the model name
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the API key
+    completion_window: str = "24h"  # the Batch API's completion window
+    poll_interval: float = 30  # seconds between status polls
+    max_polls: int | None = None  # null = wait until the batch ends; a killed run resumes the same batch
+    state_dir: str | None = None  # where batch ids are kept for resuming; null: ~/.cache/ctxsynth/openai_batches
+    timeout: float = 120  # seconds per HTTP request
+    max_retries: int = 6  # per HTTP request
+    send_repetition_penalty: bool = False  # OpenAI rejects it: set sampling.repetition_penalty to null there
+
+
+@dataclass(frozen=True)
+class SynthesizeSettings:
+    """`synthesize`: the generator writes a context for every seed (or, as the paper's baseline, an instruction for
+    every human context); cached by content hash, resumable."""
+
+    method: Literal[METHODS] = "context_synthesis"  # instruction_synthesis: the paper's baseline
+    generator: str | None = None  # a local HF model directory writing the contexts; null = the base model
+    backend: Literal[BACKENDS] = "transformers"  # transformers | vllm | openai | openai-batch
+    target_words: int = 150  # the prompt's {length}; the paper asks for 2000
+    # Opens the generator's answer (the paper's prompt asks it to start with "Context:"); "" = the paper's protocol.
+    response_prefix: str = "Context:"
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)  # how the generator samples
+    seed: int = 0  # per-item sampling seeds derive from it
+    cache_dir: str | None = None  # generation cache; null: ~/.cache/ctxsynth/generations
+    chunk_words: int = 400  # instruction_synthesis: a random chunk of this many words from longer contexts
+    max_attempts: int = 3  # instruction_synthesis: tries per seed while the output does not parse
+    instruction_prefix: str = "Question:"  # instruction_synthesis: opens the reply ("" = the reference)
+    verify: VerifySettings = field(default_factory=VerifySettings)  # scores per record, for mix.filter
+    batch_size: int = 16  # transformers backend: rows generated together
+    device: str = "auto"  # transformers backend: auto | cpu | cuda[:n]
+    dtype: str = "float32"  # transformers backend: the weights' dtype
+    vllm: VllmSettings = field(default_factory=VllmSettings)  # backend vllm
+    openai: OpenAISettings = field(default_factory=OpenAISettings)  # backend openai
+    openai_batch: OpenAIBatchSettings = field(default_factory=OpenAIBatchSettings)  # backend openai-batch
+
+    def validate(self) -> None:
+        for key in ("target_words", "chunk_words", "max_attempts", "batch_size"):
+            if getattr(self, key) < 1:
+                raise Invalid(key, f"expected at least 1, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class LengthsSettings:
+    """`lengths`: plot data, synthesized vs evaluation context lengths (the paper's Figure 5)."""
+
+    bin_words: int = 100  # histogram bin width in words
+    tasks: list[str] = field(default_factory=lambda: ["squad_long", "hotpotqa_long"])  # data/benchmark/<task>.jsonl
+
+    def validate(self) -> None:
+        if self.bin_words < 1:
+            raise Invalid("bin_words", f"expected at least 1, got {self.bin_words}")
+        for index, task in enumerate(self.tasks):
+            try:
+                get_task(task)
+            except KeyError as error:
+                raise Invalid(f"tasks[{index}]", error.args[0]) from None

@@ -1,0 +1,366 @@
+"""One settings pattern for every stage: a dataclass per params.yaml section, validated on load, errors naming the
+full dotted key; defaults in one place (the dataclass, or the recipe file for finetune); one error path."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import get_type_hints
+
+import pytest
+import yaml
+
+from ctxsynth.core.errors import StageError, run_reporting_errors, stage_main
+from ctxsynth.core.io import InputError
+from ctxsynth.core.settings import load_settings
+from ctxsynth.evaluate.settings import EvalSettings
+from ctxsynth.finetune import recipes
+from ctxsynth.finetune.settings import FROM_RECIPE, FinetuneSettings
+from ctxsynth.generation.base import GenerationError
+from ctxsynth.mix.settings import MixSettings
+from ctxsynth.prepare import niah
+from ctxsynth.prepare.fetch import FetchError
+from ctxsynth.prepare.settings import BenchmarkSettings, FetchSettings, GeneralSettings, SeedSettings
+from ctxsynth.synthesis.settings import LengthsSettings, SynthesizeSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = {
+    "fetch": FetchSettings,
+    "benchmark": BenchmarkSettings,
+    "seed": SeedSettings,
+    "general": GeneralSettings,
+    "synthesize": SynthesizeSettings,
+    "lengths": LengthsSettings,
+    "mix": MixSettings,
+    "finetune": FinetuneSettings,
+    "evaluate": EvalSettings,
+}
+# Keys whose dataclass default differs from the value params.yaml ships, and why (each checked below).
+DIFFERENCES = {
+    # null = niah.yaml's per-subtask needle count (the resource that also holds the needle texts); params.yaml spells
+    # the same counts out so that `dvc exp run -S benchmark.niah.needles.multikey=...` has a key to set.
+    "benchmark.niah.needles",
+}
+
+
+def shipped() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+
+
+def load(section: str, values) -> object:
+    return load_settings(SECTIONS[section], section, values)
+
+
+def leaf_keys(tree, prefix: str) -> list[str]:
+    """Every dotted key under a params mapping (lists are leaves, as DVC sees them)."""
+    if not isinstance(tree, dict) or not tree:
+        return [prefix]
+    return [key for name, value in tree.items() for key in leaf_keys(value, f"{prefix}.{name}")]
+
+
+def mapping_paths(tree, prefix: str) -> list[str]:
+    """Every dotted path in a params section that holds a mapping of settings (where a key can be unknown)."""
+    if not isinstance(tree, dict):
+        return []
+    return [prefix] + [path for name, value in tree.items() for path in mapping_paths(value, f"{prefix}.{name}")]
+
+
+def set_key(tree: dict, dotted: str, value) -> dict:
+    """A deep copy of `tree` with the dotted key (relative to it) set."""
+    tree = copy.deepcopy(tree)
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return tree
+
+
+def get_key(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+# --- the shipped params -------------------------------------------------------------------------------------------
+
+
+def test_every_params_section_has_a_settings_class():
+    assert set(shipped()) == set(SECTIONS)
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_the_shipped_params_load(section):
+    assert isinstance(load_settings(SECTIONS[section], section, source=ROOT / "params.yaml"), SECTIONS[section])
+
+
+@pytest.mark.parametrize("section", [name for name in SECTIONS if name != "finetune"])
+def test_dataclass_defaults_are_the_shipped_values(section):
+    """The dataclass is the one place for defaults; params.yaml repeats every key for DVC and must agree."""
+    values = shipped()[section]
+    for key in DIFFERENCES:
+        if key.startswith(section + "."):
+            values = set_key(values, key.split(".", 1)[1], None)
+    assert load(section, values) == SECTIONS[section]()
+
+    # Every key of the dataclass (nested ones too) is in params.yaml, so DVC tracks it.
+    def collapse(keys: list[str]) -> set[str]:  # a documented difference counts as one key
+        return {next((k for k in DIFFERENCES if key.startswith(k + ".")), key) for key in keys}
+
+    defaults = dataclasses.asdict(SECTIONS[section]())
+    assert collapse(leaf_keys(defaults, section)) == collapse(leaf_keys(shipped()[section], section))
+
+
+def test_documented_differences():
+    counts = shipped()["benchmark"]["niah"]["needles"]
+    assert BenchmarkSettings().niah.needles is None
+    assert counts == {name: niah.texts()["subtasks"][name]["needles"] for name in counts}  # what null gives
+
+
+def test_finetune_defaults_live_in_the_recipe_file_only():
+    params = shipped()["finetune"]
+    assert params["recipe"] == FinetuneSettings().recipe == recipes.DEFAULT_RECIPE
+    assert all(value is None for key, value in params.items() if key != "recipe")  # null = the recipe's value
+    from_recipe = {field.name for field in dataclasses.fields(FinetuneSettings) if field.default is FROM_RECIPE}
+    assert set(params) - from_recipe == {"recipe", "launcher", "accelerate_config"}  # no recipe sets these
+    assert set(recipes.recipe_values(recipes.DEFAULT_RECIPE)) == from_recipe  # the default recipe sets every one
+    assert load("finetune", params) == FinetuneSettings()
+    assert FinetuneSettings(recipe="paper") == FinetuneSettings.from_mapping({"recipe": "paper"})
+
+
+def test_every_settings_field_says_what_it_means():
+    def classes(cls, seen):
+        if cls in seen:
+            return
+        seen.add(cls)
+        for hint in get_type_hints(cls).values():
+            for inner in [hint, *_type_args(hint)]:
+                if dataclasses.is_dataclass(inner):
+                    classes(inner, seen)
+
+    seen: set = set()
+    for cls in SECTIONS.values():
+        classes(cls, seen)
+    undocumented = []
+    for cls in seen:
+        lines = inspect.getsource(cls).splitlines()
+        for field in dataclasses.fields(cls):
+            index = next(i for i, line in enumerate(lines) if re.match(rf"\s+{field.name}:", line))
+            if "#" not in lines[index] and not lines[index - 1].strip().startswith("#"):
+                undocumented.append(f"{cls.__name__}.{field.name}")
+    assert not undocumented
+
+
+def _type_args(hint) -> list:
+    from typing import get_args
+
+    found = []
+    for arg in get_args(hint):
+        found += [arg, *_type_args(arg)]
+    return found
+
+
+# --- errors name the dotted key -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_an_unknown_key_is_named(section):
+    with pytest.raises(InputError) as error:
+        load(section, {**shipped()[section], "no_such_key": 1})
+    assert error.value.field == f"{section}.no_such_key" and f"'{section}.no_such_key'" in str(error.value)
+    assert "unknown key" in str(error.value)
+
+
+WRONG_TYPES = {
+    "fetch": ("pip_args", "--no-index"),  # a string where a list is expected
+    "benchmark": ("seed", "1234"),  # a string where an int is expected
+    "seed": ("seed", True),  # bool is not an int
+    "general": ("max_paragraph_words", 400.5),
+    "synthesize": ("verify", ["enabled"]),  # a list where a mapping is expected
+    "lengths": ("tasks", "squad_long"),
+    "mix": ("summarization_distractors", "yes"),
+    "finetune": ("lora_r", "16"),
+    "evaluate": ("apply_chat_template", 1),
+}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_a_wrong_type_is_named(section):
+    key, value = WRONG_TYPES[section]
+    with pytest.raises(InputError, match="expected") as error:
+        load(section, {**shipped()[section], key: value})
+    assert error.value.field == f"{section}.{key}" and f"'{section}.{key}'" in str(error.value)
+
+
+@pytest.mark.parametrize("dotted", [key for section in SECTIONS for key in leaf_keys(shipped()[section], section)])
+def test_every_key_of_params_yaml_is_type_checked(dotted):
+    """A value of the wrong type at any key of params.yaml is refused, naming that very key."""
+    section, key = dotted.split(".", 1)
+    errors = []
+    for value in ("oops", 7):  # no key takes both a string and an integer
+        try:
+            load(section, set_key(shipped()[section], key, value))
+        except InputError as error:
+            errors.append(error)
+    assert errors and all(error.field == dotted for error in errors)
+
+
+@pytest.mark.parametrize("path", [p for section in SECTIONS for p in mapping_paths(shipped()[section], section)])
+def test_an_unknown_key_is_named_at_any_depth(path):
+    section, *rest = path.split(".")
+    values = shipped()[section]
+    if rest:
+        values = set_key(values, ".".join(rest), {**get_key(values, ".".join(rest)), "no_such_key": 1})
+    else:
+        values = {**values, "no_such_key": 1}
+    with pytest.raises(InputError) as error:
+        load(section, values)
+    assert error.value.field == f"{path}.no_such_key"
+
+
+def test_nested_keys_name_the_nested_path():
+    values = set_key(shipped()["synthesize"], "sampling.temperature", "hot")
+    with pytest.raises(InputError, match=r"field 'synthesize\.sampling\.temperature': expected a number, got 'hot'"):
+        load("synthesize", values)
+    sources = [{"type": "squad", "count": 3}, {"type": "hotpotqa", "count": "all"}]
+    with pytest.raises(InputError, match=r"field 'seed\.sources\[1\]\.count'"):
+        load("seed", {"sources": sources})
+    with pytest.raises(InputError, match=r"field 'fetch\.data\.files\.squad\.sha256'"):
+        load("fetch", set_key(shipped()["fetch"], "data.files.squad.sha256", 5))
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("synthesize.method", "context_synthesis_v2"),
+        ("synthesize.backend", "tgi"),
+        ("mix.variant", "niah_medium"),
+        ("evaluate.backend", "tgi"),
+        ("finetune.method", "adapter"),
+        ("finetune.launcher", "torchrun"),
+        ("fetch.model.source", "s3"),
+        ("benchmark.niah.subtasks", ["single", "multi"]),
+        ("mix.niah.subtasks", ["haystack"]),
+    ],
+)
+def test_a_value_outside_the_allowed_set_is_an_error(dotted, value):
+    section, key = dotted.split(".", 1)
+    with pytest.raises(InputError, match="expected one of") as error:
+        load(section, set_key(shipped()[section], key, value))
+    assert error.value.field.startswith(dotted)
+
+
+def test_checks_across_keys_name_the_key_to_fix():
+    with pytest.raises(InputError, match=r"field 'seed\.sources\[0\]\.path': required for a jsonl source"):
+        load("seed", {"sources": [{"type": "jsonl", "task": "hotpotqa"}]})
+    with pytest.raises(InputError, match=r"field 'mix\.general': give mix\.general\.count or mix\.general\.ratio"):
+        load("mix", {"general": {"source": "x.jsonl", "count": 3, "ratio": 1.0}})
+    with pytest.raises(InputError, match=r"field 'fetch\.model\.id': required when source is hub"):
+        load("fetch", {"model": {"source": "hub"}})
+    with pytest.raises(InputError, match=r"field 'lengths\.tasks\[1\]': unknown task 'nope'"):
+        load("lengths", {"tasks": ["squad_long", "nope"]})
+
+
+def test_types_are_checked_not_converted():
+    # An integer is a number, and stays the integer it was written as: sampling values are hashed into cache keys.
+    sampling = load("synthesize", {"sampling": {"temperature": 1, "top_p": 1}}).sampling.as_dict()
+    assert sampling["temperature"] == 1 and type(sampling["temperature"]) is int
+    with pytest.raises(InputError, match=r"'general\.seed': expected an integer, got True"):
+        load("general", {"seed": True})
+    with pytest.raises(InputError, match=r"'synthesize\.response_prefix': expected a string, got null"):
+        load("synthesize", {"response_prefix": None})
+    assert load("general", {"count": None}).count is None  # `int | None` takes null
+
+
+def test_legacy_benchmark_niah_single_still_builds_niah_single():
+    settings = load("benchmark", {"niah_single": {"lengths": [30], "depths": [0.5], "samples": 2}})
+    assert settings.niah.subtasks == ["single"] and settings.niah.lengths == [30] and settings.niah.samples == 2
+
+
+def test_every_experiment_of_the_plan_loads():
+    """Each row of experiments/paper.yaml, applied to params.yaml as `dvc exp run -S` does, is valid settings."""
+    plan = yaml.safe_load((ROOT / "experiments" / "paper.yaml").read_text(encoding="utf-8"))
+    checked = 0
+    for group in plan["groups"].values():
+        for scale in ("cpu", "gpu"):
+            common = (group["overrides"] or {}).get(scale) or {}
+            for row in group["rows"].values():
+                own = row.get(scale) if row and set(row) <= {"cpu", "gpu"} else row
+                if own is None:
+                    continue
+                params = shipped()
+                for dotted, value in {**common, **own}.items():
+                    params = set_key(params, dotted, value)
+                for section, cls in SECTIONS.items():
+                    load_settings(cls, section, params[section])
+                checked += 1
+    assert checked > 10
+
+
+# --- one error path -----------------------------------------------------------------------------------------------
+
+
+def test_expected_errors_are_one_line_and_exit_2(capsys):
+    def failing(error):
+        def main():
+            raise error
+
+        return main
+
+    assert run_reporting_errors(failing(InputError("params.yaml", "bad", field="seed.x"))) == 2
+    assert capsys.readouterr().err == "error: params.yaml, field 'seed.x': bad\n"
+    assert run_reporting_errors(failing(FetchError("could not download\npip said no"))) == 2
+    assert capsys.readouterr().err == "error: could not download | pip said no\n"
+    assert run_reporting_errors(failing(GenerationError("retries exhausted")), GenerationError) == 2
+    assert capsys.readouterr().err == "error: retries exhausted\n"
+    assert issubclass(FetchError, StageError) and issubclass(FetchError, RuntimeError)
+    with pytest.raises(GenerationError):  # not expected by this stage: a bug, with its traceback
+        run_reporting_errors(failing(GenerationError("x")))
+    with pytest.raises(KeyError):
+        run_reporting_errors(failing(KeyError("x")))
+    assert run_reporting_errors(lambda: None) == 0 and run_reporting_errors(lambda: 3) == 3
+
+    @stage_main(GenerationError)
+    def stage(argv=None):
+        raise GenerationError("batch failed")
+
+    assert stage([]) == 2 and capsys.readouterr().err == "error: batch failed\n"
+
+
+def test_a_stage_with_a_bad_key_prints_one_error_line(tmp_path):
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"seed": {"seed": 42, "sources": [{"type": "squad", "count": 2}], "sede": 1}}), encoding="utf-8"
+    )
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "seed.py")], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "'seed.sede'" in lines[0]
+    assert "did you mean 'seed'" in lines[0] and result.stdout == ""
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "stages").glob("*.py")), ids=lambda path: path.name)
+def test_every_stage_uses_the_one_error_path(script):
+    tree = ast.parse(script.read_text(encoding="utf-8"))
+    main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
+    decorators = [ast.unparse(decorator) for decorator in main.decorator_list]
+    assert any(decorator.startswith("stage_main") for decorator in decorators), decorators
+    assert "SystemExit(" not in script.read_text(encoding="utf-8")
+    assert "load_settings(" in script.read_text(encoding="utf-8") and "load_params(" not in script.read_text()
+
+
+def test_no_library_module_exits_with_a_message():
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("core", "prepare", "generation", "synthesis", "mix", "finetune", "evaluate")
+        for path in (ROOT / "ctxsynth" / package).rglob("*.py")
+        if re.search(r"SystemExit\(\s*f?[\"']", path.read_text(encoding="utf-8"))
+    ]
+    assert not offenders
