@@ -29,7 +29,8 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 install: $(INSTALLED)
 
 repro: $(INSTALLED)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(RUN) $(BIN)/ctxsynth preflight
+	$(RUN) $(BIN)/dvc repro
 
 test: $(INSTALLED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
@@ -44,11 +45,11 @@ format: $(INSTALLED)
 	$(BIN)/ruff format .
 
 $(PAPER_GROUPS): paper-%: $(INSTALLED)
-	$(RUN) $(BIN)/python -m ctxsynth.paper.experiments run $* --scale $(SCALE) --jobs $(JOBS) $(if $(ROWS),--rows $(ROWS))
-	$(RUN) $(BIN)/python -m ctxsynth.paper.report
+	$(RUN) $(BIN)/ctxsynth experiments run $* --scale $(SCALE) --jobs $(JOBS) $(if $(ROWS),--rows $(ROWS))
+	$(RUN) $(BIN)/ctxsynth report
 
 report: $(INSTALLED)
-	$(RUN) $(BIN)/python -m ctxsynth.paper.report
+	$(RUN) $(BIN)/ctxsynth report
 
 dag: $(INSTALLED)
 	$(BIN)/dvc dag

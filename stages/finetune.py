@@ -14,7 +14,7 @@ from ctxsynth.core.errors import stage_main
 from ctxsynth.core.settings import load_settings
 from ctxsynth.finetune.data import TemplateError
 from ctxsynth.finetune.settings import FinetuneSettings, accelerate_config_file
-from ctxsynth.finetune.train import FinetuneError, train
+from ctxsynth.finetune.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def relaunch_with_accelerate(settings: FinetuneSettings, argv: list[str], source
     return subprocess.run(command, env={**os.environ, LAUNCHED: "1"}).returncode
 
 
-@stage_main(FinetuneError, TemplateError)
+@stage_main(TemplateError)  # FinetuneError is a StageError
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__)

@@ -4,18 +4,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.progress import Progress
-
 from ctxsynth.core.errors import stage_main
 from ctxsynth.core.io import write_json, write_jsonl
+from ctxsynth.core.progress import stage_progress
 from ctxsynth.core.settings import load_settings
-from ctxsynth.generation.base import GenerationError
 from ctxsynth.prepare.seeds import read_seed_dir
 from ctxsynth.synthesis.run import run_synthesis
 from ctxsynth.synthesis.settings import SynthesizeSettings
 
 
-@stage_main(GenerationError)
+@stage_main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="data/model", type=Path)
@@ -25,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = load_settings(SynthesizeSettings, "synthesize")
     seeds = read_seed_dir(args.seeds)
-    with Progress() as progress:
+    with stage_progress() as progress:
         records, metrics = run_synthesis(seeds, args.model, settings, progress)
     write_jsonl(args.out, records)
     write_json(args.metrics, metrics)

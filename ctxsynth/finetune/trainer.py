@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ctxsynth.core.errors import StageError
 from ctxsynth.core.progress import interactive, stage_progress
 from ctxsynth.finetune.data import IGNORE_INDEX
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
 
-class FinetuneError(RuntimeError):
+class FinetuneError(StageError):
     """The run cannot start or finish (missing optional dependency, model problem)."""
 
 

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from ctxsynth.core.errors import StageError
+
 
 @dataclass(frozen=True)
 class Request:
@@ -18,7 +20,7 @@ class Request:
     response_prefix: str = ""
 
 
-class GenerationError(RuntimeError):
+class GenerationError(StageError):
     """A generation that cannot be completed (retries exhausted, a failed batch, a refused request)."""
 
 

@@ -1,9 +1,9 @@
 """The paper's findings as queued DVC experiments, read from experiments/paper.yaml.
 
-    python -m ctxsynth.paper.experiments list
-    python -m ctxsynth.paper.experiments queue main --scale cpu          # queue the rows, do not run them
-    python -m ctxsynth.paper.experiments run main --scale cpu --jobs 1   # queue, run the queue, wait, report failures
-    python -m ctxsynth.paper.experiments run main --rows context-synthesis human-context   # only these rows
+    ctxsynth experiments list
+    ctxsynth experiments queue main --scale cpu          # queue the rows, do not run them
+    ctxsynth experiments run main --scale cpu --jobs 1   # queue, run the queue, wait, report failures
+    ctxsynth experiments run main --rows context-synthesis human-context   # only these rows
 
 A row runs as `dvc exp run --queue -n <scale>-<group>-<row> -S key=value ...` (the group's overrides for the scale,
 then the row's), so every row is an ordinary DVC experiment: `dvc exp show`, `dvc metrics diff`, `dvc exp push`.

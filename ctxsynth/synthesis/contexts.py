@@ -67,14 +67,15 @@ def generate_cached(
     missing = list({r.key: r for r in requests if generations[r.key] is None}.values())
     started, generated_tokens = time.perf_counter(), 0
     if missing:
-        task = progress.add_task(label, total=len(missing)) if progress else None
+        task = progress.add_task(label, total=len(missing), stats="") if progress else None
         for batch in backend.iter_generate(missing, sampling, seed):
             for request, result in batch:
                 cache.put(request.key, result)
                 generations[request.key] = result
                 generated_tokens += result["generated_tokens"]
             if progress:
-                progress.advance(task, len(batch))
+                speed = generated_tokens / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, advance=len(batch), stats=f"{speed:,.1f} tok/s")
     seconds = time.perf_counter() - started
     stats = {
         "generated": len(missing),

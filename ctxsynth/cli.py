@@ -1,0 +1,44 @@
+"""The `ctxsynth` command: what is not a DVC stage. Stages run through `dvc repro` / `dvc exp run`.
+
+ctxsynth preflight                          # check params.yaml and every file it names, in seconds
+ctxsynth experiments list                   # the paper's experiment groups and their rows
+ctxsynth experiments run main --scale cpu   # queue a group as DVC experiments, run it, wait
+ctxsynth report [--from-results]            # collect the rows and render metrics/report.md
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "preflight": ("ctxsynth.preflight", "check params.yaml and the files it names before any expensive work"),
+    "experiments": ("ctxsynth.paper.experiments", "list, queue and run the paper's experiment groups"),
+    "report": ("ctxsynth.paper.report", "collect the experiments' results and render metrics/report.md"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "usage: ctxsynth COMMAND [ARGS]  (ctxsynth COMMAND --help)\n\ncommands:\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ctxsynth.core.errors import run_reporting_errors
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    name, args = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"ctxsynth: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    sys.argv[0] = f"ctxsynth {name}"  # argparse's prog in the subcommand's usage and errors
+    return run_reporting_errors(lambda: module.main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

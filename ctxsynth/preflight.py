@@ -1,0 +1,106 @@
+"""`ctxsynth preflight`: every params.yaml section through its settings class, and every file a parameter names
+checked to exist and to be a declared dependency of the stage that reads it, in seconds and before any stage runs.
+Unlike a stage, which stops at its first bad input, preflight lists every problem it finds.
+
+    ctxsynth preflight [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ctxsynth.core.errors import error_line
+from ctxsynth.core.inputs import require_tracked
+from ctxsynth.core.io import InputError, read_text_utf8
+from ctxsynth.core.settings import load_settings
+from ctxsynth.evaluate.settings import EvalSettings
+from ctxsynth.finetune.settings import FinetuneSettings
+from ctxsynth.mix.settings import MixSettings
+from ctxsynth.prepare.settings import BenchmarkSettings, FetchSettings, GeneralSettings, SeedSettings
+from ctxsynth.synthesis.settings import LengthsSettings, SynthesizeSettings
+
+SECTIONS: dict[str, type] = {
+    "fetch": FetchSettings,
+    "benchmark": BenchmarkSettings,
+    "seed": SeedSettings,
+    "general": GeneralSettings,
+    "synthesize": SynthesizeSettings,
+    "lengths": LengthsSettings,
+    "mix": MixSettings,
+    "finetune": FinetuneSettings,
+    "evaluate": EvalSettings,
+}
+LOCAL_DATA_SUFFIXES = (".jsonl", ".parquet")  # what the mix stage reads as a file rather than a hub dataset id
+
+
+def named_inputs(settings: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(stage, params key, path) for every file or directory that the settings name."""
+    for index, source in enumerate(settings["seed"].sources):
+        if source.path:
+            yield "seed", f"seed.sources[{index}].path", source.path
+    model = settings["fetch"].model
+    if model.source == "path" and model.path:
+        yield "fetch_model", "fetch.model.path", model.path
+    synthesize = settings["synthesize"]
+    if synthesize.generator:
+        yield "synthesize", "synthesize.generator", synthesize.generator
+    if synthesize.verify.judge_model:
+        yield "synthesize", "synthesize.verify.judge_model", synthesize.verify.judge_model
+    general = settings["mix"].general.source
+    if general and (general.endswith(LOCAL_DATA_SUFFIXES) or os.path.exists(general)):
+        yield "mix", "mix.general.source", general
+    evaluate = settings["evaluate"]
+    if evaluate.longbench_dir:
+        yield "evaluate", "evaluate.longbench_dir", evaluate.longbench_dir
+        if not Path(evaluate.longbench_dir).is_dir():  # one problem, not one per task
+            return
+        for task in evaluate.longbench_tasks:
+            path = Path(evaluate.longbench_dir, "data", f"{task}.jsonl")
+            yield "evaluate", "evaluate.longbench_tasks", str(path)
+
+
+def collect_problems(params_path: Path) -> tuple[list[str], int]:
+    """(one line per problem, how many named files were checked)."""
+    problems: list[str] = []
+
+    def attempt(check: Callable[[], Any]) -> Any:
+        try:
+            return check()
+        except InputError as error:
+            problems.append(error_line(error))
+            return None
+
+    if attempt(lambda: read_text_utf8(params_path)) is None:
+        return problems, 0
+    settings = {
+        name: attempt(lambda name=name, cls=cls: load_settings(cls, name, source=params_path))
+        for name, cls in SECTIONS.items()
+    }
+    checked = 0
+    if all(value is not None for value in settings.values()):
+        for stage, key, path in named_inputs(settings):
+            checked += 1
+            attempt(lambda stage=stage, key=key, path=path: require_tracked(path, stage, key, str(params_path)))
+    return problems, checked
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    problems, checked = collect_problems(args.params)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        return 2
+    print(f"preflight: {args.params} is valid ({len(SECTIONS)} sections); {checked} named inputs exist and are tracked")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The `ctxsynth` command: its subcommands, and preflight listing every bad setting and untracked input at once."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ctxsynth(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ctxsynth.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_usage_and_unknown_command():
+    assert ctxsynth("--help").returncode == 0
+    result = ctxsynth("train")
+    assert result.returncode == 2 and "unknown command 'train'" in result.stderr
+    for name in ("preflight", "experiments", "report"):
+        assert name in ctxsynth("--help").stdout
+
+
+def test_experiments_list_runs_through_the_command():
+    result = ctxsynth("experiments", "list")
+    assert result.returncode == 0, result.stderr
+    assert "main" in result.stdout and "pilot" in result.stdout
+
+
+def test_the_shipped_params_pass_preflight():
+    result = ctxsynth("preflight")
+    assert result.returncode == 0, result.stderr
+    assert "params.yaml is valid" in result.stdout
+
+
+def project_copy(tmp_path: Path) -> Path:
+    """dvc.yaml, params.yaml and inputs/ of this repository: what preflight reads."""
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copytree(ROOT / "inputs", tmp_path / "inputs")
+    return tmp_path
+
+
+def test_preflight_lists_every_problem_in_one_line_each(tmp_path):
+    project = project_copy(tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["lengths"]["bins"] = 10  # unknown key
+    params["evaluate"]["batch_size"] = "one"  # wrong type
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    result = ctxsynth("preflight", cwd=project)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 2, result.stderr
+    assert all(line.startswith("error: params.yaml") for line in lines)
+    assert "lengths.bins" in lines[0] and "evaluate.batch_size" in lines[1]
+
+
+def test_preflight_refuses_named_files_that_dvc_would_not_see(tmp_path):
+    project = project_copy(tmp_path)
+    (project / "my_seeds.jsonl").write_text('{"instruction": "q?", "answer": "a"}\n', encoding="utf-8")
+    (project / "inputs" / "seeds" / "ok.jsonl").write_text('{"instruction": "q?", "answer": "a"}\n', encoding="utf-8")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["seed"]["sources"] = [
+        {"type": "jsonl", "path": "inputs/seeds/ok.jsonl", "task": "hotpotqa_long"},
+        {"type": "jsonl", "path": "my_seeds.jsonl", "task": "hotpotqa_long"},
+    ]
+    params["evaluate"]["longbench_dir"] = "inputs/longbench/missing"
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    result = ctxsynth("preflight", cwd=project)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 2, result.stderr
+    assert "seed.sources[1].path" in lines[0] and "inputs/seeds" in lines[0] and "dvc repro" in lines[0]
+    assert "evaluate.longbench_dir" in lines[1] and "does not exist" in lines[1]
