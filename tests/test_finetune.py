@@ -110,6 +110,44 @@ def test_labels_are_exactly_the_answer_and_end_of_turn(tokenizer, end_ids):
     assert tokenizer.decode(prompt_ids).endswith(QUESTION + "<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_every_assistant_turn_of_a_conversation_is_trained(tokenizer, end_ids):
+    """LongAlign's rule for multi-turn general data: loss on each assistant turn, not only the last."""
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "And another?"},
+        {"role": "assistant", "content": "Green."},
+    ]
+    example = prepare_examples(
+        [(1, {"id": "c", "messages": messages})], tokenizer, max_tokens=None, overlength="drop", end_ids=end_ids
+    ).examples[0]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    spans, current = [], []
+    for token, label in zip(example.input_ids, example.labels):
+        if label != IGNORE_INDEX:
+            assert label == token  # labels are the tokens at their own positions
+            current.append(label)
+        elif current:
+            spans.append(current)
+            current = []
+    spans.append(current)
+    words = [tokenizer(text, add_special_tokens=False)["input_ids"] + [im_end] for text in ("Blue.", "Green.")]
+    assert spans == words
+    assert tokenizer.decode(example.input_ids) == tokenizer.apply_chat_template(messages, tokenize=False).rstrip("\n")
+
+    # Cut in the middle, the labels stay on their tokens; the last answer is never cut.
+    cut = prepare_examples(
+        [(1, {"id": "c", "messages": messages})],
+        tokenizer,
+        max_tokens=len(example) - 20,
+        overlength="truncate_middle",
+        end_ids=end_ids,
+    ).examples[0]
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(cut.input_ids, cut.labels))
+    assert cut.labels[-len(words[1]) :] == words[1]
+
+
 def test_template_whose_prompt_is_not_a_prefix_is_refused(tokenizer, end_ids):
     broken = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
     broken.chat_template = (

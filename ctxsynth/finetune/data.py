@@ -1,7 +1,8 @@
 """Training examples for the finetune stage: validated chat records -> token ids with answer-only labels.
 
-Every sample is rendered with the base model's own chat template. The prompt (every message but the last, plus the
-generation prompt) is masked with -100; the labels are the answer tokens and the end-of-turn token that closes them.
+Every sample is rendered with the base model's own chat template. Every assistant turn is trained (LongAlign's rule
+for multi-turn data): its tokens and the end-of-turn token that closes it are the labels; everything else (system,
+user turns, the template's scaffolding) is masked with -100.
 Over-long samples are either cut in the middle of the prompt (the answer is never cut) or dropped.
 """
 
@@ -118,6 +119,30 @@ def encode_chat(tokenizer, messages: Sequence[dict], end_ids: Iterable[int]) -> 
     return prompt_ids, answer_ids
 
 
+def earlier_turn_labels(tokenizer, messages: Sequence[dict], prompt_ids: list[int], end_ids: set[int]) -> list[int]:
+    """Labels over `prompt_ids` (the conversation before its last answer) that train every earlier assistant turn,
+    as LongAlign does for multi-turn data: each turn's tokens and its end-of-turn token, everything else ignored.
+
+    Each earlier turn is encoded as if it were the last one; a template that renders past turns differently from
+    the last (so that encoding is not a prefix of the conversation) raises TemplateError."""
+    labels = [IGNORE_INDEX] * len(prompt_ids)
+    for index, message in enumerate(messages[:-1]):
+        if message["role"] != "assistant":
+            continue
+        turn_prompt, turn_answer = encode_chat(tokenizer, messages[: index + 1], end_ids)
+        start, stop = len(turn_prompt), len(turn_prompt) + len(turn_answer)
+        if prompt_ids[start:stop] != turn_answer or prompt_ids[:start] != turn_prompt:
+            raise TemplateError(f"the chat template renders assistant turn {index} differently once it is not the last")
+        labels[start:stop] = turn_answer
+    return labels
+
+
+def cut_middle(sequence: list, keep: int) -> list:
+    """The first keep // 2 and the last keep - keep // 2 items."""
+    head = keep // 2
+    return sequence[:head] + sequence[len(sequence) - (keep - head) :]
+
+
 def fit_length(
     prompt_ids: list[int], answer_ids: list[int], max_tokens: int | None, overlength: str
 ) -> tuple[list[int], int] | None:
@@ -135,9 +160,7 @@ def fit_length(
     keep = max_tokens - len(answer_ids)
     if keep < min(MIN_PROMPT_TOKENS, len(prompt_ids)):
         return None  # the answer alone (nearly) fills the budget, and it is never cut
-    head = keep // 2
-    tail = keep - head
-    return prompt_ids[:head] + prompt_ids[len(prompt_ids) - tail :], len(prompt_ids) - keep
+    return cut_middle(prompt_ids, keep), len(prompt_ids) - keep
 
 
 def prepare_examples(
@@ -154,6 +177,7 @@ def prepare_examples(
     for line, record in records:
         try:
             prompt_ids, answer_ids = encode_chat(tokenizer, record["messages"], end_ids)
+            prompt_labels = earlier_turn_labels(tokenizer, record["messages"], prompt_ids, end_ids)
         except TemplateError as error:
             raise InputError(path, str(error), line=line, field="messages") from None
         fitted = fit_length(prompt_ids, answer_ids, max_tokens, overlength)
@@ -164,11 +188,12 @@ def prepare_examples(
         if removed:
             data.truncated.append(record["id"])
             data.removed_tokens += removed
+            prompt_labels = cut_middle(prompt_labels, len(prompt_ids))
         data.examples.append(
             Example(
                 id=record["id"],
                 input_ids=prompt_ids + answer_ids,
-                labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+                labels=prompt_labels + answer_ids,
                 removed_tokens=removed,
             )
         )
