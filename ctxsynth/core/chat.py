@@ -9,7 +9,7 @@ from ctxsynth.core.io import InputError
 
 
 def validate_messages(path: os.PathLike | str, line: int, messages: Any) -> None:
-    """[system?] user, assistant, ..., user, assistant: the last assistant turn is the training target."""
+    """[system?] user, assistant, ..., user, assistant: every assistant turn is a training target."""
     if not isinstance(messages, list) or len(messages) < 2:
         raise InputError(
             path, "expected a list of at least a user and an assistant message", line=line, field="messages"
