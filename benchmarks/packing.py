@@ -48,7 +48,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    tokenizer = load_tokenizer(args.model)
+    tokenizer, _ = load_tokenizer(args.model)
     examples = prepare_examples(
         load_chat_records(args.train),
         tokenizer,

@@ -89,12 +89,26 @@ def collect_problems(params_path: Path) -> tuple[list[str], int]:
     return problems, checked
 
 
+def warnings(params_path: Path) -> list[str]:
+    """Settings that are valid but almost always a mistake."""
+    finetune = load_settings(FinetuneSettings, "finetune", source=params_path)
+    evaluate = load_settings(EvalSettings, "evaluate", source=params_path)
+    if evaluate.apply_chat_template and finetune.chat_template != evaluate.chat_template:
+        return [
+            f"warning: finetune.chat_template is {finetune.chat_template!r} but evaluate.chat_template is "
+            f"{evaluate.chat_template!r}: the model would be asked in another format than it was trained in"
+        ]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
     problems, checked = collect_problems(args.params)
     for line in problems:
+        print(line, file=sys.stderr)
+    for line in warnings(args.params) if not problems else []:
         print(line, file=sys.stderr)
     if problems:
         return 2

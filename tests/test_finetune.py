@@ -585,3 +585,46 @@ def test_training_draws_a_progress_bar_with_loss_and_speed(tmp_path, tiny_model_
     (task,) = bars[0].tasks
     assert task.description == "finetune" and task.total == 2 and task.completed == 2 and task.finished
     assert re.fullmatch(r"loss \d+\.\d{4}  lr \S+  [\d,]+ tok/s", task.fields["stats"])
+
+
+@pytest.fixture(scope="module")
+def base_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model as a base checkpoint: no chat template of its own (as Llama-3.1-8B base, LLaMA-2-7B-64K)."""
+    import shutil
+
+    directory = tmp_path_factory.mktemp("tiny-base")
+    shutil.copytree(tiny_model_dir, directory, dirs_exist_ok=True)
+    (directory / "chat_template.jinja").unlink()
+    return directory
+
+
+def test_a_base_model_needs_a_named_chat_template(tmp_path, base_model_dir):
+    train_path = write_jsonl(tmp_path / "train.jsonl", [{"id": "s0", "messages": chat("question", "answer")}])
+    with pytest.raises(InputError) as error:
+        train(base_model_dir, train_path, tmp_path / "adapter", None, tiny_params(max_steps=1))
+    assert error.value.field == "finetune.chat_template" and "longalign" in str(error.value)
+    with pytest.raises(InputError, match="unknown chat template 'vicuna'"):
+        train(base_model_dir, train_path, tmp_path / "adapter", None, tiny_params(max_steps=1, chat_template="vicuna"))
+
+
+def test_base_model_trains_in_the_longalign_format(tmp_path, base_model_dir):
+    from transformers import AutoTokenizer
+
+    from ctxsynth.core.chat import apply_chat_template_choice
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    assert apply_chat_template_choice(tokenizer, "longalign", "finetune.chat_template") == "longalign@v1"
+    messages = [{"role": "system", "content": "Be brief."}] + chat("Q1", "A1") + chat("Q2", "A2")
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == (
+        f"{bos}[INST]Be brief.\n\nQ1[/INST]A1{eos}\n\n[INST]Q2[/INST]A2{eos}"
+    )
+    assert tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True).endswith(
+        "[INST]Q2[/INST]"
+    )
+    train_path = write_jsonl(
+        tmp_path / "train.jsonl", [{"id": f"s{i}", "messages": chat(f"question {i}", f"answer {i}")} for i in range(2)]
+    )
+    train(base_model_dir, train_path, tmp_path / "adapter", None, tiny_params(max_steps=1, chat_template="longalign"))
+    provenance = json.loads((tmp_path / "adapter" / "provenance.json").read_text())
+    assert provenance["chat_template"] == "longalign@v1" and provenance["params"]["chat_template"] == "longalign"

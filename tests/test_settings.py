@@ -128,7 +128,12 @@ def test_finetune_defaults_live_in_the_recipe_file_only():
     assert params["recipe"] == FinetuneSettings().recipe == recipes.DEFAULT_RECIPE
     assert all(value is None for key, value in params.items() if key != "recipe")  # null = the recipe's value
     from_recipe = {field.name for field in dataclasses.fields(FinetuneSettings) if field.default is FROM_RECIPE}
-    assert set(params) - from_recipe == {"recipe", "launcher", "accelerate_config"}  # no recipe sets these
+    assert set(params) - from_recipe == {
+        "recipe",
+        "launcher",
+        "accelerate_config",
+        "chat_template",
+    }  # no recipe sets these
     assert set(recipes.recipe_values(recipes.DEFAULT_RECIPE)) == from_recipe  # the default recipe sets every one
     assert load("finetune", params) == FinetuneSettings()
     assert FinetuneSettings(recipe="paper") == FinetuneSettings.from_mapping({"recipe": "paper"})

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+from functools import cache
+from importlib import resources
 from typing import Any
 
+import yaml
+
 from ctxsynth.core.io import InputError
+
+MODEL_TEMPLATE = "model"  # the chat template the model's tokenizer ships
 
 
 def validate_messages(path: os.PathLike | str, line: int, messages: Any) -> None:
@@ -38,3 +44,28 @@ def validate_messages(path: os.PathLike | str, line: int, messages: Any) -> None
         )
     if not messages[-1]["content"].strip():
         raise InputError(path, "empty answer", line=line, field=f"messages[{len(messages) - 1}].content")
+
+
+@cache
+def chat_templates() -> dict[str, dict]:
+    """The versioned chat formats of chat_templates.yaml, by name."""
+    text = resources.files("ctxsynth.core").joinpath("chat_templates.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def apply_chat_template_choice(tokenizer, name: str, key: str, source: os.PathLike | str = "params.yaml") -> str:
+    """Give `tokenizer` the chat format `name` names (`model`: its own) and return what was used, for provenance:
+    `model` or `<name>@v<version>`. A model without a template of its own needs a named one (a base model)."""
+    if name == MODEL_TEMPLATE:
+        if not getattr(tokenizer, "chat_template", None):
+            known = ", ".join(chat_templates())
+            raise InputError(
+                source, f"the model has no chat template of its own (a base model): name one ({known})", field=key
+            )
+        return MODEL_TEMPLATE
+    if name not in chat_templates():
+        known = ", ".join([MODEL_TEMPLATE, *chat_templates()])
+        raise InputError(source, f"unknown chat template {name!r} (known: {known})", field=key)
+    spec = chat_templates()[name]
+    tokenizer.chat_template = spec["template"]
+    return f"{name}@v{spec['version']}"

@@ -202,9 +202,11 @@ class LmEvalRunner:
         cache_db: Path | None = None,
         backend: str = "hf",
         label: str | None = None,
+        chat_template: str | None = None,
     ) -> dict[str, dict]:
         """Greedy generation + scoring; returns {task: {"score": mean in [0, 1], "samples": [{doc, prediction,
-        score}, ...]}} with samples in the prepared file's order."""
+        score}, ...]}} with samples in the prepared file's order. `chat_template` (a Jinja template) replaces the
+        tokenizer's own, for a base model fine-tuned in a named chat format."""
         import lm_eval
 
         if backend == "vllm":
@@ -222,6 +224,8 @@ class LmEvalRunner:
             )
         else:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+        if chat_template is not None:
+            lm.tokenizer.chat_template = chat_template  # lm-eval renders (and keys its cache) through the tokenizer
         try:
             results = lm_eval.simple_evaluate(
                 model=lm,

@@ -34,7 +34,10 @@ class EvalSettings:
     max_length: int | None = 2048  # prompt tokens before the chat template, cut in the middle; null: model window
     batch_size: int = 1  # CPU: long prompts are prefill-bound, batching pads and only adds memory
     limit: int | None = None  # first N docs per task (null: all)
-    apply_chat_template: bool = True  # false for a base (non-chat) model
+    apply_chat_template: bool = True  # false: raw prompts, no chat format at all
+    # model: the tokenizer's own chat template; or a format of core/chat_templates.yaml (longalign) for a base model
+    # without one: the same as finetune.chat_template, so the model is asked the way it was trained.
+    chat_template: str = "model"
     longbench_dir: str | None = None  # THUDM layout: <dir>/data/<task>.jsonl (or <dir>/<task>.jsonl)
     longbench_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))  # read when longbench_dir is set
     backend: Literal[BACKENDS] = "hf"  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter

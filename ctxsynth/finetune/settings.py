@@ -75,6 +75,9 @@ class FinetuneSettings:
     save_steps: int = FROM_RECIPE  # checkpoint every N steps for resume; 0 = never
     launcher: Literal[LAUNCHERS] = "none"  # none | accelerate (relaunch with configs/accelerate/<accelerate_config>)
     accelerate_config: str = "single_gpu"  # single_gpu | multi_gpu_ddp | fsdp | deepspeed_zero3, or a .yaml path
+    # model: the tokenizer's own chat template; or a format of core/chat_templates.yaml (longalign) for a base
+    # model that has none. Evaluate the result with the same evaluate.chat_template.
+    chat_template: str = "model"
     seed: int = FROM_RECIPE  # model initialization (LoRA matrices), data order, dropout
     logging_steps: int = FROM_RECIPE  # log loss, learning rate and throughput every N steps
 

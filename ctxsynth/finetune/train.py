@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
 from ctxsynth.core.io import InputError, sha256_file, write_json
 from ctxsynth.finetune.data import PadCollator, PreparedData, end_of_turn_ids, load_chat_records, prepare_examples
 from ctxsynth.finetune.packing import PackedCollator, pack_examples
@@ -56,13 +57,12 @@ def resolve_optim(name: str, device: str) -> str:
     return name
 
 
-def load_tokenizer(model_dir: os.PathLike | str):
+def load_tokenizer(model_dir: os.PathLike | str, chat_template: str = MODEL_TEMPLATE) -> tuple[Any, str]:
+    """(the model's tokenizer with the chat format `finetune.chat_template` names, that format's name@version)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if not tokenizer.chat_template:
-        raise FinetuneError(f"{model_dir}: the tokenizer has no chat template")
-    return tokenizer
+    return tokenizer, apply_chat_template_choice(tokenizer, chat_template, "finetune.chat_template")
 
 
 def _load_config(model_dir: os.PathLike | str):
@@ -231,7 +231,7 @@ def train(
     device = resolve_device()
     compute_dtype = resolve_dtype(params.compute_dtype, device)
     optim = resolve_optim(params.optim, device)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer, chat_format = load_tokenizer(model_dir, params.chat_template)
     model = load_model(model_dir, params, device)
     data: PreparedData = prepare_examples(
         records,
@@ -361,6 +361,7 @@ def train(
         if stop_after_steps is not None and output.global_step < trainer.state.max_steps:
             return summary  # an interrupted run: checkpoints only, like a kill
         provenance = {
+            "chat_template": chat_format,
             "base_model": str(model_dir),
             "base_model_sha256": fingerprint,
             "train_data": str(train_path),
