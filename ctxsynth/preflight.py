@@ -18,6 +18,7 @@ from ctxsynth.core.errors import error_line
 from ctxsynth.core.inputs import require_tracked
 from ctxsynth.core.io import InputError, read_text_utf8
 from ctxsynth.core.settings import load_settings
+from ctxsynth.evaluate.run import find_sources
 from ctxsynth.evaluate.settings import EvalSettings
 from ctxsynth.finetune.settings import FinetuneSettings
 from ctxsynth.mix.settings import MixSettings
@@ -54,14 +55,7 @@ def named_inputs(settings: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     general = settings["mix"].general.source
     if general and (general.endswith(LOCAL_DATA_SUFFIXES) or os.path.exists(general)):
         yield "mix", "mix.general.source", general
-    evaluate = settings["evaluate"]
-    if evaluate.longbench_dir:
-        yield "evaluate", "evaluate.longbench_dir", evaluate.longbench_dir
-        if not Path(evaluate.longbench_dir).is_dir():  # one problem, not one per task
-            return
-        for task in evaluate.longbench_tasks:
-            path = Path(evaluate.longbench_dir, "data", f"{task}.jsonl")
-            yield "evaluate", "evaluate.longbench_tasks", str(path)
+    # evaluate.longbench_dir and its task files: checked by the evaluate stage's own find_sources (below)
 
 
 def collect_problems(params_path: Path) -> tuple[list[str], int]:
@@ -86,6 +80,9 @@ def collect_problems(params_path: Path) -> tuple[list[str], int]:
         for stage, key, path in named_inputs(settings):
             checked += 1
             attempt(lambda stage=stage, key=key, path=path: require_tracked(path, stage, key, str(params_path)))
+        if settings["evaluate"].longbench_dir:  # the directory, its place in dvc.yaml and every task file
+            checked += 1
+            attempt(lambda: find_sources(Path("data/benchmark"), settings["evaluate"]))
     return problems, checked
 
 

@@ -71,4 +71,4 @@ def test_preflight_refuses_named_files_that_dvc_would_not_see(tmp_path):
     lines = result.stderr.splitlines()
     assert result.returncode == 2 and len(lines) == 2, result.stderr
     assert "seed.sources[1].path" in lines[0] and "inputs/seeds" in lines[0] and "dvc repro" in lines[0]
-    assert "evaluate.longbench_dir" in lines[1] and "does not exist" in lines[1]
+    assert "evaluate.longbench_dir" in lines[1] and "is not a directory" in lines[1]

@@ -180,29 +180,53 @@ def test_malformed_line_and_bad_fields(tmp_path):
         EvalSettings.from_params({"tasks": ["nope"]})
 
 
-def test_missing_longbench_dir_is_reported_and_skipped(tmp_path, caplog):
+def test_longbench_tasks_are_read_from_the_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the repository's dvc.yaml: a library call checks existence only
     settings = EvalSettings(
         tasks=["squad_long"], longbench_dir=str(tmp_path / "LongBench"), longbench_tasks=["hotpotqa", "qasper"]
     )
     (tmp_path / "LongBench" / "data").mkdir(parents=True)
     write_lines(tmp_path / "LongBench" / "data" / "hotpotqa.jsonl", ["{}"])
-    with caplog.at_level(logging.WARNING):
-        sources = find_sources(tmp_path / "bench", settings)
-    assert sources == [
+    write_lines(tmp_path / "LongBench" / "qasper.jsonl", ["{}"])  # the flat layout is read too
+    assert find_sources(tmp_path / "bench", settings) == [
         ("squad_long", tmp_path / "bench" / "squad_long.jsonl"),
         ("hotpotqa", tmp_path / "LongBench" / "data" / "hotpotqa.jsonl"),
+        ("qasper", tmp_path / "LongBench" / "qasper.jsonl"),
     ]
-    message = caplog.text
-    assert "qasper" in message and "data.zip" in message and "longbench_qasper" in message
-    assert "hotpotqa skipped" not in message
 
 
-def test_missing_longbench_dir_is_one_message(tmp_path, caplog):
+def test_a_missing_longbench_task_file_is_an_error_not_a_skip(tmp_path, monkeypatch):
+    """Before: the task was left out with a warning, and the scores averaged fewer tasks than asked for."""
+    monkeypatch.chdir(tmp_path)
+    settings = EvalSettings(
+        tasks=["squad_long"], longbench_dir=str(tmp_path / "LongBench"), longbench_tasks=["hotpotqa", "qasper"]
+    )
+    (tmp_path / "LongBench" / "data").mkdir(parents=True)
+    write_lines(tmp_path / "LongBench" / "data" / "hotpotqa.jsonl", ["{}"])
+    with pytest.raises(InputError) as error:
+        find_sources(tmp_path / "bench", settings)
+    assert error.value.path == str(tmp_path / "LongBench" / "data" / "qasper.jsonl")
+    assert error.value.field == "evaluate.longbench_tasks[1]"
+    assert "data.zip" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_missing_longbench_dir_is_an_error_not_a_skip(tmp_path, monkeypatch):
+    """Before: a warning, and the LongBench tasks were silently missing from eval.json."""
+    monkeypatch.chdir(tmp_path)
     settings = EvalSettings(tasks=["squad_long"], longbench_dir=str(tmp_path / "nowhere"))
-    with caplog.at_level(logging.WARNING):
-        assert find_sources(tmp_path, settings) == [("squad_long", tmp_path / "squad_long.jsonl")]
-    assert len(caplog.records) == 1
-    assert "nowhere" in caplog.text and "data.zip" in caplog.text and "lm_eval --tasks longbench_" in caplog.text
+    with pytest.raises(InputError) as error:
+        find_sources(tmp_path, settings)
+    assert (error.value.path, error.value.field) == ("params.yaml", "evaluate.longbench_dir")
+    message = str(error.value)
+    assert "nowhere" in message and "data.zip" in message and "lm_eval --tasks longbench_" in message
+
+
+def test_a_missing_longbench_dir_stops_evaluate_before_the_model_is_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = EvalSettings(tasks=["squad_long"], longbench_dir="inputs/longbench/none")
+    # The model directory does not exist either: the settings error comes first, before anything is loaded.
+    with pytest.raises(InputError, match="evaluate.longbench_dir"):
+        evaluate(tmp_path / "no-model", None, tmp_path, tmp_path / "e.json", tmp_path / "p.jsonl", settings)
 
 
 def test_task_yaml_has_absolute_data_files(tmp_path, monkeypatch):
@@ -385,11 +409,12 @@ def test_generations_are_cached_per_model_content(tiny_model_dir, adapter_dir, b
         )
 
 
-def test_longbench_layout_fixture_end_to_end(tiny_model_dir, benchmark_dir, tmp_path, monkeypatch, caplog):
+def test_longbench_layout_fixture_end_to_end(tiny_model_dir, benchmark_dir, tmp_path, monkeypatch):
     """A hand-written directory in THUDM's release layout: its tasks run through lm-eval beside the offline ones,
     with the paper's per-task budgets (hotpotqa 32, gov_report 512 new tokens) and the chat template."""
     from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner
 
+    monkeypatch.chdir(tmp_path)  # outside the repository's dvc.yaml: a library call checks existence only
     data = tmp_path / "LongBench" / "data"
     data.mkdir(parents=True)
     hotpot = [
@@ -440,14 +465,12 @@ def test_longbench_layout_fixture_end_to_end(tiny_model_dir, benchmark_dir, tmp_
     settings = EvalSettings(
         tasks=["niah_single"],
         longbench_dir=str(tmp_path / "LongBench"),
-        longbench_tasks=["hotpotqa", "gov_report", "qasper"],
+        longbench_tasks=["hotpotqa", "gov_report"],
         max_length=256,
         device="cpu",
         cache=False,
     )
-    with caplog.at_level(logging.WARNING):
-        result = evaluate(tiny_model_dir, None, benchmark_dir, tmp_path / "eval.json", tmp_path / "p.jsonl", settings)
-    assert "qasper skipped" in caplog.text  # a missing task is named; the others run
+    result = evaluate(tiny_model_dir, None, benchmark_dir, tmp_path / "eval.json", tmp_path / "p.jsonl", settings)
     assert calls == [({"niah_single": 32, "hotpotqa": 32, "gov_report": 512}, True)]
     base = json.loads((tmp_path / "eval.json").read_text())["base"]
     assert base == result["base"]
@@ -523,3 +546,31 @@ def test_progress_bar_counts_generations_and_leaves_scores_unchanged(
     assert task.description.startswith("evaluate") and task.total == 2 and task.completed == 2
     assert shown == plain
     assert (tmp_path / "shown.jsonl").read_bytes() == (tmp_path / "plain.jsonl").read_bytes()
+
+
+def test_a_base_model_is_asked_in_its_named_chat_format(tiny_model_dir, benchmark_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from lm_eval.models.huggingface import HFLM
+
+    base = tmp_path / "base-model"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "chat_template.jinja").unlink()  # a base checkpoint ships no chat template
+    settings = EvalSettings(tasks=["niah_single"], max_length=128, limit=1, device="cpu", cache=False)
+    with pytest.raises(InputError) as error:
+        evaluate(base, None, benchmark_dir, tmp_path / "e.json", tmp_path / "p.jsonl", settings)
+    assert error.value.field == "evaluate.chat_template" and "longalign" in str(error.value)
+
+    seen = []
+    original = HFLM.apply_chat_template
+
+    def recording(self, chat_history, add_generation_prompt=True):
+        seen.append(original(self, chat_history, add_generation_prompt))
+        return seen[-1]
+
+    monkeypatch.setattr(HFLM, "apply_chat_template", recording)
+    settings = EvalSettings(
+        tasks=["niah_single"], max_length=128, limit=1, device="cpu", cache=False, chat_template="longalign"
+    )
+    evaluate(base, None, benchmark_dir, tmp_path / "e.json", tmp_path / "p.jsonl", settings)
+    assert seen and all(prompt.startswith("<|im_start|>[INST]") and prompt.endswith("[/INST]") for prompt in seen)

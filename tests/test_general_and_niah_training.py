@@ -35,7 +35,8 @@ def test_squad_chat_leaves_out_evaluation_and_seed_paragraphs_and_is_determinist
     assert user["role"] == "user" and "Question:" in user["content"] and assistant["content"].startswith("answer ")
 
 
-def test_load_general_reads_chat_and_sharegpt_files_and_takes_a_count_or_ratio(tmp_path):
+def test_load_general_reads_chat_and_sharegpt_files_and_takes_a_count_or_ratio(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the repository's dvc.yaml: a library call checks existence only
     path = tmp_path / "general.jsonl"
     rows = [
         {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
@@ -52,7 +53,8 @@ def test_load_general_reads_chat_and_sharegpt_files_and_takes_a_count_or_ratio(t
     assert load_general({"source": None}, 4, 0) == ([], {})
 
 
-def test_general_data_errors_name_the_file_line_and_field(tmp_path):
+def test_general_data_errors_name_the_file_line_and_field(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the repository's dvc.yaml: a library call checks existence only
     path = tmp_path / "bad.jsonl"
     path.write_text(
         json.dumps({"messages": []}) + "\n" + json.dumps({"conversations": [{"from": "robot", "value": "x"}]}) + "\n"

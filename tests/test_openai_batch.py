@@ -4,7 +4,7 @@ import pytest
 from batch_server import BatchServer, question_of
 
 from ctxsynth.generation.base import GenerationError, Request
-from ctxsynth.generation.cache import GenerationCache
+from ctxsynth.generation.cache import GenerationCache, stored_key
 from ctxsynth.generation.openai_batch import OpenAIBatchBackend
 from ctxsynth.synthesis.contexts import synthesize_contexts
 from ctxsynth.synthesis.prompts import get_prompt
@@ -64,9 +64,10 @@ def test_results_are_matched_by_custom_id_not_by_order(tmp_path):
     # The fake shuffled the output; matching by position would have paired contexts with the wrong seeds.
     submitted = [line["custom_id"] for line in server.requests_of("batch_0")]
     assert server.output_order["batch_0"] != submitted and sorted(server.output_order["batch_0"]) == sorted(submitted)
-    # One line per request, keyed by the cache key, with the sampling of the run.
+    # One line per request, keyed by the request's key (stored in the cache with the backend's generation settings,
+    # none for a server), with the sampling of the run.
     lines = server.requests_of("batch_0")
-    assert [line["custom_id"] for line in lines] == [r["provenance"]["cache_key"] for r in records]
+    assert [stored_key(line["custom_id"], {}) for line in lines] == [r["provenance"]["cache_key"] for r in records]
     for line in lines:
         assert line["method"] == "POST" and line["url"] == "/v1/chat/completions"
         body = line["body"]
@@ -195,3 +196,79 @@ def test_unsupported_settings_are_refused_before_anything_is_uploaded(tmp_path):
         )["repetition_penalty"]
         == 1.1
     )
+
+
+def test_each_result_names_the_batch_that_paid_for_it_and_the_backend_lists_its_batches(tmp_path):
+    """Provenance for what was paid for: the batch id travels with each generation into the cache and the record."""
+    with BatchServer(error_matching="Question 3?") as server:
+        first = backend(server.url, tmp_path)
+        with pytest.raises(GenerationError, match="1 of 12 requests failed"):
+            run(first, tmp_path)
+        assert first.batches == [
+            {
+                "batch_id": "batch_0",
+                "status": "completed",
+                "input_file_id": "file-in0",
+                "output_file_id": server.batches["batch_0"]["output_file_id"],
+                "error_file_id": server.batches["batch_0"]["error_file_id"],
+                "request_counts": {"total": 12, "completed": 11, "failed": 1},
+                "requested": 12,
+                "succeeded": 11,
+            }
+        ]
+        server.error_matching = None
+        second = backend(server.url, tmp_path)
+        records, stats = run(second, tmp_path)
+    assert stats["from_cache"] == 11 and [b["batch_id"] for b in second.batches] == ["batch_1"]
+    assert second.batches[0]["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
+    assert {r["id"]: r["provenance"]["batch_id"] for r in records} == {
+        s["id"]: "batch_1" if s["id"] == "s3" else "batch_0" for s in SEEDS
+    }
+    cached = GenerationCache(tmp_path / "cache").get(records[0]["provenance"]["cache_key"])
+    assert cached["batch_id"] == "batch_0"
+
+
+def test_the_synthesize_metrics_record_the_batches_used(tmp_path, monkeypatch):
+    from ctxsynth.core.settings import load_settings
+    from ctxsynth.synthesis.run import run_synthesis
+    from ctxsynth.synthesis.settings import SynthesizeSettings
+
+    def settings(url):
+        return load_settings(
+            SynthesizeSettings,
+            "synthesize",
+            {
+                "backend": "openai-batch",
+                "response_prefix": "",
+                "sampling": {"max_new_tokens": 16, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": None},
+                "seed": 3,
+                "cache_dir": str(tmp_path / "cache"),
+                "openai_batch": {
+                    "base_url": url,
+                    "model": "served-model",
+                    "model_id": "model@1",
+                    "poll_interval": 0.01,
+                    "state_dir": str(tmp_path / "batches"),
+                    "timeout": 2,
+                    "max_retries": 3,
+                    "api_key_env": "CTXSYNTH_TEST_BATCH_KEY",
+                },
+            },
+        )
+
+    monkeypatch.setenv("CTXSYNTH_TEST_BATCH_KEY", "test-key")
+
+    extra = [{"id": "s99", "task": "hotpotqa", "instruction": "Question 99?", "answer": "answer 99"}]
+    with BatchServer() as server:
+        records, metrics = run_synthesis(SEEDS, tmp_path, settings(server.url))
+        assert [b["batch_id"] for b in metrics["batches"]] == ["batch_0"] and metrics["batch_ids"] == ["batch_0"]
+        batch = metrics["batches"][0]
+        assert batch["status"] == "completed" and batch["input_file_id"] == "file-in0"
+        assert batch["request_counts"] == {"total": 12, "completed": 12, "failed": 0}
+        assert {r["provenance"]["batch_id"] for r in records} == {"batch_0"}
+        # A later run pays for the new seed only; the cached records still name the batch they came from.
+        records, metrics = run_synthesis(SEEDS + extra, tmp_path, settings(server.url))
+    assert [b["batch_id"] for b in metrics["batches"]] == ["batch_1"]
+    assert metrics["batch_ids"] == ["batch_0", "batch_1"] and metrics["run"]["from_cache"] == 12
+    assert records[-1]["provenance"]["batch_id"] == "batch_1"
+    json.dumps(metrics)  # metrics/synthesize.json is JSON

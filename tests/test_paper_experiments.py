@@ -7,17 +7,26 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from ctxsynth.core.io import InputError
-from ctxsynth.paper.collect import experiments_from_show, merge_experiments, planned_names
+from ctxsynth.paper.collect import (
+    collect,
+    document_scores,
+    dvc_predictions,
+    experiments_from_show,
+    merge_experiments,
+    planned_names,
+)
 from ctxsynth.paper.experiments import (
     hydra_value,
     load_plan,
+    planned_entries,
     planned_runs,
     queue_command,
+    queue_group,
     record_run,
     run_history,
     select_rows,
 )
-from ctxsynth.paper.report import render
+from ctxsynth.paper.report import render, rows_of
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "experiments" / "paper.yaml"
@@ -79,106 +88,223 @@ def _eval(overall, tasks, base=10.0):
     }
 
 
+SUBTASKS = ("single", "multikey", "multiquery", "multivalue")
+LENGTHS = (500, 2000)
+DEPTHS = (0.0, 1.0)
+
+
 def _niah_cells(model, values):
     return [
         {"model": model, "subtask": s, "length": n, "depth": d, "recall": values[(s, n)]}
         for (s, n) in values
-        for d in (0.0, 1.0)
+        for d in DEPTHS
     ]
 
 
+def _niah_predictions(model, values):
+    """One test sample per (subtask, length, depth) cell, ids as the benchmark stage writes them."""
+    return [
+        {"variant": model, "task": f"niah_{s}", "_id": f"niah_{s}:{n}:{d}:0", "score": values[(s, n)]}
+        for (s, n) in values
+        for d in DEPTHS
+    ]
+
+
+def _qa_predictions(model, task, value, count=8):
+    return [{"variant": model, "task": task, "_id": f"{task}:{i}", "score": value} for i in range(count)]
+
+
+MAIN = {
+    "general-only": 5.0,
+    "instruction-synthesis": 8.0,
+    "instruction-synthesis-no-context": 8.5,
+    "context-synthesis": 20.0,
+    "human-context": 22.0,
+    "context-free": 6.0,
+}
+
+
 def _fake_show():
-    subtasks = ("single", "multikey", "multiquery", "multivalue")
+    """`dvc exp show --json` output for the pilot and main rows, the NIAH plot files and the predictions per rev."""
     pilot = {"sft1-general": 10.0, "sft2-needle-only": 20.0, "sft3-short-haystack": 60.0, "sft4-long-haystack": 80.0}
-    revs, files = [], {}
+    revs, files, predictions = [], {}, {}
     for index, (row, value) in enumerate(pilot.items()):
-        tasks = {f"niah_{s}": value + (15.0 if s == "multivalue" and row.startswith("sft4") else 0.0) for s in subtasks}
+        tasks = {f"niah_{s}": value + (15.0 if s == "multivalue" and row.startswith("sft4") else 0.0) for s in SUBTASKS}
+        rev = f"{index:040x}"
         revs.append(
             {
-                "rev": f"{index:040x}",
+                "rev": rev,
                 "name": f"cpu-pilot-{row}",
                 "data": {"timestamp": None, "metrics": {"metrics/eval.json": {"data": _eval(value, tasks, 30.0)}}},
             }
         )
-        cells = _niah_cells("finetuned", {(s, n): value for s in subtasks for n in (500, 2000)})
-        cells += _niah_cells("base", {(s, n): 30.0 for s in subtasks for n in (500, 2000)})
-        files[f"{index:040x}"] = cells
-    main = {
-        "general-only": 5.0,
-        "instruction-synthesis": 8.0,
-        "instruction-synthesis-no-context": 8.5,
-        "context-synthesis": 20.0,
-        "human-context": 22.0,
-        "context-free": 6.0,
-    }
-    for index, (row, value) in enumerate(main.items(), start=10):
+        # SFT1 (mean 10) is 20 at 500 words and 0 at 2000: its gap to the base model (30) widens with length
+        spread = {500: 10.0, 2000: -10.0} if row == "sft1-general" else {500: 0.0, 2000: 0.0}
+        finetuned = {(s, n): tasks[f"niah_{s}"] + spread[n] for s in SUBTASKS for n in LENGTHS}
+        base = {(s, n): 30.0 for s in SUBTASKS for n in LENGTHS}
+        files[rev] = _niah_cells("finetuned", finetuned) + _niah_cells("base", base)
+        predictions[rev] = _niah_predictions("finetuned", finetuned) + _niah_predictions("base", base)
+    for index, (row, value) in enumerate(MAIN.items(), start=10):
+        rev = f"{index:040x}"
         revs.append(
             {
-                "rev": f"{index:040x}",
+                "rev": rev,
                 "name": f"cpu-main-{row}",
                 "data": {
                     "metrics": {
                         "metrics/eval.json": {"data": _eval(value, {"squad_long": value})},
                         "metrics/train.json": {"data": {"steps": 3, "final_loss": 1.0}},
+                        "metrics/mix.json": {"data": {"samples": 96, "long_samples": 48}},
                     }
                 },
             }
         )
+        predictions[rev] = _qa_predictions("finetuned", "squad_long", value) + _qa_predictions(
+            "base", "squad_long", 10.0
+        )
     revs.append({"rev": "f" * 40, "name": "someone-elses-experiment", "data": {"metrics": {"x": {"data": {}}}}})
-    return [
-        {"rev": "workspace", "experiments": None},
-        {"rev": "a" * 40, "experiments": [{"revs": [rev]} for rev in revs]},
-    ], files
+    return (
+        [
+            {"rev": "workspace", "experiments": None},
+            {"rev": "a" * 40, "experiments": [{"revs": [rev]} for rev in revs]},
+        ],
+        files,
+        predictions,
+    )
 
 
-def test_report_collects_planned_experiments_and_computes_verdicts(tmp_path):
-    show, files = _fake_show()
-    plan = load_plan(PLAN)
-    experiments = experiments_from_show(show, planned_names(plan), read_file=lambda rev, path: files.get(rev))
-    assert len(experiments) == 10 and "someone-elses-experiment" not in experiments
-    results = {
+def _results(plan, experiments, context_lengths=None):
+    return {
         "plan_version": 1,
         "scales": plan["scales"],
         "experiments": experiments,
         "runs": {},
         "groups": {g: {"finding": s["finding"], "title": s["title"]} for g, s in plan["groups"].items()},
-        "context_lengths": [
-            {"words": 0, "synthesized": 0.5, "evaluation": 0.0},
-            {"words": 100, "synthesized": 0.5, "evaluation": 1.0},
-        ],
+        "context_lengths": context_lengths,
     }
-    text = render(json.loads(json.dumps(results)), tmp_path / "figures")
-    # the pilot: SFT1 (10) below base (30) at 2000 words; SFT2 < SFT3; SFT4 best, largest gain on multivalue
-    assert (
-        "**F1a** general data alone falls below the base model on long haystacks: "
-        "at 2000 words SFT1 10.00 vs base 30.00 → **holds**" in text
+
+
+def _collected(show=None, files=None, predictions=None, plan=None):
+    if show is None:
+        show, files, predictions = _fake_show()
+    plan = plan or load_plan(PLAN)
+    return experiments_from_show(
+        show,
+        planned_names(plan),
+        read_file=lambda rev, path: files.get(rev),
+        read_predictions=lambda rev: predictions.get(rev),
     )
-    assert "**F1e**" in text and "multivalue +35.00" in text
-    assert "**F2a** context synthesis beats instruction synthesis: 20.00 vs 8.00 → **holds**" in text
+
+
+def _verdicts(text):
+    return {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **F")}
+
+
+def test_report_collects_planned_experiments_and_computes_verdicts(tmp_path):
+    plan = load_plan(PLAN)
+    experiments = _collected()
+    assert len(experiments) == 10 and "someone-elses-experiment" not in experiments
+    general = experiments["cpu-main-general-only"]
+    assert general["per_document"]["finetuned"]["squad_long"]["squad_long:3"] == 5.0
+    assert general["test_documents"] == {"squad_long": 8}  # counted from the documents actually scored
+    assert experiments["cpu-pilot-sft1-general"]["test_documents"]["niah_single"] == 4
+    lengths = [
+        {"words": 0, "synthesized": 0.5, "evaluation": 0.0},
+        {"words": 100, "synthesized": 0.5, "evaluation": 1.0},
+    ]
+    text = render(json.loads(json.dumps(_results(plan, experiments, lengths))), tmp_path / "figures")
+    lines = _verdicts(text)
+    # the pilot: base - SFT1 is 30 - 20 = 10 at 500 words and 30 - 0 = 30 at 2000: the gap widens by 20
+    assert "base − SFT1 is +10.00 at 500 words, +30.00 at 2000 words" in lines["F1a"]
+    assert "change of the gap from 500 to 2000 words +20.00, 95% interval [+20.00, +20.00]" in lines["F1a"]
+    assert "(16 paired needle samples in 4 tasks, 1 seed per row) → **holds**" in lines["F1a"]
+    assert "**F1e**" in text and "multivalue +35.00" in lines["F1e"] and lines["F1e"].endswith("**holds**")
+    assert (
+        "**F2a** context synthesis beats instruction synthesis: 20.00 vs 8.00; difference +12.00, 95% interval "
+        "[+12.00, +12.00] (8 paired test documents in 1 task, 1 seed per row) → **holds**" in text
+    )
+    assert "context-synthesis − 0.9 × human-context +0.20" in lines["F2c"] and "**holds**" in lines["F2c"]
     # coherence: IS gap -0.50 is below CS gap 14 and human gap 16
-    assert "| instruction synthesis | 8.00 | 8.50 | -0.50 |" in text
-    assert "**F5**" in text and "**F3** (contexts): **not measured**" in text
-    assert "| + context synthesis | 20.00 | 20.00 | 33.42 | 38.57 |" in text  # ours beside the paper's
+    assert "| instruction synthesis | 8.00 | 8.50 | -0.50 | [-0.50, -0.50] |" in text
+    assert "**holds**" in lines["F5a"] and "**holds**" in lines["F5b"] and "**holds**" in lines["F5c"]
+    assert "**F3** (contexts): **not measured**" in text
+    assert "| + context synthesis | 20.00 | 20.00 | [20.00, 20.00] | 33.42 | 38.57 |" in text  # beside the paper's
     for name in ("niah_base.png", "niah_sft4-long-haystack.png", "tasks_main.png", "context_lengths.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 1000
 
 
-def test_a_finding_that_does_not_reproduce_is_reported_as_such(tmp_path):
-    show, files = _fake_show()
-    for rev in show[1]["experiments"]:
-        data = rev["revs"][0]
-        if data["name"] == "cpu-main-context-synthesis":
-            data["data"]["metrics"]["metrics/eval.json"]["data"] = _eval(1.0, {"squad_long": 1.0})
+def test_a_finding_that_does_not_reproduce_is_contradicted(tmp_path):
+    show, files, predictions = _fake_show()
+    for entry in show[1]["experiments"]:
+        rev = entry["revs"][0]
+        if rev["name"] == "cpu-main-context-synthesis":
+            rev["data"]["metrics"]["metrics/eval.json"]["data"] = _eval(1.0, {"squad_long": 1.0})
+            predictions[rev["rev"]] = _qa_predictions("finetuned", "squad_long", 1.0)
     plan = load_plan(PLAN)
-    results = {
-        "scales": plan["scales"],
-        "runs": {},
-        "context_lengths": None,
-        "experiments": experiments_from_show(show, planned_names(plan), read_file=lambda r, p: files.get(r)),
-        "groups": {g: {"finding": s["finding"], "title": s["title"]} for g, s in plan["groups"].items()},
-    }
-    text = render(results, tmp_path)
-    assert "context synthesis beats instruction synthesis: 1.00 vs 8.00 → **does not hold**" in text
+    text = render(_results(plan, _collected(show, files, predictions)), tmp_path)
+    assert "context synthesis beats instruction synthesis: 1.00 vs 8.00; difference -7.00" in text
+    assert _verdicts(text)["F2a"].endswith("**contradicted**")
+
+
+def test_rows_without_per_document_scores_are_inconclusive_with_the_reason(tmp_path):
+    """Rows collected before per-document scores existed (or whose predictions left the cache) never "hold"."""
+    show, files, _ = _fake_show()
+    plan = load_plan(PLAN)
+    experiments = _collected(show, files, {})
+    assert not any("per_document" in e for e in experiments.values())
+    lines = _verdicts(render(_results(plan, experiments), tmp_path))
+    assert (
+        "20.00 vs 8.00 (1 seed per row) → **inconclusive** (no per-document scores collected; rerun the group)"
+        in (lines["F2a"])
+    )
+    for code in ("F1a", "F1b", "F1d", "F2b", "F2c", "F5a", "F5b", "F5c"):
+        assert "**inconclusive** (no per-document scores collected; rerun the group)" in lines[code], code
+    # one row without them: the line names it
+    experiments = _collected(*_fake_show())
+    del experiments["cpu-main-instruction-synthesis"]["per_document"]
+    lines = _verdicts(render(_results(plan, experiments), tmp_path))
+    assert "no per-document scores collected for instruction-synthesis; rerun the group" in lines["F2a"]
+    assert lines["F2b"].endswith("**holds**")
+
+
+def test_unequal_training_sets_get_the_inequality_line(tmp_path):
+    plan = load_plan(PLAN)
+    experiments = _collected()
+    instruction = experiments["cpu-main-instruction-synthesis"]
+    instruction["mix"] = {"samples": 75, "long_samples": 27}
+    instruction["train"] = {"samples_used": 75, "steps": 19}
+    experiments["cpu-main-context-synthesis"]["train"] = {"samples_used": 96, "steps": 24}
+    lines = _verdicts(render(_results(plan, experiments), tmp_path))
+    assert lines["F2a"].endswith(
+        "**holds**. Unequal rows: training samples 96 vs 75; long samples 48 vs 27; optimizer steps 24 vs 19."
+    )
+    assert lines["F2b"].endswith("**holds**. Unequal rows: optimizer steps 24 vs 3.")  # same data sizes, not steps
+    assert "Unequal" not in lines["F5b"]  # human context and context-free: same sizes, same steps
+
+
+def test_a_tie_is_inconclusive_and_a_flat_task_is_named(tmp_path):
+    """F3 with n1 = n5 document for document: the step is a tie, and a task where every row scores 0 carries nothing."""
+    plan = load_plan(PLAN)
+    experiments = {}
+    squad = {"n1": [0.0, 22.5, 45.0, 22.5], "n5": [0.0, 22.5, 45.0, 22.5], "n10": [0.0, 45.0, 45.0, 45.0]}
+    for order, row in enumerate(squad):
+        scores = {"squad_long": {f"squad_long:{i}": squad[row][i % 4] for i in range(8)}}
+        scores["hotpotqa_long"] = {f"hotpotqa_long:{i}": 0.0 for i in range(8)}
+        value = sum(squad[row]) / 4
+        experiments[f"cpu-contexts-{row}"] = {
+            "group": "contexts",
+            "row": row,
+            "scale": "cpu",
+            "seed": None,
+            "order": order,
+            "eval": _eval(value / 2, {"squad_long": value, "hotpotqa_long": 0.0}),
+            "per_document": {"finetuned": scores},
+            "test_documents": {"squad_long": 8, "hotpotqa_long": 8},
+        }
+    lines = _verdicts(render(_results(plan, experiments), tmp_path))
+    assert "n = 1 / 5 / 10 gives 11.25 / 11.25 / 16.88; n10 − n1 +5.62, 95% interval" in lines["F3"]
+    assert "n1 → n5 +0.00 [+0.00, +0.00], inconclusive (a tie)" in lines["F3"]
+    assert "hotpotqa_long is 0.00 for every compared row: the comparison rests on the other tasks" in lines["F3"]
 
 
 @pytest.mark.parametrize("value", ["", "0.1.2", "26.3", "null", "a b", "it's", 3, 2.5, True, None, ["x", "y z"], []])
@@ -188,12 +314,12 @@ def test_hydra_values_round_trip(value):
 
 
 def test_rows_still_running_or_failed_are_not_collected():
-    show, files = _fake_show()
+    show, files, predictions = _fake_show()
     entries = show[1]["experiments"]
     entries[0]["executor"] = {"state": "running"}
     entries[1]["executor"] = {"state": "failed"}
     entries[2]["executor"] = {"state": "success"}
-    found = experiments_from_show(show, planned_names(load_plan(PLAN)), read_file=lambda r, p: files.get(r))
+    found = _collected(show, files, predictions)
     assert "cpu-pilot-sft1-general" not in found and "cpu-pilot-sft2-needle-only" not in found
     assert "cpu-pilot-sft3-short-haystack" in found and len(found) == 8
 
@@ -247,25 +373,165 @@ def test_partial_runs_add_to_a_groups_run_history(tmp_path):
     assert [run["rows"] for run in run_history(entry)] == [["cpu-main-a", "cpu-main-b"], ["cpu-main-b"]]
 
 
-def test_margins_smaller_than_one_test_document_are_called_ties_within_resolution(tmp_path):
-    show, files = _fake_show()
-    for entry in show[1]["experiments"]:
-        rev = entry["revs"][0]
-        if rev["name"].startswith("cpu-main-"):  # 8 squad_long documents: one moves the overall score by 12.5
-            rev["data"]["params"] = {
-                "params.yaml": {"data": {"benchmark": {"squad_long": {"count": 8}, "hotpotqa_long": {"count": 99}}}}
-            }
-    plan = load_plan(PLAN)
-    experiments = experiments_from_show(show, planned_names(plan), read_file=lambda r, p: files.get(r))
-    assert experiments["cpu-main-context-synthesis"]["test_documents"] == {"squad_long": 8}  # only scored tasks
-    results = {
-        "scales": plan["scales"],
-        "runs": {},
-        "context_lengths": None,
-        "experiments": experiments,
-        "groups": {g: {"finding": s["finding"], "title": s["title"]} for g, s in plan["groups"].items()},
+def test_collection_keeps_per_document_scores_across_lost_refs(tmp_path, monkeypatch):
+    """A stored row whose experiment ref is gone keeps its per-document scores, and so do its verdicts."""
+    monkeypatch.chdir(tmp_path)  # no metrics/paper_runs.json or plot files of the checkout
+    stored = {"experiments": _collected()}
+    results = collect(PLAN, show=[{"rev": "workspace", "experiments": None}], stored=stored)
+    assert results["experiments"] == stored["experiments"]
+    general = results["experiments"]["cpu-main-general-only"]
+    assert general["per_document"]["finetuned"]["squad_long"] == {f"squad_long:{i}": 5.0 for i in range(8)}
+    lines = _verdicts(render(json.loads(json.dumps(results)), tmp_path / "figures"))
+    assert lines["F2b"].startswith("- **F2b** context synthesis beats general data alone: 20.00 vs 5.00; difference")
+    assert "**holds**" in lines["F2b"]
+    # the same run found again after its predictions left the DVC cache: the scores read earlier stay
+    show, files, _ = _fake_show()
+    again = _collected(show, files, {})
+    assert "per_document" not in again["cpu-main-general-only"]
+    merged = merge_experiments(stored["experiments"], again, planned_names(load_plan(PLAN)))
+    assert merged["cpu-main-general-only"]["per_document"] == general["per_document"]
+    # a rerun (another rev) without readable predictions does not inherit the old run's scores
+    again["cpu-main-general-only"]["rev"] = "e" * 40
+    merged = merge_experiments(stored["experiments"], again, planned_names(load_plan(PLAN)))
+    assert "per_document" not in merged["cpu-main-general-only"]
+
+
+def test_document_scores_group_predictions_by_variant_and_task():
+    records = [
+        {"variant": "base", "task": "squad_long", "_id": "q1", "score": 12.5, "prediction": "x", "answers": ["y"]},
+        {"variant": "finetuned", "task": "squad_long", "_id": "q1", "score": 50.0},
+        {"variant": "finetuned", "task": "niah_single", "_id": "niah_single:500:0.0:0", "score": 100.0},
+    ]
+    assert document_scores(records) == {
+        "base": {"squad_long": {"q1": 12.5}},
+        "finetuned": {"squad_long": {"q1": 50.0}, "niah_single": {"niah_single:500:0.0:0": 100.0}},
     }
-    lines = {line.split("**")[1]: line for line in render(results, tmp_path).splitlines() if line.startswith("- **F")}
-    assert "a margin of 12.00 points, less than the 12.50" in lines["F2a"]  # 20 vs 8
-    assert "margin" not in lines["F2b"]  # 20 vs 5: beyond one document
-    assert "a margin of 2.00 points" in lines["F2c"] and "**holds**" in lines["F2c"]  # 20 vs 22
+    assert document_scores([]) is None and document_scores(None) is None
+
+
+def test_predictions_are_read_through_dvc_at_the_experiments_commit(tmp_path, monkeypatch, caplog):
+    """A real git + DVC repository: the predictions file is a DVC-tracked output, read from the cache at a commit
+    whose workspace no longer has it; without the cache, no scores and a warning."""
+    import shutil
+    import subprocess
+    import sys
+
+    def run(*args):
+        subprocess.run(args, cwd=tmp_path, check=True, capture_output=True, text=True)
+
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    (tmp_path / "data" / "eval").mkdir(parents=True)
+    records = [{"variant": "finetuned", "task": "squad_long", "_id": "q1", "score": 50.0}]
+    (tmp_path / "data" / "eval" / "predictions.jsonl").write_text(json.dumps(records[0]) + "\n", encoding="utf-8")
+    run(sys.executable, "-m", "dvc", "add", "-q", "data/eval/predictions.jsonl")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run")
+    rev = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    (tmp_path / "data" / "eval" / "predictions.jsonl").unlink()  # the workspace moved on
+    monkeypatch.chdir(tmp_path)
+    assert dvc_predictions(rev) == records
+    shutil.rmtree(tmp_path / ".dvc" / "cache")
+    assert dvc_predictions(rev) is None
+    assert "no per-document scores" in caplog.text
+
+
+def test_niah_cells_of_one_sample_each_are_per_sample_scores(tmp_path):
+    """A NIAH row collected without predictions but with its sample counts: one sample per heatmap cell, so the
+    cells are the per-sample recalls and the pilot's verdicts can be computed."""
+    show, files, _ = _fake_show()
+    experiments = _collected(show, files, {})
+    for experiment in experiments.values():
+        if experiment["group"] == "pilot":
+            experiment["test_documents"] = {f"niah_{s}": len(LENGTHS) * len(DEPTHS) for s in SUBTASKS}
+    lines = _verdicts(render(_results(load_plan(PLAN), experiments), tmp_path))
+    assert "change of the gap from 500 to 2000 words +20.00" in lines["F1a"] and "**holds**" in lines["F1a"]
+    assert "(16 paired needle samples" in lines["F1a"]
+    # with two samples per cell the cells are means, not samples: no intervals
+    for experiment in experiments.values():
+        if experiment["group"] == "pilot":
+            experiment["test_documents"] = {f"niah_{s}": 2 * len(LENGTHS) * len(DEPTHS) for s in SUBTASKS}
+    lines = _verdicts(render(_results(load_plan(PLAN), experiments), tmp_path))
+    assert "**inconclusive** (no per-document scores collected; rerun the group)" in lines["F1a"]
+
+
+def _seeded_plan(seeds=(0, 1, 2), row_seeds=None):
+    plan = load_plan(PLAN)
+    plan["groups"]["main"]["overrides"]["cpu"]["seeds"] = list(seeds) if isinstance(seeds, tuple) else seeds
+    if row_seeds is not None:
+        plan["groups"]["main"]["rows"]["general-only"] = {"mix.variant": "none", "seeds": row_seeds}
+    return plan
+
+
+def test_seeds_expand_a_row_into_one_experiment_per_seed(capsys):
+    plan = _seeded_plan()
+    runs = dict(planned_runs(plan, "main", "cpu"))
+    assert len(runs) == 18 and "cpu-main-context-synthesis" not in runs
+    assert runs["cpu-main-context-synthesis-s2"]["finetune.seed"] == 2
+    assert runs["cpu-main-context-synthesis-s2"]["mix.seed"] == 2
+    assert "seeds" not in runs["cpu-main-context-synthesis-s2"]  # not a params.yaml key
+    # the GPU rows have no seeds: one experiment each, plain names
+    assert "gpu-main-context-synthesis" in dict(planned_runs(plan, "main", "gpu"))
+    # queue --dry-run prints one `dvc exp run` per seed
+    names = queue_group(plan, "main", "cpu", dry_run=True, rows=["context-synthesis"])
+    assert names == [f"cpu-main-context-synthesis-s{seed}" for seed in (0, 1, 2)]
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 3 and all("-S finetune.seed=" in line and "-S mix.seed=" in line for line in printed)
+    assert "-n cpu-main-context-synthesis-s1 " in printed[1]
+    # a row's own seeds win; `seeds: null` runs it once
+    entries = planned_entries(_seeded_plan(row_seeds=[7]), "main", "cpu")
+    assert [e["name"] for e in entries if e["row"] == "general-only"] == ["cpu-main-general-only-s7"]
+    plan = _seeded_plan()
+    plan["groups"]["main"]["rows"]["general-only"] = {"mix.variant": "none", "seeds": None}
+    assert [e["name"] for e in planned_entries(plan, "main", "cpu") if e["row"] == "general-only"] == [
+        "cpu-main-general-only"
+    ]
+    names = planned_names(_seeded_plan())
+    assert names["cpu-main-human-context-s1"]["row"] == "human-context"
+    assert names["cpu-main-human-context-s1"]["seed"] == 1
+
+
+@pytest.mark.parametrize("seeds", [[], [0, 0], ["a"], 3, [True]])
+def test_bad_seed_lists_are_errors(seeds):
+    with pytest.raises(InputError, match="seeds"):
+        planned_runs(_seeded_plan(seeds=seeds), "main", "cpu")
+
+
+def test_a_row_cannot_set_a_seed_key_and_seeds():
+    plan = _seeded_plan()
+    plan["groups"]["main"]["rows"]["general-only"] = {"mix.variant": "none", "finetune.seed": 3}
+    with pytest.raises(InputError, match="finetune.seed and `seeds`"):
+        planned_runs(plan, "main", "cpu")
+
+
+def test_the_seeds_of_a_row_are_one_row_of_the_report(tmp_path):
+    """Three seeds of each main row, collected as three experiments, reported as one row with its range and a
+    two-level interval."""
+    plan = _seeded_plan()
+    revs, predictions = [], {}
+    for index, (row, value) in enumerate(MAIN.items()):
+        for seed in (0, 1, 2):
+            rev = f"{index:020x}{seed:020x}"
+            score = value + 2.0 * seed  # seeds differ by 2 points on every document
+            revs.append(
+                {
+                    "rev": rev,
+                    "name": f"cpu-main-{row}-s{seed}",
+                    "data": {"metrics": {"metrics/eval.json": {"data": _eval(score, {"squad_long": score})}}},
+                }
+            )
+            predictions[rev] = _qa_predictions("finetuned", "squad_long", score)
+    show = [{"rev": "a" * 40, "experiments": [{"revs": [rev]} for rev in revs]}]
+    experiments = _collected(show, {}, predictions, plan)
+    assert len(experiments) == 18
+    results = _results(plan, experiments)
+    rows = rows_of(results, "main")
+    assert list(rows) == list(MAIN) and rows["context-synthesis"].seeds == 3
+    assert rows["context-synthesis"].score() == 22.0  # the mean over seeds
+    text = render(results, tmp_path)
+    assert "| + context synthesis | 22.00 | 22.00 | [20.00, 24.00] | 3 (20.00–24.00) |" in text
+    line = _verdicts(text)["F2a"]
+    # 22 vs 10 on average; resampling seeds moves each row by up to 2 points either way
+    assert "difference +12.00, 95% interval [+" in line and "3 seeds per row" in line and "**holds**" in line

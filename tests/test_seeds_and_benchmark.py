@@ -71,7 +71,8 @@ def test_per_task_sampling_is_seeded(raw_dir):
     assert [s["id"] for s in first] != [s["id"] for s in other]
 
 
-def test_unknown_source_and_bad_jsonl_are_located(raw_dir, tmp_path):
+def test_unknown_source_and_bad_jsonl_are_located(raw_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the repository's dvc.yaml: a library call checks existence only
     empty = {"ids": [], "questions": [], "paragraphs": []}
     with pytest.raises(InputError, match="unknown seed source type 'web'"):
         select_seeds([{"type": "web"}], raw_dir, empty, seed=0)

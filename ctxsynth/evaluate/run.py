@@ -12,8 +12,11 @@ import logging
 import tempfile
 from pathlib import Path
 
+from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
+from ctxsynth.core.inputs import require_tracked
 from ctxsynth.core.io import (
     InputError,
+    dumps,
     read_jsonl_numbered,
     sha256_file,
     sha256_text,
@@ -23,7 +26,7 @@ from ctxsynth.core.io import (
 )
 from ctxsynth.core.scoring import delta, niah_heatmap, summarize
 from ctxsynth.core.tasks import get_task, templates_version
-from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
+from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir, resolve_device, resolve_dtype
 from ctxsynth.evaluate.settings import EvalSettings
 
 log = logging.getLogger(__name__)
@@ -76,34 +79,31 @@ def middle_truncate(tokenizer, text: str, max_length: int) -> tuple[str, int, bo
 
 
 def find_sources(benchmark_dir: Path, settings: EvalSettings) -> list[tuple[str, Path]]:
-    """(task, file) pairs: settings.tasks from benchmark_dir; the LongBench tasks from longbench_dir if usable."""
+    """(task, file) pairs: settings.tasks from benchmark_dir, and every LongBench task from longbench_dir when it is
+    set. A missing directory or task file is an InputError, never a task silently left out of the scores; the
+    directory must be a dependency of the evaluate stage (inputs/longbench), so `dvc repro` sees its files change."""
     sources = [(task, Path(benchmark_dir) / f"{task}.jsonl") for task in settings.tasks]
-    if settings.longbench_dir and not Path(settings.longbench_dir).is_dir():
-        log.warning(
-            "LongBench tasks %s skipped: evaluate.longbench_dir %s is not a directory. Either unzip "
-            "THUDM/LongBench's data.zip there (its data/<task>.jsonl files), or, on a machine with hub "
-            "access, run lm-eval's own hub tasks (`lm_eval --tasks longbench_<task>`, dataset "
-            "Xnhyacinth/LongBench). The other tasks still run.",
-            ", ".join(settings.longbench_tasks),
-            settings.longbench_dir,
-        )
-    elif settings.longbench_dir:
+    if settings.longbench_dir:
         root = Path(settings.longbench_dir)
-        for task in settings.longbench_tasks:
+        if not root.is_dir():
+            raise InputError(
+                "params.yaml",
+                f"{str(root)!r} is not a directory: unzip THUDM/LongBench's data.zip there (its data/<task>.jsonl "
+                "files) under inputs/longbench, or set evaluate.longbench_dir: null (on a machine with hub access, "
+                "lm-eval's own hub tasks run them: `lm_eval --tasks longbench_<task>`, dataset Xnhyacinth/LongBench)",
+                field="evaluate.longbench_dir",
+            )
+        require_tracked(root, "evaluate", "evaluate.longbench_dir")
+        for index, task in enumerate(settings.longbench_tasks):
             candidates = [root / "data" / f"{task}.jsonl", root / f"{task}.jsonl"]
             found = next((path for path in candidates if path.is_file()), None)
             if found is None:
-                log.warning(
-                    "LongBench task %s skipped: %s not found. Either unzip THUDM/LongBench's data.zip so that "
-                    "%s exists (set evaluate.longbench_dir to that directory), or, on a machine with hub "
-                    "access, run lm-eval's own hub tasks (`lm_eval --tasks longbench_%s`, dataset "
-                    "Xnhyacinth/LongBench). The other tasks still run.",
-                    task,
+                raise InputError(
                     candidates[0],
-                    candidates[0],
-                    task,
+                    f"LongBench task file not found (nor {candidates[1]}): unzip THUDM/LongBench's data.zip so "
+                    f"that it exists, or remove {task!r} from evaluate.longbench_tasks",
+                    field=f"evaluate.longbench_tasks[{index}]",
                 )
-                continue
             sources.append((task, found))
     names = [task for task, _ in sources]
     if len(set(names)) != len(names):
@@ -123,6 +123,8 @@ def evaluate(
 ) -> dict:
     """Score base and base + adapter; write eval.json, predictions.jsonl and the NIAH heatmap rows (recall x100
     per model x subtask x length x depth, the paper's Figure 2); return the eval.json content."""
+    sources = find_sources(benchmark_dir, settings)  # every input file checked before anything is loaded
+
     from transformers import AutoConfig, AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -144,10 +146,13 @@ def evaluate(
         )
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    named_template = None  # a chat format of core/chat_templates.yaml, for a base model: lm-eval gets it too
+    if settings.apply_chat_template:
+        if apply_chat_template_choice(tokenizer, settings.chat_template, "evaluate.chat_template") != MODEL_TEMPLATE:
+            named_template = tokenizer.chat_template
     config = AutoConfig.from_pretrained(model_dir)
     _check_not_stale_gguf(model_dir, config)
     window = _model_window(config)
-    sources = find_sources(benchmark_dir, settings)
     specs = {task: get_task(task) for task, _ in sources}
     overhead = _chat_overhead(tokenizer) if settings.apply_chat_template else 1
     max_length = settings.max_length
@@ -191,7 +196,11 @@ def evaluate(
         report: dict = {"base": None, "finetuned": None, "delta": None}
         predictions = []
         for variant, model, adapter in variants:
-            cache_db = generation_cache_db(model, adapter, full=model != model_dir) if settings.cache else None
+            cache_db = (
+                generation_cache_db(model, adapter, full=model != model_dir, settings=settings)
+                if settings.cache
+                else None
+            )
             outputs = runner.run(
                 model,
                 tasks,
@@ -203,6 +212,8 @@ def evaluate(
                 max_length=window,
                 apply_chat_template=settings.apply_chat_template,
                 backend=settings.backend,
+                label=f"evaluate {variant}",
+                chat_template=named_template,
             )
             scores = {task: 100.0 * output["score"] for task, output in outputs.items()}
             report[variant] = summarize(scores, {task: spec.category for task, spec in specs.items()})
@@ -216,10 +227,29 @@ def evaluate(
     return report
 
 
-def generation_cache_db(model_dir: Path, adapter_dir: Path | None, full: bool = False) -> Path:
-    """lm-eval's request cache (keyed by the exact prompt and generation settings) in a file per model content:
-    the base model's identity plus the adapter's weights and config hashes; a fully fine-tuned model by its weights
-    (its provenance names the base model it came from, which must not share the base model's cache)."""
+def generation_settings(settings: EvalSettings) -> dict:
+    """What, besides the model and the request, changes a generation: the backend, the device and dtype it resolves
+    to, and the batch size (rows padded to each other change the numerics). lm-eval's own request key already holds
+    the prompt text (with the chat template applied) and the generation kwargs."""
+    if settings.backend == "hf":
+        device = resolve_device(settings.device)
+        return {
+            "backend": "hf",
+            "device": device,
+            "dtype": resolve_dtype(settings.dtype, device),
+            "batch_size": settings.batch_size,
+        }
+    # vllm: evaluate.device is not used (vLLM places the model itself); the dtype goes to vLLM as written.
+    return {"backend": settings.backend, "dtype": settings.dtype, "batch_size": settings.batch_size}
+
+
+def generation_cache_db(
+    model_dir: Path, adapter_dir: Path | None, full: bool = False, settings: EvalSettings | None = None
+) -> Path:
+    """lm-eval's request cache (keyed by the exact prompt and generation kwargs) in a file per model content and
+    generation settings: the base model's identity plus the adapter's weights and config hashes; a fully fine-tuned
+    model by its weights (its provenance names the base model it came from, which must not share the base model's
+    cache); then `generation_settings(settings)`, so another backend, device, dtype or batch size misses the cache."""
     from ctxsynth.core.identity import model_identity
 
     parts = (
@@ -227,6 +257,7 @@ def generation_cache_db(model_dir: Path, adapter_dir: Path | None, full: bool = 
     )
     if adapter_dir is not None:
         parts += [sha256_file(path) for path in sorted(Path(adapter_dir).glob("adapter_*")) if path.is_file()]
+    parts.append(dumps(generation_settings(settings or EvalSettings())))
     return user_cache_dir("lm_eval") / sha256_text("\n".join(parts))[:32]
 
 

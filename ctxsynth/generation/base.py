@@ -27,6 +27,7 @@ class GenerationError(StageError):
 class Backend(Protocol):
     name: str
     model_id: str  # the cache identity of the weights behind this backend
+    generation_settings: dict  # what else changes its outputs (device, dtype, ...): part of the stored cache key
 
     def iter_generate(self, requests: list[Request], sampling: dict, seed: int) -> Iterator[list[tuple[Request, dict]]]:
         """Yield lists of (request, {"text", "generated_tokens", "finish_reason"}) as they finish."""

@@ -18,6 +18,24 @@ def cache_key(**parts) -> str:
     return sha256_text(dumps(parts))
 
 
+def generation_settings(backend) -> dict:
+    """What, besides its `model_id`, changes a backend's outputs (transformers: device and dtype; vllm: dtype and
+    max_model_len; a server: nothing we control): part of every stored key, so a change misses the cache."""
+    return dict(getattr(backend, "generation_settings", None) or {})
+
+
+def stored_key(request_key: str, generation: dict) -> str:
+    """The key a generation is cached under: the request's key (its content: model, prompt, sampling, seed) with the
+    backend's `generation_settings`. The request key alone seeds an item's sampling (transformers, vllm), so another
+    device or dtype misses the cache while the item still draws the same random numbers."""
+    return cache_key(request=request_key, generation=generation)
+
+
+def batch_provenance(generation: dict) -> dict:
+    """The paid batch a generation came from ({"batch_id": ...}), for a record's provenance; {} otherwise."""
+    return {"batch_id": generation["batch_id"]} if generation.get("batch_id") else {}
+
+
 class GenerationCache:
     def __init__(self, root: os.PathLike | str):
         self.root = Path(root)

@@ -11,7 +11,9 @@ run with the same (or a smaller) set of uncached requests polls the stored batch
 The upload is recorded before the batch is created, and creation is first looked up among the server's batches
 when it is retried, so neither a kill nor a lost reply between the two creates a second batch.
 
-Successful items are yielded together when the batch ends; failed or missing items then raise `GenerationError`,
+Successful items are yielded together when the batch ends, each with the `batch_id` that produced it (cached with
+the generation, so a record's provenance names the batch it was paid in; `self.batches` holds each consumed batch's
+id, status, request counts and input file id); failed or missing items then raise `GenerationError`,
 after the caller has cached the successes, so a rerun submits only the rest. The state file is removed once the
 batch's results have been consumed.
 """
@@ -66,6 +68,8 @@ class OpenAIBatchBackend:
         self.model = model
         # The cache key names the model, not the server: the same weights behind another backend share entries.
         self.model_id = model_id or model
+        # The server decides device and dtype: nothing to add to the cache key beside model_id.
+        self.generation_settings: dict = {}
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self.completion_window, self.poll_interval, self.timeout = completion_window, float(poll_interval), timeout
         self.state_dir = Path(state_dir).expanduser() if state_dir else user_cache_dir("openai_batches")
@@ -376,7 +380,8 @@ class OpenAIBatchBackend:
                 "succeeded": sum(k in results for k in by_key),
             }
         )
-        finished = [(by_key[k], results[k]) for k in by_key if k in results]
+        # Each result names the batch that paid for it: cached with the generation, it reaches the record's provenance.
+        finished = [(by_key[k], {**results[k], "batch_id": batch.get("id")}) for k in by_key if k in results]
         if finished:
             yield finished  # the caller caches these before the state file goes
         remove_state(path)

@@ -56,6 +56,8 @@ class OpenAIBackend:
         self.model = model
         # The cache key names the model, not the server: the same weights behind another backend share entries.
         self.model_id = model_id or model
+        # The server decides device and dtype: nothing to add to the cache key beside model_id.
+        self.generation_settings: dict = {}
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self.concurrency, self.timeout = concurrency, timeout
         self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)

@@ -26,13 +26,20 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        torch_dtype = getattr(torch, dtype)
         self.model = (
-            AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa")
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, attn_implementation="sdpa")
             .to(self.device)
             .eval()
         )
         self.batch_size = batch_size
         self.model_id = model_identity(model_dir)
+        # Stored with every cached generation (generation.cache.stored_key): the numerics differ by device type and
+        # dtype. Not the GPU index, nor batch_size: a row's output does not depend on its batch (test_backends.py).
+        self.generation_settings = {
+            "device": torch.device(self.device).type,
+            "dtype": str(torch_dtype).removeprefix("torch."),
+        }
 
     def prompt_text(self, request: Request) -> str:
         prompt = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)

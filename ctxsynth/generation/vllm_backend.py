@@ -43,6 +43,8 @@ class VLLMBackend:
             seed=0,
         )
         self.model_id = model_identity(model_dir)
+        # Stored with every cached generation (generation.cache.stored_key): dtype and window change the outputs.
+        self.generation_settings = {"dtype": dtype, "max_model_len": max_model_len}
         self.chunk_size = int(chunk_size)  # results are yielded (and cached) after every chunk
 
     @staticmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import coerce
 from ctxsynth.core.tasks import get_task
 from ctxsynth.core.text import rng_for
@@ -33,6 +34,40 @@ def pool_for_variant(variant: str, seeds: list[dict], synthesized: list[dict]) -
     if variant == "context_free":
         return list(seeds)
     raise ValueError(f"unknown mix.variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
+
+# mix.filter key -> the synthesize.verify score it thresholds, and the setting that computes it
+FILTER_SCORES = {
+    "min_support": ("support", "synthesize.verify.enabled"),
+    "max_leakage": ("leakage", "synthesize.verify.enabled"),
+    "min_answerability": ("answerability", "synthesize.verify.answerability"),
+}
+
+
+def score_computed(record: dict, score: str) -> bool:
+    """Whether verification computed `score` for this record. Support is null when it does not apply (a long or
+    yes/no answer) and counts as computed; answerability is null only when it was never computed."""
+    scores = record.get("verification")
+    if not isinstance(scores, dict) or score not in scores:
+        return False
+    return score == "support" or scores[score] is not None
+
+
+def require_filter_scores(pool: list[dict], thresholds: FilterSettings | Mapping, contexts_path) -> None:
+    """Every threshold `mix.filter` sets has its score on every record, or the filter would pass records it never
+    judged: an InputError naming the key and the contexts file."""
+    thresholds = coerce(FilterSettings, thresholds, "mix.filter")
+    for key, (score, setting) in FILTER_SCORES.items():
+        if getattr(thresholds, key) is None:
+            continue
+        missing = [record["id"] for record in pool if not score_computed(record, score)]
+        if missing:
+            raise InputError(
+                contexts_path,
+                f"mix.filter.{key} is set but {len(missing)} of {len(pool)} records have no {score} score "
+                f"(e.g. {missing[0]!r}): rerun synthesize with {setting}: true, or set mix.filter.{key}: null",
+                field=f"mix.filter.{key}",
+            )
 
 
 def apply_filter(pool: list[dict], thresholds: FilterSettings | Mapping) -> tuple[list[dict], dict]:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from ctxsynth.core.io import InputError, read_json, read_jsonl
 from ctxsynth.core.tasks import templates_version
-from ctxsynth.mix.assemble import apply_filter, assemble, length_stats, pool_for_variant
+from ctxsynth.mix.assemble import apply_filter, assemble, length_stats, pool_for_variant, require_filter_scores
 from ctxsynth.mix.niah_training import niah_training_samples
 from ctxsynth.mix.settings import GENERAL_ONLY, NIAH_VARIANTS, MixSettings
-from ctxsynth.prepare.general_data import load_general
+from ctxsynth.prepare.general_data import load_general, require_general_source
 from ctxsynth.prepare.seeds import read_seed_dir
 
 
@@ -32,6 +32,7 @@ def long_samples(
     pool = pool_for_variant(variant, seeds, synthesized)
     filter_report = {}
     if variant == "context_synthesis" and settings.filter.active:
+        require_filter_scores(pool, settings.filter, contexts_path)
         pool, filter_report = apply_filter(pool, settings.filter)
     if not pool:
         raise InputError(
@@ -47,6 +48,7 @@ def build_mix(
     settings: MixSettings, *, raw_dir: Path, reserved_path: Path, seeds_dir: Path, contexts_path: Path
 ) -> tuple[list[dict], list[dict], dict]:
     """(long samples, general samples, report); the training file is the long samples followed by the general."""
+    require_general_source(settings.general)  # a file it names is checked before anything is read
     samples, report = long_samples(
         settings, raw_dir=raw_dir, reserved_path=reserved_path, seeds_dir=seeds_dir, contexts_path=contexts_path
     )

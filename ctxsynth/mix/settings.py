@@ -26,7 +26,8 @@ ALL_VARIANTS = (GENERAL_ONLY,) + VARIANTS + tuple(NIAH_VARIANTS)
 @dataclass(frozen=True)
 class FilterSettings:
     """`mix.filter`: thresholds on synthesize.verify scores; null = no filter (the paper has none). A score that is
-    null (not applicable or not computed) never fails a threshold."""
+    null because it does not apply (support of a long or yes/no answer) never fails a threshold; a threshold whose
+    score was never computed (verification or answerability off in synthesize) stops the mix stage."""
 
     min_support: float | None = None  # e.g. 1.0: short answers must occur in their context
     max_leakage: float | None = None  # e.g. 0.5: drop contexts that mostly restate the question and answer

@@ -3,18 +3,29 @@
 Experiment refs stay local to a machine; this file is what gets committed, and the report is rendered from it alone,
 so `ctxsynth report --from-results` rebuilds the report anywhere. Collecting is cumulative: a row found in
 `dvc exp show` replaces its stored result, and a stored row whose experiment is not on this machine (run elsewhere, or
-before the refs were lost) is kept as long as the plan still gives it the same overrides.
+before the refs were lost) is kept, with its per-document scores, as long as the plan still gives it the same overrides.
+
+Per-document scores: the evaluate stage's `data/eval/predictions.jsonl` is a DVC output, so its content lives in the
+DVC cache and the experiment's commit holds only its hash (dvc.lock). `dvc.api.open(path, rev=<experiment commit>)`
+reads that commit's version from the cache (or the default remote). Each row keeps
+`per_document: {variant: {task: {document id: score x100}}}`, the paired bootstrap's input (ctxsynth/paper/stats.py).
+A row whose predictions cannot be read (not in the cache, or collected before this existed) has no `per_document`, and
+the report calls its comparisons inconclusive.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from pathlib import Path
 
-from ctxsynth.paper.experiments import RUNS_LOG, SCALES, load_plan, planned_runs
+from ctxsynth.paper.experiments import RUNS_LOG, SCALES, load_plan, planned_entries
+
+log = logging.getLogger(__name__)
 
 NIAH_PLOT = "metrics/plots/niah.json"
+PREDICTIONS = "data/eval/predictions.jsonl"
 LENGTHS_PLOT = "metrics/plots/context_lengths.json"
 TRAIN_KEYS = (
     "samples_used",
@@ -31,13 +42,20 @@ MIX_KEYS = ("variant", "num_contexts", "samples", "long_samples")
 
 
 def planned_names(plan: dict) -> dict[str, dict]:
-    """Experiment name -> {group, row, scale, overrides} for every row of every group at every scale."""
+    """Experiment name -> {group, row, seed, scale, overrides} for every experiment (row x seed) of every group at
+    every scale; seed is None for a row run once."""
     names = {}
     for group in plan["groups"]:
         for scale in SCALES:
-            for name, overrides in planned_runs(plan, group, scale):
-                row = name[len(f"{scale}-{group}-") :]
-                names[name] = {"group": group, "row": row, "scale": scale, "overrides": overrides, "order": len(names)}
+            for entry in planned_entries(plan, group, scale):
+                names[entry["name"]] = {
+                    "group": group,
+                    "row": entry["row"],
+                    "seed": entry["seed"],
+                    "scale": scale,
+                    "overrides": entry["overrides"],
+                    "order": len(names),
+                }
     return names
 
 
@@ -61,8 +79,36 @@ def _git_json(rev: str, path: str):
     return json.loads(completed.stdout) if completed.returncode == 0 else None
 
 
-def experiments_from_show(show: list, planned: dict[str, dict], read_file=_git_json) -> dict[str, dict]:
-    """The planned experiments found in `dvc exp show --json` output (the first baseline listing a name wins)."""
+def dvc_predictions(rev: str) -> list[dict] | None:
+    """The experiment's prediction records, read through DVC at its commit; None (and a warning) when the cache and
+    the remote do not have them."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        with dvc.api.open(PREDICTIONS, rev=rev, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    except (DvcException, OSError, ValueError) as error:
+        log.warning("%s at %s not readable (%s): no per-document scores for it", PREDICTIONS, rev[:12], error)
+        return None
+
+
+def document_scores(records: list[dict] | None) -> dict[str, dict[str, dict[str, float]]] | None:
+    """{variant: {task: {document id: score x100}}} from prediction records (their `score` is already x100)."""
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for record in records or []:
+        document = str(record.get("_id", record.get("id")))
+        scores.setdefault(record["variant"], {}).setdefault(record["task"], {})[document] = round(
+            float(record["score"]), 4
+        )
+    return scores or None
+
+
+def experiments_from_show(
+    show: list, planned: dict[str, dict], read_file=_git_json, read_predictions=dvc_predictions
+) -> dict[str, dict]:
+    """The planned experiments found in `dvc exp show --json` output (the first baseline listing a name wins).
+    read_file(rev, path): a git-tracked file's JSON at a commit; read_predictions(rev): prediction records or None."""
     found = {}
     for baseline in show:
         for experiment in baseline.get("experiments") or []:
@@ -90,28 +136,46 @@ def experiments_from_show(show: list, planned: dict[str, dict], read_file=_git_j
                     "test_documents": documents_per_task(data, metrics.get("metrics/eval.json")),
                     "niah": read_file(rev["rev"], NIAH_PLOT),
                 }
+                per_document = document_scores(read_predictions(rev["rev"]))
+                if per_document:
+                    found[name]["per_document"] = per_document
+                    scored = per_document.get("finetuned") or next(iter(per_document.values()))
+                    found[name]["test_documents"] = {task: len(docs) for task, docs in sorted(scored.items())}
     return found
 
 
 def documents_per_task(data: dict, evaluation: dict | None) -> dict[str, int]:
-    """Documents per scored QA task, from the experiment's own params (benchmark.<task>.count)."""
+    """Documents per scored task, from the experiment's own params (benchmark.<task>.count; NIAH: samples per cell x
+    lengths x depths); the per-document scores, where read, replace this with the documents actually scored."""
     benchmark = (((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("benchmark") or {}
     tasks = ((evaluation or {}).get("finetuned") or {}).get("tasks") or {}
-    return {
-        task: benchmark[task]["count"]
-        for task in tasks
-        if isinstance(benchmark.get(task), dict) and benchmark[task].get("count")
-    }
+    niah = benchmark.get("niah") if isinstance(benchmark.get("niah"), dict) else {}
+    counts = {}
+    for task in tasks:
+        if isinstance(benchmark.get(task), dict) and benchmark[task].get("count"):
+            counts[task] = benchmark[task]["count"]
+        elif task.startswith("niah_") and niah.get("lengths") and niah.get("depths"):
+            counts[task] = int(niah.get("samples") or 1) * len(niah["lengths"]) * len(niah["depths"])
+    return counts
 
 
 def merge_experiments(stored: dict[str, dict], found: dict[str, dict], planned: dict[str, dict]) -> dict[str, dict]:
     """Stored rows still planned with the same overrides, then the rows found now (which win), in the plan's order."""
     kept = {
-        name: {**row, "order": planned[name]["order"]}
+        name: {**row, "order": planned[name]["order"], "seed": planned[name]["seed"]}
         for name, row in stored.items()
         if name in planned and row.get("overrides") == planned[name]["overrides"]
     }
     merged = {**kept, **found}
+    for name, row in found.items():
+        # The same run found again with its predictions gone from the cache: keep the scores read earlier.
+        earlier = kept.get(name) or {}
+        if "per_document" not in row and earlier.get("per_document") and earlier.get("rev") == row.get("rev"):
+            merged[name] = {
+                **row,
+                "per_document": earlier["per_document"],
+                "test_documents": earlier.get("test_documents", row.get("test_documents")),
+            }
     return dict(sorted(merged.items(), key=lambda item: item[1]["order"]))
 
 

@@ -8,6 +8,11 @@
 A row runs as `dvc exp run --queue -n <scale>-<group>-<row> -S key=value ...` (the group's overrides for the scale,
 then the row's), so every row is an ordinary DVC experiment: `dvc exp show`, `dvc metrics diff`, `dvc exp push`.
 Queued runs see only git-tracked files: commit before queueing.
+
+Training seeds: the key `seeds` in a group's scale section or in a row (the row's wins; `seeds: null` turns the group's
+off for that row) is not a parameter: `seeds: [0, 1, 2]` runs the row as three experiments
+`<scale>-<group>-<row>-s<seed>`, each with `finetune.seed` and `mix.seed` (SEED_KEYS) set to its seed, and the report
+groups them back into one row.
 """
 
 from __future__ import annotations
@@ -39,8 +44,12 @@ def load_plan(path: Path = PLAN) -> dict:
     return plan
 
 
-def experiment_name(scale: str, group: str, row: str) -> str:
-    return f"{scale}-{group}-{row}"
+SEEDS = "seeds"  # the reserved key of an overrides mapping: K training seeds, not a params.yaml path
+SEED_KEYS = ("finetune.seed", "mix.seed")  # what one training seed sets: weights init and data order, mix shuffle
+
+
+def experiment_name(scale: str, group: str, row: str, seed: int | None = None) -> str:
+    return f"{scale}-{group}-{row}" + ("" if seed is None else f"-s{seed}")
 
 
 def row_overrides(row: dict, scale: str) -> dict | None:
@@ -50,18 +59,57 @@ def row_overrides(row: dict, scale: str) -> dict | None:
     return dict(row or {})
 
 
-def planned_runs(plan: dict, group: str, scale: str) -> list[tuple[str, dict]]:
-    """(experiment name, overrides) per row of a group that exists at this scale, in file order."""
+def _seed_list(value, group: str, row: str, scale: str) -> list[int] | None:
+    field = f"groups.{group}.{SEEDS}"
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in value)
+        or len(set(value)) != len(value)
+    ):
+        raise InputError(PLAN, f"row {row!r} at {scale}: `{SEEDS}` must be a list of distinct integers", field=field)
+    return list(value)
+
+
+def planned_entries(plan: dict, group: str, scale: str) -> list[dict]:
+    """{name, row, seed, overrides} per experiment of a group at this scale, in file order; a row with K seeds gives
+    K entries (seed None: the row runs once, under its plain name, with the seeds params.yaml gives)."""
     if group not in plan["groups"]:
         raise InputError(PLAN, f"no group {group!r}; groups: {', '.join(plan['groups'])}", field="groups")
     spec = plan["groups"][group]
     common = (spec["overrides"] or {}).get(scale) or {}
-    runs = []
+    entries = []
     for row, overrides in spec["rows"].items():
         own = row_overrides(overrides, scale)
-        if own is not None:
-            runs.append((experiment_name(scale, group, row), {**common, **own}))
-    return runs
+        if own is None:
+            continue
+        merged = {**common, **own}
+        seeds = _seed_list(merged.pop(SEEDS, None), group, row, scale)
+        if seeds is None:
+            entries.append({"name": experiment_name(scale, group, row), "row": row, "seed": None, "overrides": merged})
+            continue
+        clash = [key for key in SEED_KEYS if key in merged]
+        if clash:
+            raise InputError(
+                PLAN, f"row {row!r} at {scale} sets {', '.join(clash)} and `{SEEDS}`: give one", field=f"groups.{group}"
+            )
+        for seed in seeds:
+            entries.append(
+                {
+                    "name": experiment_name(scale, group, row, seed),
+                    "row": row,
+                    "seed": seed,
+                    "overrides": {**merged, **dict.fromkeys(SEED_KEYS, seed)},
+                }
+            )
+    return entries
+
+
+def planned_runs(plan: dict, group: str, scale: str) -> list[tuple[str, dict]]:
+    """(experiment name, overrides) per experiment of a group at this scale (one per seed of a seeded row)."""
+    return [(entry["name"], entry["overrides"]) for entry in planned_entries(plan, group, scale)]
 
 
 def hydra_value(value) -> str:
@@ -138,12 +186,12 @@ def check_committed() -> None:
 
 
 def select_rows(plan: dict, group: str, scale: str, rows: list[str] | None) -> list[tuple[str, dict]]:
-    """The group's runs at this scale, or only the named rows (an unknown row is an error, not a silent no-op)."""
-    runs = planned_runs(plan, group, scale)
+    """The group's runs at this scale, or only the named rows with all their seeds (an unknown row is an error, not a
+    silent no-op)."""
+    entries = planned_entries(plan, group, scale)
     if not rows:
-        return runs
-    prefix = experiment_name(scale, group, "")
-    known = [name[len(prefix) :] for name, _ in runs]
+        return [(entry["name"], entry["overrides"]) for entry in entries]
+    known = list(dict.fromkeys(entry["row"] for entry in entries))
     unknown = [row for row in rows if row not in known]
     if unknown:
         raise InputError(
@@ -151,7 +199,7 @@ def select_rows(plan: dict, group: str, scale: str, rows: list[str] | None) -> l
             f"group {group!r} has no row {', '.join(unknown)} at scale {scale}; rows: " + ", ".join(known),
             field=f"groups.{group}.rows",
         )
-    return [(name, overrides) for name, overrides in runs if name[len(prefix) :] in rows]
+    return [(entry["name"], entry["overrides"]) for entry in entries if entry["row"] in rows]
 
 
 def queue_group(plan: dict, group: str, scale: str, dry_run: bool = False, rows: list[str] | None = None) -> list[str]:

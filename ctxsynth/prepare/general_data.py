@@ -6,7 +6,9 @@ each). Paragraphs holding an evaluation item or a seed are left out: general dat
 "general data only" row never sees the seeds' own pairs.
 
 `load_general` reads what `mix.general` names: a chat-format JSONL or Parquet file, or a hub dataset (online only),
-in `messages` format or ShareGPT's `conversations` format, and takes a count or a ratio of the long samples.
+in `messages` format or ShareGPT's `conversations` format, and takes a count or a ratio of the long samples. A file
+must be a dependency of the mix stage (inputs/general, or data/general from the `general` stage); a hub dataset is
+read at the commit sha its default branch resolves to, recorded as `revision` in the report (metrics/mix.json).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from ctxsynth.core.chat import validate_messages
+from ctxsynth.core.inputs import require_tracked
 from ctxsynth.core.io import InputError, read_json, read_jsonl_numbered, sha256_file
 from ctxsynth.core.settings import coerce
 from ctxsynth.core.text import count_words, stable_int
@@ -26,6 +29,7 @@ from ctxsynth.prepare.benchmark import squad_paragraphs
 from ctxsynth.prepare.settings import GeneralSettings, GeneralSourceSettings
 
 RESOURCE = Path(__file__).with_name("general_data.yaml")
+LOCAL_SUFFIXES = (".jsonl", ".parquet")  # a mix.general.source ending so, or an existing path, is a local file
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -124,26 +128,53 @@ def _normalize_messages(record: dict, where: str, line: int | None) -> list[dict
     )
 
 
-def _read_rows(source: str, split: str) -> list[tuple[int | None, dict]]:
-    path = Path(source)
-    if path.suffix == ".jsonl":
-        if not path.is_file():
-            raise InputError(
-                path,
-                "mix.general.source: no such file (build it with the `general` stage, "
-                "or name a chat-format JSONL / Parquet file or a hub dataset)",
-            )
-        return read_jsonl_numbered(path)
-    if path.suffix == ".parquet":
-        if not path.is_file():
-            raise InputError(path, "mix.general.source: no such file")
-        import pyarrow.parquet as pq
+def is_local_source(source: str) -> bool:
+    """A `mix.general.source` naming a local file (rather than a hub dataset id)."""
+    return source.endswith(LOCAL_SUFFIXES) or Path(source).exists()
 
-        return [(index + 1, row) for index, row in enumerate(pq.read_table(path).to_pylist())]
+
+def require_general_source(options: GeneralSourceSettings) -> None:
+    """A local `mix.general.source` exists and is a dependency of the mix stage (inputs/general, or the general
+    stage's data/general), so `dvc repro` sees it change; a hub id is resolved when it is read."""
+    source = options.source
+    if not source or not is_local_source(str(source)):
+        return
+    path = Path(source)
+    if not path.exists():
+        raise InputError(
+            "params.yaml",
+            f"{str(source)!r}: no such file (build data/general/train.jsonl with the `general` stage, or name a "
+            "chat-format JSONL / Parquet file under inputs/general, or a hub dataset)",
+            field="mix.general.source",
+        )
+    require_tracked(path, "mix", "mix.general.source")
+
+
+def hub_dataset_revision(source: str) -> str:
+    """The commit sha the hub dataset `source` resolves to now (its default branch); it is then loaded at that sha."""
+    from huggingface_hub import HfApi
+
+    sha = HfApi().dataset_info(source).sha
+    if not sha:
+        raise ValueError("the hub returned no commit sha")
+    return sha
+
+
+def _read_rows(source: str, split: str) -> tuple[list[tuple[int | None, dict]], str | None]:
+    """(line, row) pairs of `source`, and the commit sha a hub dataset was read at (None for a local file)."""
+    path = Path(source)
+    if is_local_source(source):
+        require_general_source(GeneralSourceSettings(source=source))
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return [(index + 1, row) for index, row in enumerate(pq.read_table(path).to_pylist())], None
+        return read_jsonl_numbered(path), None
     try:  # a hub dataset name, e.g. HuggingFaceH4/ultrachat_200k (needs the network)
         import datasets
 
-        dataset = datasets.load_dataset(source, split=split)
+        revision = hub_dataset_revision(source)
+        dataset = datasets.load_dataset(source, split=split, revision=revision)
     except Exception as error:  # noqa: BLE001 - the message must name the parameter, whatever the cause
         raise InputError(
             "params.yaml",
@@ -151,7 +182,7 @@ def _read_rows(source: str, split: str) -> list[tuple[int | None, dict]]:
             f"loadable hub dataset ({type(error).__name__}: {error})",
             field="mix.general.source",
         ) from None
-    return [(index + 1, dict(row)) for index, row in enumerate(dataset)]
+    return [(index + 1, dict(row)) for index, row in enumerate(dataset)], revision
 
 
 def load_general(
@@ -163,7 +194,7 @@ def load_general(
     if not source:
         return [], {}
     count, ratio = options.count, options.ratio
-    rows = _read_rows(str(source), options.split or "train")
+    rows, revision = _read_rows(str(source), options.split or "train")
     samples = []
     for line, record in rows:
         messages = _normalize_messages(record, str(source), line)
@@ -174,4 +205,7 @@ def load_general(
     if wanted is not None and wanted < len(samples):
         samples = sorted(samples, key=lambda s: stable_int(seed, "mix", "general", s["id"]))[:wanted]
     samples.sort(key=lambda s: s["id"])
-    return samples, {"source": str(source), "available": len(rows), "samples": len(samples)}
+    report = {"source": str(source), "available": len(rows), "samples": len(samples)}
+    if revision is not None:
+        report["revision"] = revision  # the hub dataset's commit sha: what was read, not just its name
+    return samples, report

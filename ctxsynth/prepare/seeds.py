@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ctxsynth.core.inputs import require_tracked
 from ctxsynth.core.io import InputError, read_json, read_jsonl_numbered
 from ctxsynth.core.settings import coerce
 from ctxsynth.core.tasks import get_task
@@ -46,12 +47,21 @@ def _string_field(record: dict, field: str, path: Path, line: int) -> str:
     return value
 
 
-def load_paper_seeds(directory: Path, tasks: list[str] | None) -> list[dict]:
+def load_paper_seeds(directory: Path, tasks: list[str] | None, key: str = "seed.sources[].tasks") -> list[dict]:
+    """The paper's seed release in `directory`; every name in `tasks` (the params key `key`) must match a file."""
     instructions_dir = directory / "seed_instruction"
     if not instructions_dir.is_dir():
         raise InputError(directory, "not a paper seed directory (no seed_instruction/ inside)")
     files = sorted(instructions_dir.glob("*.jsonl"))
     wanted = set(tasks) if tasks else None
+    stems = {path.stem for path in files}
+    for index, name in enumerate(tasks or []):
+        if name not in stems:
+            raise InputError(
+                "params.yaml",
+                f"no seed file {name}.jsonl in {instructions_dir} (available: {', '.join(sorted(stems)) or 'none'})",
+                field=f"{key}[{index}]",
+            )
     records = []
     for path in files:
         if wanted is not None and path.stem not in wanted:
@@ -142,9 +152,10 @@ def load_jsonl_seeds(path: Path, default_task: str | None) -> list[dict]:
     return records
 
 
-def load_source(source: SeedSource, raw_dir: Path) -> list[dict]:
+def load_source(source: SeedSource, raw_dir: Path, key: str = "seed.sources[]") -> list[dict]:
+    """The records of one `seed.sources` entry (`key` names it in errors)."""
     if source.type == "paper":
-        return load_paper_seeds(Path(source.path), source.tasks)
+        return load_paper_seeds(Path(source.path), source.tasks, f"{key}.tasks")
     if source.type == "squad":
         return load_squad_seeds(raw_dir / "squad.json", _task_name(source.resolved_task, "params.yaml"))
     if source.type == "hotpotqa":
@@ -161,20 +172,38 @@ def is_reserved(record: dict, reserved: dict) -> bool:
     )
 
 
+def require_source_paths(sources: Sequence[SeedSource]) -> None:
+    """Every file a `seed.sources[i].path` names exists and is a dependency of the seed stage (inputs/seeds), so
+    `dvc repro` sees it change; checked for all sources before any is read."""
+    for index, source in enumerate(sources):
+        if source.path:
+            require_tracked(source.path, "seed", f"seed.sources[{index}].path")
+
+
 def select_seeds(
     sources: Sequence[SeedSource | Mapping], raw_dir: Path, reserved: dict, seed: int
 ) -> tuple[list[dict], dict]:
     """Load every source (`seed.sources`), drop reserved items, sample `count` per (source, task) with a seeded
-    generator."""
+    generator. A source that yields nothing (no records, or only items reserved for evaluation) is an error."""
     sources = [coerce(SeedSource, source, f"seed.sources[{index}]") for index, source in enumerate(sources)]
+    require_source_paths(sources)
     reserved = {
         "ids": set(reserved.get("ids", [])),
         "questions": set(reserved.get("questions", [])),
         "paragraphs": set(reserved.get("paragraphs", [])),
     }
     selected, report = [], {}
-    for source in sources:
-        records = load_source(source, raw_dir)
+    for index, source in enumerate(sources):
+        key = f"seed.sources[{index}]"
+        records = load_source(source, raw_dir, key)
+        if not records:
+            raise InputError("params.yaml", f"the {source.type} source yields no seeds", field=key)
+        if all(is_reserved(record, reserved) for record in records):
+            raise InputError(
+                "params.yaml",
+                f"the {source.type} source yields no seeds: all {len(records)} are reserved for evaluation",
+                field=key,
+            )
         by_task: dict[str, list[dict]] = {}
         for record in records:
             by_task.setdefault(record["task"], []).append(record)

@@ -12,7 +12,7 @@ from pathlib import Path
 from ctxsynth.core.io import read_jsonl
 from ctxsynth.core.text import count_words
 from ctxsynth.generation.base import Request
-from ctxsynth.generation.cache import GenerationCache, cache_key
+from ctxsynth.generation.cache import GenerationCache, batch_provenance, cache_key, generation_settings, stored_key
 from ctxsynth.synthesis.prompts import PromptSpec
 
 PARSE_OK, PARSE_MISSING_MARKER, PARSE_EMPTY = "ok", "missing_marker", "empty"
@@ -62,15 +62,18 @@ def generate_cached(
     progress=None,
     label: str = "synthesize",
 ) -> tuple[dict[str, dict], dict]:
-    """Generations for every request: from the cache when present, else generated and cached batch by batch."""
-    generations = {r.key: cache.get(r.key) for r in requests}
+    """Generations for every request (keyed by request key): from the cache when present, else generated and cached
+    batch by batch. The cache holds each under `stored_key(request key, backend generation settings)`."""
+    generation = generation_settings(backend)
+    stored = {r.key: stored_key(r.key, generation) for r in requests}
+    generations = {r.key: cache.get(stored[r.key]) for r in requests}
     missing = list({r.key: r for r in requests if generations[r.key] is None}.values())
     started, generated_tokens = time.perf_counter(), 0
     if missing:
         task = progress.add_task(label, total=len(missing), stats="") if progress else None
         for batch in backend.iter_generate(missing, sampling, seed):
             for request, result in batch:
-                cache.put(request.key, result)
+                cache.put(stored[request.key], result)
                 generations[request.key] = result
                 generated_tokens += result["generated_tokens"]
             if progress:
@@ -115,6 +118,7 @@ def synthesize_contexts(
     provenance = run_provenance(
         backend, prompt, sampling, seed, target_words=target_words, response_prefix=response_prefix
     )
+    settings = generation_settings(backend)
     records = []
     for record, request in zip(seeds, requests):
         generation = generations[request.key]
@@ -131,7 +135,11 @@ def synthesize_contexts(
                 "finish_reason": generation["finish_reason"],
                 "generated_tokens": generation["generated_tokens"],
                 "words": count_words(context) if context else 0,
-                "provenance": {**provenance, "cache_key": request.key},
+                "provenance": {
+                    **provenance,
+                    "cache_key": stored_key(request.key, settings),
+                    **batch_provenance(generation),
+                },
             }
         )
     return records, stats

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ctxsynth.core.text import count_words, rng_for
 from ctxsynth.generation.base import Request
-from ctxsynth.generation.cache import GenerationCache, cache_key
+from ctxsynth.generation.cache import GenerationCache, batch_provenance, cache_key, generation_settings, stored_key
 from ctxsynth.synthesis.contexts import generate_cached, run_provenance
 from ctxsynth.synthesis.prompts import PromptSpec
 
@@ -96,6 +96,7 @@ def synthesize_instructions(
         max_attempts=max_attempts,
         response_prefix=response_prefix,
     )
+    settings = generation_settings(backend)
     records = []
     for record in with_context:
         result = results[record["id"]]
@@ -115,7 +116,11 @@ def synthesize_instructions(
                 "words": count_words(chunk),
                 "seed_instruction": record["instruction"],
                 "seed_answer": record["answer"],
-                "provenance": {**provenance, "cache_key": result["key"]},
+                "provenance": {
+                    **provenance,
+                    "cache_key": stored_key(result["key"], settings),
+                    **batch_provenance(result["generation"]),
+                },
             }
         )
     stats = {**totals, "skipped_without_context": len(seeds) - len(with_context)}

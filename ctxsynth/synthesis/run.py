@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ctxsynth.core.inputs import require_tracked
 from ctxsynth.core.io import InputError, user_cache_dir
 from ctxsynth.generation import make_backend
 from ctxsynth.generation.base import Backend
@@ -17,12 +18,30 @@ from ctxsynth.synthesis.settings import SynthesizeSettings
 from ctxsynth.synthesis.verify import answerability_scores, verify_records
 
 
+def _model_dir_param(path: str, key: str) -> Path:
+    """A model directory a parameter names: it exists, is a dependency of the synthesize stage (inputs/models), and is
+    a directory."""
+    directory = require_tracked(path, "synthesize", key)
+    if not directory.is_dir():
+        raise InputError("params.yaml", f"{path!r} is not a model directory", field=key)
+    return directory
+
+
 def generator_dir(settings: SynthesizeSettings, model_dir: Path | str) -> Path:
     """`synthesize.generator`, or the pipeline's base model when it is null; it must be a model directory."""
-    generator = Path(settings.generator) if settings.generator else Path(model_dir)
+    if settings.generator:
+        return _model_dir_param(settings.generator, "synthesize.generator")
+    generator = Path(model_dir)
     if not generator.is_dir():
         raise InputError("params.yaml", f"{str(generator)!r} is not a model directory", field="synthesize.generator")
     return generator
+
+
+def check_inputs(settings: SynthesizeSettings, model_dir: Path | str) -> None:
+    """Every model directory the settings name, checked before any model is loaded or anything generated."""
+    generator_dir(settings, model_dir)
+    if settings.verify.judge_model:
+        _model_dir_param(settings.verify.judge_model, "synthesize.verify.judge_model")
 
 
 def build_backend(settings: SynthesizeSettings, model_dir: Path | str) -> Backend:
@@ -98,9 +117,16 @@ def verify(records: list[dict], backend: Backend, cache: GenerationCache, settin
 def run_synthesis(
     seeds: list[dict], model_dir: Path | str, settings: SynthesizeSettings, progress=None
 ) -> tuple[list[dict], dict]:
-    """The stage's records (data/synth/contexts.jsonl) and metrics (metrics/synthesize.json)."""
+    """The stage's records (data/synth/contexts.jsonl) and metrics (metrics/synthesize.json). With the OpenAI Batch
+    backend, the metrics list the batches this run consumed (`batches`) and every batch the records came from
+    (`batch_ids`, cached generations included); each record's provenance names its own `batch_id`."""
+    check_inputs(settings, model_dir)
     backend = build_backend(settings, model_dir)
     cache = generation_cache(settings)
     records, stats = synthesize(seeds, backend, cache, settings, progress)
     verify(records, backend, cache, settings)
-    return records, {**summarize(records), "method": settings.method, "run": stats}
+    metrics = {**summarize(records), "method": settings.method, "run": stats}
+    if settings.backend == "openai-batch":
+        metrics["batches"] = list(getattr(backend, "batches", []))
+        metrics["batch_ids"] = sorted({r["provenance"]["batch_id"] for r in records if r["provenance"].get("batch_id")})
+    return records, metrics

@@ -84,7 +84,8 @@ def verify_records(records: list[dict], max_answer_words: int, answerability: di
 
 
 def passes(record: dict, min_support: float | None, max_leakage: float | None, min_answerability: float | None) -> bool:
-    """A score that is null (not applicable or not computed) never fails a threshold."""
+    """A score that is null (not applicable) never fails a threshold; the mix stage first checks that every
+    threshold's score was computed (ctxsynth.mix.assemble.require_filter_scores)."""
     scores = record.get("verification") or {}
     if min_support is not None and scores.get("support") is not None and scores["support"] < min_support:
         return False
