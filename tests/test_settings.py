@@ -19,28 +19,15 @@ import yaml
 from ctxsynth.core.errors import StageError, run_reporting_errors, stage_main
 from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import load_settings
-from ctxsynth.evaluate.settings import EvalSettings
 from ctxsynth.finetune import recipes
 from ctxsynth.finetune.settings import FROM_RECIPE, FinetuneSettings
 from ctxsynth.generation.base import GenerationError
-from ctxsynth.mix.settings import MixSettings
+from ctxsynth.preflight import SECTIONS  # every params section and its settings class
 from ctxsynth.prepare import niah
 from ctxsynth.prepare.fetch import FetchError
-from ctxsynth.prepare.settings import BenchmarkSettings, FetchSettings, GeneralSettings, SeedSettings
-from ctxsynth.synthesis.settings import LengthsSettings, SynthesizeSettings
+from ctxsynth.prepare.settings import BenchmarkSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = {
-    "fetch": FetchSettings,
-    "benchmark": BenchmarkSettings,
-    "seed": SeedSettings,
-    "general": GeneralSettings,
-    "synthesize": SynthesizeSettings,
-    "lengths": LengthsSettings,
-    "mix": MixSettings,
-    "finetune": FinetuneSettings,
-    "evaluate": EvalSettings,
-}
 # Keys whose dataclass default differs from the value params.yaml ships, and why (each checked below).
 DIFFERENCES = {
     # null = niah.yaml's per-subtask needle count (the resource that also holds the needle texts); params.yaml spells
