@@ -128,3 +128,24 @@ def test_mix_stage_builds_general_only_and_pilot_variants(tmp_path, tiny_model_d
     assert counts == {"none": (0, 3, 3), "niah_needle_only": (4, 3, 7), "niah_long": (4, 3, 7)}
     test_keys = json.loads((tmp_path / "data/benchmark/reserved.json").read_text())["niah_keys"]
     assert test_keys and not any(key in (tmp_path / "data/mix/train.jsonl").read_text() for key in test_keys)
+
+
+def test_broken_conversations_are_skipped_and_counted_like_longalign(tmp_path, monkeypatch):
+    """ShareGPT-style dumps hold broken conversations: one must not abort the mix stage."""
+    monkeypatch.chdir(tmp_path)
+    good = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    robot = {"conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}]}
+    unanswered = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                               {"role": "user", "content": "and then?"}]}  # fmt: skip
+    empty = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}
+    path = tmp_path / "sharegpt.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in (good, robot, unanswered, empty)))
+    samples, report = load_general({"source": str(path)}, long_samples=0, seed=0)
+    assert [len(s["messages"]) for s in samples] == [2, 2]  # the unanswered last turn is dropped, the rest kept
+    assert report["available"] == 4 and report["samples"] == 2 and report["skipped"] == 2
+    assert report["trailing_user_turns_dropped"] == 1
+    assert [(e["line"], e["field"]) for e in report["skipped_examples"]] == [
+        (2, "conversations[0].from"),
+        (4, "messages[1].content"),
+    ]
+    assert report["skipped_examples"][0]["reason"] == "unknown speaker 'robot'"

@@ -108,6 +108,9 @@ def build_general(
 
 def _normalize_messages(record: dict, where: str, line: int | None) -> list[dict]:
     if isinstance(record.get("messages"), list):
+        for index, message in enumerate(record["messages"]):
+            if not isinstance(message, dict):
+                raise InputError(where, "expected an object", line=line, field=f"messages[{index}]")
         return [{"role": m.get("role"), "content": m.get("content")} for m in record["messages"]]
     turns = record.get("conversations")
     if isinstance(turns, list):
@@ -195,17 +198,37 @@ def load_general(
         return [], {}
     count, ratio = options.count, options.ratio
     rows, revision = _read_rows(str(source), options.split or "train")
-    samples = []
+    samples, skipped, trimmed = [], [], 0
     for line, record in rows:
-        messages = _normalize_messages(record, str(source), line)
-        validate_messages(str(source), line, messages)  # here, not at fine-tuning time, so the error names this file
+        # Real chat dumps (ShareGPT above all) hold broken conversations: as LongAlign does, a trailing unanswered
+        # user turn is dropped, and a conversation that still breaks the schema is skipped and counted, not fatal.
+        try:
+            messages = _normalize_messages(record, str(source), line)
+            if isinstance(messages, list) and len(messages) > 2 and (messages[-1] or {}).get("role") == "user":
+                messages, trimmed = messages[:-1], trimmed + 1
+            validate_messages(str(source), line, messages)
+        except InputError as error:
+            skipped.append({"line": line, "field": error.field, "reason": str(error).split(": ", 1)[-1]})
+            continue
         sample_id = str(record.get("id") or f"general:{Path(str(source)).stem}:{line}")
         samples.append(chat_sample(sample_id, str(record.get("source") or source), messages))
+    if rows and not samples:
+        first = skipped[0]
+        raise InputError(
+            str(source),
+            f"{first['reason']} (no usable conversation: all {len(rows)} break the chat schema)",
+            line=first["line"],
+            field=first["field"],
+        )
     wanted = int(count) if count is not None else (round(float(ratio) * long_samples) if ratio is not None else None)
     if wanted is not None and wanted < len(samples):
         samples = sorted(samples, key=lambda s: stable_int(seed, "mix", "general", s["id"]))[:wanted]
     samples.sort(key=lambda s: s["id"])
     report = {"source": str(source), "available": len(rows), "samples": len(samples)}
+    if skipped or trimmed:  # what was left out or cut, and why (the first few, to find them in the source)
+        report["skipped"] = len(skipped)
+        report["trailing_user_turns_dropped"] = trimmed
+        report["skipped_examples"] = skipped[:5]
     if revision is not None:
         report["revision"] = revision  # the hub dataset's commit sha: what was read, not just its name
     return samples, report
