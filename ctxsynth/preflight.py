@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,14 +89,21 @@ def collect_problems(params_path: Path) -> tuple[list[str], int]:
 
 def warnings(params_path: Path) -> list[str]:
     """Settings that are valid but almost always a mistake."""
+    found = []
     finetune = load_settings(FinetuneSettings, "finetune", source=params_path)
     evaluate = load_settings(EvalSettings, "evaluate", source=params_path)
     if evaluate.apply_chat_template and finetune.chat_template != evaluate.chat_template:
-        return [
+        found.append(
             f"warning: finetune.chat_template is {finetune.chat_template!r} but evaluate.chat_template is "
             f"{evaluate.chat_template!r}: the model would be asked in another format than it was trained in"
-        ]
-    return []
+        )
+    model = load_settings(FetchSettings, "fetch", source=params_path).model
+    if model.source == "hub" and not re.fullmatch(r"[0-9a-f]{40}", model.revision or ""):
+        found.append(
+            f"warning: fetch.model.revision is {model.revision!r}, not a commit sha: the same params can mean other "
+            "weights once the hub moves (the commit it resolves to is recorded in data/model/provenance.json)"
+        )
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

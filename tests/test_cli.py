@@ -72,3 +72,20 @@ def test_preflight_refuses_named_files_that_dvc_would_not_see(tmp_path):
     assert result.returncode == 2 and len(lines) == 2, result.stderr
     assert "seed.sources[1].path" in lines[0] and "inputs/seeds" in lines[0] and "dvc repro" in lines[0]
     assert "evaluate.longbench_dir" in lines[1] and "is not a directory" in lines[1]
+
+
+def test_preflight_warns_about_mismatched_chat_formats_and_unpinned_hub_models(tmp_path):
+    project = project_copy(tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["finetune"]["chat_template"] = "longalign"
+    params["fetch"]["model"].update(source="hub", id="meta-llama/Llama-3.1-8B", revision="main")
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    result = ctxsynth("preflight", cwd=project)
+    assert result.returncode == 0, result.stderr  # warnings, not errors
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 2 and all(line.startswith("warning: ") for line in warnings)
+    assert "evaluate.chat_template" in warnings[0] and "fetch.model.revision is 'main'" in warnings[1]
+    params["fetch"]["model"]["revision"] = "0" * 40
+    params["evaluate"]["chat_template"] = "longalign"
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    assert ctxsynth("preflight", cwd=project).stderr == ""
