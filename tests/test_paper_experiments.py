@@ -173,6 +173,15 @@ def _fake_show():
     )
 
 
+def _one_seed_plan():
+    """The real plan with every group run once per row: the fake experiments below carry the rows' plain names."""
+    plan = load_plan(PLAN)
+    for group in plan["groups"].values():
+        for scale_overrides in group.get("overrides", {}).values():
+            scale_overrides.pop("seeds", None)
+    return plan
+
+
 def _results(plan, experiments, context_lengths=None):
     return {
         "plan_version": 1,
@@ -187,7 +196,7 @@ def _results(plan, experiments, context_lengths=None):
 def _collected(show=None, files=None, predictions=None, plan=None):
     if show is None:
         show, files, predictions = _fake_show()
-    plan = plan or load_plan(PLAN)
+    plan = plan or _one_seed_plan()
     return experiments_from_show(
         show,
         planned_names(plan),
@@ -201,7 +210,7 @@ def _verdicts(text):
 
 
 def test_report_collects_planned_experiments_and_computes_verdicts(tmp_path):
-    plan = load_plan(PLAN)
+    plan = _one_seed_plan()
     experiments = _collected()
     assert len(experiments) == 10 and "someone-elses-experiment" not in experiments
     general = experiments["cpu-main-general-only"]
@@ -240,7 +249,7 @@ def test_a_finding_that_does_not_reproduce_is_contradicted(tmp_path):
         if rev["name"] == "cpu-main-context-synthesis":
             rev["data"]["metrics"]["metrics/eval.json"]["data"] = _eval(1.0, {"squad_long": 1.0})
             predictions[rev["rev"]] = _qa_predictions("finetuned", "squad_long", 1.0)
-    plan = load_plan(PLAN)
+    plan = _one_seed_plan()
     text = render(_results(plan, _collected(show, files, predictions)), tmp_path)
     assert "context synthesis beats instruction synthesis: 1.00 vs 8.00; difference -7.00" in text
     assert _verdicts(text)["F2a"].endswith("**contradicted**")
@@ -249,7 +258,7 @@ def test_a_finding_that_does_not_reproduce_is_contradicted(tmp_path):
 def test_rows_without_per_document_scores_are_inconclusive_with_the_reason(tmp_path):
     """Rows collected before per-document scores existed (or whose predictions left the cache) never "hold"."""
     show, files, _ = _fake_show()
-    plan = load_plan(PLAN)
+    plan = _one_seed_plan()
     experiments = _collected(show, files, {})
     assert not any("per_document" in e for e in experiments.values())
     lines = _verdicts(render(_results(plan, experiments), tmp_path))
@@ -268,7 +277,7 @@ def test_rows_without_per_document_scores_are_inconclusive_with_the_reason(tmp_p
 
 
 def test_unequal_training_sets_get_the_inequality_line(tmp_path):
-    plan = load_plan(PLAN)
+    plan = _one_seed_plan()
     experiments = _collected()
     instruction = experiments["cpu-main-instruction-synthesis"]
     instruction["mix"] = {"samples": 75, "long_samples": 27}
@@ -284,7 +293,7 @@ def test_unequal_training_sets_get_the_inequality_line(tmp_path):
 
 def test_a_tie_is_inconclusive_and_a_flat_task_is_named(tmp_path):
     """F3 with n1 = n5 document for document: the step is a tie, and a task where every row scores 0 carries nothing."""
-    plan = load_plan(PLAN)
+    plan = _one_seed_plan()
     experiments = {}
     squad = {"n1": [0.0, 22.5, 45.0, 22.5], "n5": [0.0, 22.5, 45.0, 22.5], "n10": [0.0, 45.0, 45.0, 45.0]}
     for order, row in enumerate(squad):
@@ -325,7 +334,7 @@ def test_rows_still_running_or_failed_are_not_collected():
 
 
 def test_collecting_keeps_stored_rows_whose_refs_are_gone_and_lets_new_runs_win():
-    planned = planned_names(load_plan(PLAN))
+    planned = planned_names(_one_seed_plan())
     general, context = planned["cpu-main-general-only"], planned["cpu-main-context-synthesis"]
     stored = {
         "cpu-main-general-only": {**general, "eval": {"finetuned": {"overall": 1.0}}},  # refs gone: kept
@@ -345,7 +354,7 @@ def test_collecting_keeps_stored_rows_whose_refs_are_gone_and_lets_new_runs_win(
 
 
 def test_rows_can_be_selected_and_an_unknown_row_is_an_error():
-    plan = load_plan(PLAN)
+    plan = _one_seed_plan()
     chosen = select_rows(plan, "main", "cpu", ["human-context", "context-synthesis"])
     assert [name for name, _ in chosen] == ["cpu-main-context-synthesis", "cpu-main-human-context"]  # plan order
     assert len(select_rows(plan, "main", "cpu", None)) == 6
@@ -377,7 +386,9 @@ def test_collection_keeps_per_document_scores_across_lost_refs(tmp_path, monkeyp
     """A stored row whose experiment ref is gone keeps its per-document scores, and so do its verdicts."""
     monkeypatch.chdir(tmp_path)  # no metrics/paper_runs.json or plot files of the checkout
     stored = {"experiments": _collected()}
-    results = collect(PLAN, show=[{"rev": "workspace", "experiments": None}], stored=stored)
+    plan_path = tmp_path / "paper.yaml"
+    plan_path.write_text(json.dumps(_one_seed_plan()), encoding="utf-8")  # JSON is YAML
+    results = collect(plan_path, show=[{"rev": "workspace", "experiments": None}], stored=stored)
     assert results["experiments"] == stored["experiments"]
     general = results["experiments"]["cpu-main-general-only"]
     assert general["per_document"]["finetuned"]["squad_long"] == {f"squad_long:{i}": 5.0 for i in range(8)}
@@ -388,11 +399,11 @@ def test_collection_keeps_per_document_scores_across_lost_refs(tmp_path, monkeyp
     show, files, _ = _fake_show()
     again = _collected(show, files, {})
     assert "per_document" not in again["cpu-main-general-only"]
-    merged = merge_experiments(stored["experiments"], again, planned_names(load_plan(PLAN)))
+    merged = merge_experiments(stored["experiments"], again, planned_names(_one_seed_plan()))
     assert merged["cpu-main-general-only"]["per_document"] == general["per_document"]
     # a rerun (another rev) without readable predictions does not inherit the old run's scores
     again["cpu-main-general-only"]["rev"] = "e" * 40
-    merged = merge_experiments(stored["experiments"], again, planned_names(load_plan(PLAN)))
+    merged = merge_experiments(stored["experiments"], again, planned_names(_one_seed_plan()))
     assert "per_document" not in merged["cpu-main-general-only"]
 
 
@@ -446,19 +457,19 @@ def test_niah_cells_of_one_sample_each_are_per_sample_scores(tmp_path):
     for experiment in experiments.values():
         if experiment["group"] == "pilot":
             experiment["test_documents"] = {f"niah_{s}": len(LENGTHS) * len(DEPTHS) for s in SUBTASKS}
-    lines = _verdicts(render(_results(load_plan(PLAN), experiments), tmp_path))
+    lines = _verdicts(render(_results(_one_seed_plan(), experiments), tmp_path))
     assert "change of the gap from 500 to 2000 words +20.00" in lines["F1a"] and "**holds**" in lines["F1a"]
     assert "(16 paired needle samples" in lines["F1a"]
     # with two samples per cell the cells are means, not samples: no intervals
     for experiment in experiments.values():
         if experiment["group"] == "pilot":
             experiment["test_documents"] = {f"niah_{s}": 2 * len(LENGTHS) * len(DEPTHS) for s in SUBTASKS}
-    lines = _verdicts(render(_results(load_plan(PLAN), experiments), tmp_path))
+    lines = _verdicts(render(_results(_one_seed_plan(), experiments), tmp_path))
     assert "**inconclusive** (no per-document scores collected; rerun the group)" in lines["F1a"]
 
 
 def _seeded_plan(seeds=(0, 1, 2), row_seeds=None):
-    plan = load_plan(PLAN)
+    plan = _one_seed_plan()
     plan["groups"]["main"]["overrides"]["cpu"]["seeds"] = list(seeds) if isinstance(seeds, tuple) else seeds
     if row_seeds is not None:
         plan["groups"]["main"]["rows"]["general-only"] = {"mix.variant": "none", "seeds": row_seeds}
