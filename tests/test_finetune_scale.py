@@ -392,3 +392,28 @@ def test_accelerate_launcher_relaunches_the_stage(tmp_path, tiny_model_dir):
     assert str(ROOT / "configs" / "accelerate" / "single_gpu.yaml") in done.stderr
     assert "finetune (cpu, lora): 1 steps" in done.stdout
     assert is_adapter_dir(out / "adapter") and json.loads((out / "train.json").read_text())["steps"] == 1
+
+
+def test_the_model_is_loaded_after_the_training_arguments_exist(tmp_path, tiny_model_dir, monkeypatch):
+    """ZeRO-3 shards weights at load time only if TrainingArguments (which registers the DeepSpeed config with
+    transformers) already exists; a model loaded before it is held whole by every rank."""
+    import transformers
+
+    import ctxsynth.finetune.train as train_module
+
+    events = []
+    original_post_init = transformers.TrainingArguments.__post_init__
+    original_load = train_module.load_model
+
+    def post_init(self):
+        events.append("training_arguments")
+        original_post_init(self)
+
+    def load(*args, **kwargs):
+        events.append("load_model")
+        return original_load(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.TrainingArguments, "__post_init__", post_init)
+    monkeypatch.setattr(train_module, "load_model", load)
+    train(tiny_model_dir, write_samples(tmp_path / "train.jsonl", 2), tmp_path / "adapter", None, tiny(max_steps=1))
+    assert events[:2] == ["training_arguments", "load_model"]

@@ -202,6 +202,68 @@ def _save_output(trainer, tokenizer, params: FinetuneSettings, adapter_dir: Path
             shutil.rmtree(tmp)
 
 
+def _generation_config(model_dir: Path):
+    """The generation config from_pretrained would attach to the model, read without loading the weights."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_dir)
+    except OSError:  # no generation_config.json: transformers derives it from the model config
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir))
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total)."""
+    if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts 4-bit packed weights at their real size
+        return model.get_nb_trainable_parameters()
+    return (
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+        sum(p.numel() for p in model.parameters()),
+    )
+
+
+def training_arguments(
+    params: FinetuneSettings, output_dir: str, checkpointing: bool, device: str, compute_dtype, optim: str
+):
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="steps" if checkpointing else "no",
+        save_steps=max(params.save_steps, 1),
+        save_total_limit=1,
+        per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum,
+        num_train_epochs=params.epochs,
+        max_steps=params.max_steps,
+        optim=optim,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_ratio,
+        weight_decay=params.weight_decay,
+        adam_beta1=params.adam_beta1,
+        adam_beta2=params.adam_beta2,
+        max_grad_norm=params.max_grad_norm,
+        logging_strategy="steps",
+        logging_steps=params.logging_steps,
+        seed=params.seed,
+        data_seed=params.seed,
+        use_cpu=device == "cpu",
+        bf16=compute_dtype == torch.bfloat16,
+        fp16=compute_dtype == torch.float16,
+        activation_checkpointing=params.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",
+    )
+
+
 def train(
     model_dir: os.PathLike | str,
     train_path: os.PathLike | str,
@@ -220,7 +282,7 @@ def train(
     """
     import torch
     import transformers
-    from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, TrainerCallback
 
     started = time.perf_counter()
     params.check()
@@ -232,13 +294,12 @@ def train(
     compute_dtype = resolve_dtype(params.compute_dtype, device)
     optim = resolve_optim(params.optim, device)
     tokenizer, chat_format = load_tokenizer(model_dir, params.chat_template)
-    model = load_model(model_dir, params, device)
     data: PreparedData = prepare_examples(
         records,
         tokenizer,
         max_tokens=params.max_tokens or None,
         overlength=params.overlength,
-        end_ids=end_of_turn_ids(tokenizer, getattr(model, "generation_config", None)),
+        end_ids=end_of_turn_ids(tokenizer, _generation_config(model_dir)),
         path=train_path,
     )
     counts = data.counts()
@@ -260,12 +321,6 @@ def train(
         )
     else:
         dataset, collator = data.examples, PadCollator(pad_id, params.loss_weighting)
-    if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts 4-bit packed weights at their real size
-        trainable, total = model.get_nb_trainable_parameters()
-    else:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-
     fingerprint = _model_fingerprint(model_dir)
     train_sha = sha256_file(train_path)
     run_dir = None
@@ -288,40 +343,11 @@ def train(
         callbacks.append(StopEarly())
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ctxsynth-finetune-") as scratch:
-        args = TrainingArguments(
-            output_dir=str(run_dir or scratch),
-            report_to="none",
-            disable_tqdm=True,
-            save_strategy="steps" if run_dir is not None else "no",
-            save_steps=max(params.save_steps, 1),
-            save_total_limit=1,
-            per_device_train_batch_size=params.batch_size,
-            gradient_accumulation_steps=params.grad_accum,
-            num_train_epochs=params.epochs,
-            max_steps=params.max_steps,
-            optim=optim,
-            learning_rate=params.learning_rate,
-            lr_scheduler_type=params.lr_scheduler,
-            warmup_steps=params.warmup_ratio,
-            weight_decay=params.weight_decay,
-            adam_beta1=params.adam_beta1,
-            adam_beta2=params.adam_beta2,
-            max_grad_norm=params.max_grad_norm,
-            logging_strategy="steps",
-            logging_steps=params.logging_steps,
-            seed=params.seed,
-            data_seed=params.seed,
-            use_cpu=device == "cpu",
-            bf16=compute_dtype == torch.bfloat16,
-            fp16=compute_dtype == torch.float16,
-            activation_checkpointing=params.gradient_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False} if params.gradient_checkpointing else None,
-            include_num_input_tokens_seen="non_padding",
-            remove_unused_columns=False,
-            ddp_find_unused_parameters=False,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=device == "cuda",
-        )
+        # TrainingArguments first: under accelerate + DeepSpeed ZeRO-3 it registers the DeepSpeed config with
+        # transformers, and only then does from_pretrained load each rank's shard instead of the whole model.
+        args = training_arguments(params, str(run_dir or scratch), run_dir is not None, device, compute_dtype, optim)
+        model = load_model(model_dir, params, device)
+        trainable, total = count_parameters(model)
         trainer = CountingTrainer(
             model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks
         )
