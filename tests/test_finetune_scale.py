@@ -417,3 +417,22 @@ def test_the_model_is_loaded_after_the_training_arguments_exist(tmp_path, tiny_m
     monkeypatch.setattr(train_module, "load_model", load)
     train(tiny_model_dir, write_samples(tmp_path / "train.jsonl", 2), tmp_path / "adapter", None, tiny(max_steps=1))
     assert events[:2] == ["training_arguments", "load_model"]
+
+
+def test_paper_recipe_launches_on_two_cpu_processes_as_the_rehearsal_does(tmp_path, tiny_model_dir):
+    """The rehearsal's distributed path: `accelerate launch` with configs/accelerate/rehearsal_cpu.yaml (2 processes,
+    gloo), full fine-tuning with packing as the `paper` recipe trains; one whole model written, by rank 0."""
+    train_path = write_samples(tmp_path / "train.jsonl", 4)
+    out, done = _run_stage(
+        [],
+        tmp_path,
+        "rehearsal",
+        tiny_model_dir,
+        train_path,
+        "finetune:\n  recipe: paper\n  max_tokens: 256\n  epochs: 1\n  save_steps: 0\n  gradient_checkpointing: false\n"
+        "  launcher: accelerate\n  accelerate_config: rehearsal_cpu\n",
+    )
+    assert str(ROOT / "configs" / "accelerate" / "rehearsal_cpu.yaml") in done.stderr
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["world_size"] == 2 and summary["method"] == "full" and summary["packed_sequences"] >= 1
+    assert (out / "adapter" / "config.json").is_file() and not is_adapter_dir(out / "adapter")

@@ -1,11 +1,11 @@
 from collections import Counter
 
 import pytest
-from chat_server import ChatServer
 
 from ctxsynth.generation.base import GenerationError
 from ctxsynth.generation.cache import GenerationCache
 from ctxsynth.generation.openai_chat import OpenAIBackend
+from ctxsynth.rehearsal.chat_server import ChatServer
 from ctxsynth.synthesis.contexts import synthesize_contexts
 from ctxsynth.synthesis.prompts import get_prompt
 

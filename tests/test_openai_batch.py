@@ -1,11 +1,11 @@
 import json
 
 import pytest
-from batch_server import BatchServer, question_of
 
 from ctxsynth.generation.base import GenerationError, Request
 from ctxsynth.generation.cache import GenerationCache, stored_key
 from ctxsynth.generation.openai_batch import OpenAIBatchBackend
+from ctxsynth.rehearsal.batch_server import BatchServer, question_of
 from ctxsynth.synthesis.contexts import synthesize_contexts
 from ctxsynth.synthesis.prompts import get_prompt
 

@@ -1,21 +1,29 @@
-"""A chat-completions server on 127.0.0.1 for backend tests, with faults injected on demand."""
+"""A chat-completions server on 127.0.0.1, with faults injected on demand: the backend tests use it, and the rehearsal
+of the paper's vLLM generator rows stands it in for a `vllm serve` fleet (ctxsynth/rehearsal/fake_openai.py)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ChatServer:
-    """Answers `Context: reply to <first line of the last user message>`; `faults` are consumed one per request:
-    "429", "500", "slow", "malformed", "drop", or None for a normal reply. Questions containing `fail_matching`
-    always get a 500."""
+    """Answers `Context: reply to <second line of the last user message>` (or what `reply` says); `faults` are
+    consumed one per request: "429", "500", "slow", "malformed", "drop", or None for a normal reply.
+    Questions containing `fail_matching` always get a 500."""
 
     def __init__(
-        self, faults: list[str | None] | None = None, slow_seconds: float = 1.0, fail_matching: str | None = None
+        self,
+        faults: list[str | None] | None = None,
+        slow_seconds: float = 1.0,
+        fail_matching: str | None = None,
+        reply: Callable[[dict], str] | None = None,
+        port: int = 0,
     ):
+        self.reply = reply or echo_question
         self.faults, self.fail_matching, self.slow_seconds = list(faults or []), fail_matching, slow_seconds
         self.lock = threading.Lock()
         self.received: list[str] = []
@@ -27,7 +35,9 @@ class ChatServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                question = body["messages"][-1]["content"].split("\n")[1]
+                lines = body["messages"][-1]["content"].split("\n")
+                question = lines[1] if len(lines) > 1 else lines[0]
+                content = server.reply(body)
                 with server.lock:
                     server.received.append(question)
                     if server.fail_matching and server.fail_matching in question:
@@ -53,7 +63,7 @@ class ChatServer:
                         {
                             "choices": [
                                 {
-                                    "message": {"role": "assistant", "content": f"Context: reply to {question}"},
+                                    "message": {"role": "assistant", "content": content},
                                     "finish_reason": "stop",
                                 }
                             ],
@@ -67,7 +77,7 @@ class ChatServer:
                 self.end_headers()
                 self.wfile.write(reply)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -78,3 +88,7 @@ class ChatServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def echo_question(body: dict) -> str:
+    return "Context: reply to " + body["messages"][-1]["content"].split("\n")[1]

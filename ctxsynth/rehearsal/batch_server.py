@@ -1,8 +1,9 @@
-"""A fake OpenAI Batch API on 127.0.0.1 for backend tests: files, batches, polling, results; faults on demand.
+"""A fake OpenAI Batch API on 127.0.0.1: files, batches, polling, results; faults on demand. The backend tests use
+it, and the rehearsal of the paper's GPT-4o-mini rows stands it in for the paid API (ctxsynth/rehearsal/fake_openai.py).
 
-Each request line is answered `Context: reply to <second line of the last user message>` (the seed's question), so
-a test can check every result against its own request. Results are written in a shuffled order, so a client that
-matched them by position would get them wrong.
+By default each request line is answered `Context: reply to <second line of the last user message>` (the seed's
+question), so a test can check every result against its own request; `reply` answers otherwise. Results are written
+in a shuffled order, so a client that matched them by position would get them wrong.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import random
 import threading
 import urllib.parse
+from collections.abc import Callable
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,12 +41,17 @@ class BatchServer:
         duplicate_output: bool = False,
         faults: dict[str, list] | None = None,
         shuffle_seed: int = 1,
+        reply: Callable[[dict], str] | None = None,
+        api_key: str | None = "test-key",  # None: any key (a local rehearsal)
+        port: int = 0,
     ):
         self.in_progress_polls, self.terminal = in_progress_polls, terminal
         self.error_matching, self.omit_matching = error_matching, omit_matching
         self.errors_in_output, self.duplicate_output = errors_in_output, duplicate_output
         self.faults = {route: list(values) for route, values in (faults or {}).items()}
         self.random = random.Random(shuffle_seed)
+        self.reply = reply or (lambda body: f"Context: reply to {question_of(body)}")
+        self.authorization = f"Bearer {api_key}" if api_key else None
         self.lock = threading.Lock()
         self.files: dict[str, dict] = {}  # id -> {"purpose", "filename", "content": bytes}
         self.batches: dict[str, dict] = {}
@@ -82,7 +89,7 @@ class BatchServer:
                 return self.reply_json(status, data)
 
             def do_POST(self):
-                if self.headers.get("Authorization") != "Bearer test-key":
+                if server.authorization and self.headers.get("Authorization") != server.authorization:
                     return self.reply_json(401, {"error": {"message": "bad key"}})
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.path == "/v1/files":
@@ -92,7 +99,7 @@ class BatchServer:
                 return self.reply_json(404, {"error": {"message": f"no route {self.path}"}})
 
             def do_GET(self):
-                if self.headers.get("Authorization") != "Bearer test-key":
+                if server.authorization and self.headers.get("Authorization") != server.authorization:
                     return self.reply_json(401, {"error": {"message": "bad key"}})
                 url = urllib.parse.urlsplit(self.path)
                 parts = url.path.strip("/").split("/")
@@ -105,7 +112,7 @@ class BatchServer:
                     return self.handle_route("GET /content", lambda: server.content(parts[2]))
                 return self.reply_json(404, {"error": {"message": f"no route {self.path}"}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
@@ -244,7 +251,7 @@ class BatchServer:
                                 {
                                     "index": 0,
                                     "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": f"Context: reply to {question}"},
+                                    "message": {"role": "assistant", "content": self.reply(line["body"])},
                                 }
                             ],
                             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
