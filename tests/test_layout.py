@@ -15,7 +15,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ctxsynth"
 # Pipeline order: a package may import from itself and from packages before it, never from one after it.
-ORDER = ["core", "prepare", "generation", "synthesis", "mix", "finetune", "evaluate", "paper", "preflight", "cli"]
+# rehearsal (stand-ins for the paper scale) comes after every stage: no stage may depend on it.
+ORDER = [
+    "core",
+    "prepare",
+    "generation",
+    "synthesis",
+    "mix",
+    "finetune",
+    "evaluate",
+    "rehearsal",
+    "paper",
+    "preflight",
+    "cli",
+]
 
 
 def module_name(path: Path) -> str:

@@ -16,6 +16,7 @@ from ctxsynth.paper.collect import (
     planned_names,
 )
 from ctxsynth.paper.experiments import (
+    check_substitutions,
     hydra_value,
     load_plan,
     planned_entries,
@@ -41,7 +42,7 @@ def test_every_planned_override_names_an_existing_param_and_parses_back():
     plan = load_plan(PLAN)
     checked = 0
     for group in plan["groups"]:
-        for scale in ("cpu", "gpu"):
+        for scale in ("cpu", "gpu", "rehearsal"):
             for name, overrides in planned_runs(plan, group, scale):
                 assert name.startswith(f"{scale}-{group}-")
                 for key, value in overrides.items():
@@ -64,6 +65,32 @@ def test_cpu_groups_the_issue_requires_have_their_rows():
     assert any(o.get("synthesize.method") == "instruction_synthesis" for o in main.values())
     # rows split by scale exist only where defined
     assert [n for n, _ in planned_runs(plan, "generator", "cpu")] == ["cpu-generator-smollm2-135m"]
+
+
+def test_every_gpu_row_has_a_rehearsal_row_differing_only_in_substitutable_keys():
+    plan = load_plan(PLAN)
+    for group in plan["groups"]:
+        gpu = [entry["row"] for entry in planned_entries(plan, group, "gpu")]
+        rehearsal = planned_entries(plan, group, "rehearsal")
+        assert [entry["row"] for entry in rehearsal] == gpu and gpu
+        assert check_substitutions(plan, group) == []
+        for entry in rehearsal:  # the stand-ins are in place: nothing a rehearsal row reads is on the hub or a GPU
+            overrides = entry["overrides"]
+            assert overrides["fetch.model.path"] == "inputs/models/tiny-llama-base", entry["name"]
+            assert overrides["finetune.accelerate_config"] == "rehearsal_cpu", entry["name"]
+            assert overrides["mix.general.source"].startswith("inputs/general/rehearsal/"), entry["name"]
+
+
+def test_a_rehearsal_that_changes_more_than_sizes_and_model_ids_is_refused():
+    plan = load_plan(PLAN)
+    plan["groups"]["main"]["overrides"]["rehearsal"]["mix.num_contexts"] = 3  # another experiment, not a stand-in
+    plan["groups"]["main"]["rows"]["context-synthesis"] = {
+        "gpu": {"mix.variant": "context_synthesis"},
+        "rehearsal": {"finetune.recipe": "cpu"},
+    }
+    problems = check_substitutions(plan, "main")
+    assert "rehearsal-main-general-only: mix.num_contexts differs from the gpu row" in problems[0]
+    assert any(p.startswith("rehearsal-main-context-synthesis: finetune.recipe differs") for p in problems)
 
 
 def test_queue_command_quotes_what_needs_quoting():

@@ -4,6 +4,7 @@
     ctxsynth experiments queue main --scale cpu          # queue the rows, do not run them
     ctxsynth experiments run main --scale cpu --jobs 1   # queue, run the queue, wait, report failures
     ctxsynth experiments run main --rows context-synthesis human-context   # only these rows
+    ctxsynth experiments run main --scale rehearsal      # the gpu rows with tiny stand-ins, on this CPU
 
 A row runs as `dvc exp run --queue -n <scale>-<group>-<row> -S key=value ...` (the group's overrides for the scale,
 then the row's), so every row is an ordinary DVC experiment: `dvc exp show`, `dvc metrics diff`, `dvc exp push`.
@@ -18,6 +19,7 @@ groups them back into one row.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import subprocess
 import sys
@@ -30,7 +32,8 @@ from ctxsynth.core.io import InputError
 
 PLAN = Path("experiments/paper.yaml")
 RUNS_LOG = Path("metrics/paper_runs.json")
-SCALES = ("cpu", "gpu")
+SCALES = ("cpu", "gpu", "rehearsal")
+REHEARSAL = "rehearsal"  # the gpu rows with stand-ins: derived from them, never written out in full
 _BARE = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
 _FINISHED = {"success", "failed"}
 
@@ -59,6 +62,33 @@ def row_overrides(row: dict, scale: str) -> dict | None:
     return dict(row or {})
 
 
+def rehearsal_overrides(spec: dict, row: dict) -> dict | None:
+    """A gpu row with its stand-ins: the group's gpu overrides, the group's rehearsal substitutions, the row's gpu
+    overrides, the row's rehearsal substitutions (later wins). No gpu row, no rehearsal row. Substitutions may only
+    touch the plan's `rehearsal_substitutable` keys (sizes, model ids, where inputs and servers are): checked by
+    check_substitutions."""
+    gpu_row = row_overrides(row, "gpu")
+    if gpu_row is None:
+        return None
+    overrides = spec["overrides"] or {}
+    split_by_scale = bool(row) and set(row) <= set(SCALES)
+    own = (row.get(REHEARSAL) or {}) if split_by_scale else {}
+    return {**(overrides.get("gpu") or {}), **(overrides.get(REHEARSAL) or {}), **gpu_row, **own}
+
+
+def check_substitutions(plan: dict, group: str) -> list[str]:
+    """Keys in which a rehearsal row differs from its gpu row although they are not substitutable: one line each."""
+    allowed = set(plan.get("rehearsal_substitutable") or [])
+    gpu = {entry["row"]: entry["overrides"] for entry in planned_entries(plan, group, "gpu")}
+    problems = []
+    for entry in planned_entries(plan, group, REHEARSAL):
+        before = gpu[entry["row"]]
+        for key in sorted(set(before) | set(entry["overrides"])):
+            if before.get(key) != entry["overrides"].get(key) and key not in allowed:
+                problems.append(f"{entry['name']}: {key} differs from the gpu row and is not rehearsal_substitutable")
+    return problems
+
+
 def _seed_list(value, group: str, row: str, scale: str) -> list[int] | None:
     field = f"groups.{group}.{SEEDS}"
     if value is None:
@@ -82,10 +112,15 @@ def planned_entries(plan: dict, group: str, scale: str) -> list[dict]:
     common = (spec["overrides"] or {}).get(scale) or {}
     entries = []
     for row, overrides in spec["rows"].items():
-        own = row_overrides(overrides, scale)
-        if own is None:
-            continue
-        merged = {**common, **own}
+        if scale == REHEARSAL:
+            merged = rehearsal_overrides(spec, overrides)
+            if merged is None:
+                continue
+        else:
+            own = row_overrides(overrides, scale)
+            if own is None:
+                continue
+            merged = {**common, **own}
         seeds = _seed_list(merged.pop(SEEDS, None), group, row, scale)
         if seeds is None:
             entries.append({"name": experiment_name(scale, group, row), "row": row, "seed": None, "overrides": merged})
@@ -267,6 +302,15 @@ def record_run(group: str, scale: str, started: float, outcome: dict[str, str], 
     write_json(path, runs)
 
 
+def _servers_for(scale: str):
+    """The rehearsal's fake OpenAI servers while its rows run (they call them from the queue's worker)."""
+    if scale != REHEARSAL:
+        return contextlib.nullcontext()
+    from ctxsynth.rehearsal.fake_openai import rehearsal_servers
+
+    return rehearsal_servers()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("list", "queue", "run"))
@@ -288,12 +332,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.group:
         parser.error("name a group: " + ", ".join(plan["groups"]))
+    if args.scale == REHEARSAL:
+        problems = check_substitutions(plan, args.group)
+        if problems:
+            raise InputError(args.plan, problems[0], field="rehearsal_substitutable")
     names = queue_group(plan, args.group, args.scale, args.dry_run, args.rows)
     if args.action == "queue" or args.dry_run:
         return 0
     started = time.time()
-    subprocess.run(["dvc", "queue", "start", "-j", str(args.jobs)], check=True)
-    outcome = wait_for(names, args.poll)
+    with _servers_for(args.scale):
+        subprocess.run(["dvc", "queue", "start", "-j", str(args.jobs)], check=True)
+        outcome = wait_for(names, args.poll)
     record_run(args.group, args.scale, started, outcome)
     failed = [name for name, status in outcome.items() if status != "success"]
     for name in failed:
