@@ -292,7 +292,7 @@ def test_shipped_accelerate_configs_parse():
     from accelerate.commands.config.config_args import load_config_from_file
 
     names = sorted(p.stem for p in (ROOT / "configs" / "accelerate").glob("*.yaml"))
-    assert names == ["deepspeed_zero3", "fsdp", "multi_gpu_ddp", "single_gpu"]
+    assert names == ["deepspeed_zero3", "fsdp", "multi_gpu_ddp", "rehearsal_cpu", "single_gpu"]
     for name in names:
         config = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
         assert config.num_machines == 1
@@ -430,7 +430,7 @@ def test_paper_recipe_launches_on_two_cpu_processes_as_the_rehearsal_does(tmp_pa
         tiny_model_dir,
         train_path,
         "finetune:\n  recipe: paper\n  max_tokens: 256\n  epochs: 1\n  save_steps: 0\n  gradient_checkpointing: false\n"
-        "  launcher: accelerate\n  accelerate_config: rehearsal_cpu\n",
+        "  launcher: accelerate\n  accelerate_config: rehearsal_cpu\n  attn_implementation: sdpa\n",
     )
     assert str(ROOT / "configs" / "accelerate" / "rehearsal_cpu.yaml") in done.stderr
     summary = json.loads((out / "train.json").read_text())
