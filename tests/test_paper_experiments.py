@@ -181,7 +181,13 @@ def _fake_show():
                     "metrics": {
                         "metrics/eval.json": {"data": _eval(value, {"squad_long": value})},
                         "metrics/train.json": {"data": {"steps": 3, "final_loss": 1.0}},
-                        "metrics/mix.json": {"data": {"samples": 96, "long_samples": 48}},
+                        "metrics/mix.json": {
+                            "data": {
+                                "samples": 96,
+                                "long_samples": 48,
+                                "tasks": {"squad_long": {"count": 24}, "hotpotqa_long": {"count": 0}},
+                            }
+                        },
                     }
                 },
             }
@@ -264,7 +270,9 @@ def test_report_collects_planned_experiments_and_computes_verdicts(tmp_path):
     assert "| instruction synthesis | 8.00 | 8.50 | -0.50 | [-0.50, -0.50] |" in text
     assert "**holds**" in lines["F5a"] and "**holds**" in lines["F5b"] and "**holds**" in lines["F5c"]
     assert "**F3** (contexts): **not measured**" in text
-    assert "| + context synthesis | 20.00 | 20.00 | [20.00, 20.00] | 33.42 | 38.57 |" in text  # beside the paper's
+    # beside the paper's, with what each row was trained on
+    assert "| + context synthesis | 20.00 | 20.00 | [20.00, 20.00] | 48 | 1 | 33.42 | 38.57 |" in text
+    assert "| base model (no fine-tuning) | 10.00 | 10.00 | [10.00, 10.00] | – | – | – | – |" in text
     for name in ("niah_base.png", "niah_sft4-long-haystack.png", "tasks_main.png", "context_lengths.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 1000
 
@@ -307,12 +315,13 @@ def test_unequal_training_sets_get_the_inequality_line(tmp_path):
     plan = _one_seed_plan()
     experiments = _collected()
     instruction = experiments["cpu-main-instruction-synthesis"]
-    instruction["mix"] = {"samples": 75, "long_samples": 27}
+    instruction["mix"] = {"samples": 75, "long_samples": 27, "trained_tasks": 2}  # no contexts for one task's seeds
     instruction["train"] = {"samples_used": 75, "steps": 19}
     experiments["cpu-main-context-synthesis"]["train"] = {"samples_used": 96, "steps": 24}
     lines = _verdicts(render(_results(plan, experiments), tmp_path))
     assert lines["F2a"].endswith(
-        "**holds**. Unequal rows: training samples 96 vs 75; long samples 48 vs 27; optimizer steps 24 vs 19."
+        "**holds**. Unequal rows: training samples 96 vs 75; long samples 48 vs 27; tasks trained on 1 vs 2; "
+        "optimizer steps 24 vs 19."
     )
     assert lines["F2b"].endswith("**holds**. Unequal rows: optimizer steps 24 vs 3.")  # same data sizes, not steps
     assert "Unequal" not in lines["F5b"]  # human context and context-free: same sizes, same steps

@@ -128,7 +128,11 @@ def experiments_from_show(
                     "timestamp": data.get("timestamp"),
                     "eval": metrics.get("metrics/eval.json"),
                     "train": {k: train[k] for k in TRAIN_KEYS if k in train},
-                    "mix": {k: mix[k] for k in MIX_KEYS if k in mix},
+                    "mix": {
+                        **{k: mix[k] for k in MIX_KEYS if k in mix},
+                        # task coverage: rows trained on fewer tasks (no human contexts for some) are not like for like
+                        "trained_tasks": sum(1 for task in (mix.get("tasks") or {}).values() if task.get("count")),
+                    },
                     "synthesize": {
                         k: (metrics.get("metrics/synthesize.json") or {}).get(k)
                         for k in ("method", "parse_failure_rate")

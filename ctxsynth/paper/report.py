@@ -149,11 +149,14 @@ def main_section(results: dict, figures_dir: Path) -> tuple[str, list[str]]:
         paper = reference["rows"].get(row.name) if model == "finetuned" else None
         estimate = stats.score(row.documents(model)) if row.has_documents else None
         spread = row.seed_range(model)
+        trained = model == "finetuned"
+        seed_cell = f"{row.seeds} ({fmt(spread[0])}–{fmt(spread[1])})" if spread and trained else str(row.seeds)
         body.append(
             [label]
             + [fmt(row.score(model, t)) for t in tasks]
             + [fmt(row.score(model)), interval(estimate)]
-            + ([f"{row.seeds} ({fmt(spread[0])}–{fmt(spread[1])})" if spread else str(row.seeds)] if seeded else [])
+            + ([seed_cell if trained else "–"] if seeded else [])
+            + [(row.field("mix", key) if trained else None) or "–" for key in ("long_samples", "trained_tasks")]
             + ([fmt(v) for v in paper] if paper else ["–"] * len(reference["columns"]))
         )
     header = (
@@ -161,6 +164,7 @@ def main_section(results: dict, figures_dir: Path) -> tuple[str, list[str]]:
         + tasks
         + ["ours: overall", "ours: 95% interval"]
         + (["seeds (range)"] if seeded else [])
+        + ["long samples", "tasks trained"]
         + [f"paper: {c}" for c in reference["columns"]]
     )
     text = [table(header, body), ""]

@@ -11,6 +11,7 @@ NO_DOCUMENTS = "no per-document scores collected; rerun the group"
 TRAINING_FIELDS = (
     ("mix", "samples", "training samples"),
     ("mix", "long_samples", "long samples"),
+    ("mix", "trained_tasks", "tasks trained on"),
     ("train", "samples_used", "samples trained on"),
     ("train", "steps", "optimizer steps"),
 )
