@@ -26,6 +26,7 @@ ORDER = [
     "evaluate",
     "rehearsal",
     "paper",
+    "inputs",
     "preflight",
     "cli",
 ]
