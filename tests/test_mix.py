@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ctxsynth.core.io import InputError
 from ctxsynth.core.tasks import get_task
 from ctxsynth.mix.assemble import assemble, length_stats, pool_for_variant
 
@@ -126,3 +127,26 @@ def test_length_stats_use_the_chat_template(tiny_model_dir):
     texts = [tokenizer.apply_chat_template(s["messages"], tokenize=False) for s in samples]
     lengths = [len(tokenizer(text, add_special_tokens=False).input_ids) for text in texts]
     assert stats["samples"] == 3 and stats["tokens"]["min"] == min(lengths) and stats["tokens"]["max"] == max(lengths)
+
+
+def test_mix_lengths_of_a_base_model_are_counted_in_the_finetune_chat_format():
+    """A base model has no template of its own: the lengths use finetune.chat_template, as training will."""
+    from ctxsynth.mix.run import mix_metrics
+    from ctxsynth.mix.settings import MixSettings
+
+    model = Path(__file__).resolve().parents[1] / "inputs" / "models" / "tiny-llama-base"
+    samples = [
+        {
+            "id": "a",
+            "task": "qa",
+            "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
+        }
+    ]
+    metrics = mix_metrics(MixSettings(), samples, [], {}, model, "longalign")
+    assert (
+        metrics["chat_template"] == "longalign@v1"
+        and metrics["tokens"]["max"] == len("[INST]Q?[/INST]A.") + 2  # byte tokens plus <s> and </s>
+    )
+    with pytest.raises(InputError) as error:
+        mix_metrics(MixSettings(), samples, [], {}, model, "model")
+    assert error.value.field == "finetune.chat_template"

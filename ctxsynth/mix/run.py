@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
 from ctxsynth.core.io import InputError, read_json, read_jsonl
 from ctxsynth.core.tasks import templates_version
 from ctxsynth.mix.assemble import apply_filter, assemble, length_stats, pool_for_variant, require_filter_scores
@@ -63,13 +64,24 @@ def build_mix(
     return samples, general, {"general": general_report, **report}
 
 
-def mix_metrics(settings: MixSettings, samples: list[dict], general: list[dict], report: dict, model_dir: Path) -> dict:
-    """metrics/mix.json: token lengths under the model's chat template, the variant and what the samples came from."""
+def mix_metrics(
+    settings: MixSettings,
+    samples: list[dict],
+    general: list[dict],
+    report: dict,
+    model_dir: Path,
+    chat_template: str = MODEL_TEMPLATE,
+) -> dict:
+    """metrics/mix.json: token lengths in the chat format fine-tuning will use (`finetune.chat_template`: a base model
+    has none of its own), the variant and what the samples came from."""
     from transformers import AutoTokenizer
 
-    stats = length_stats(samples + general, AutoTokenizer.from_pretrained(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    chat_format = apply_chat_template_choice(tokenizer, chat_template, "finetune.chat_template")
+    stats = length_stats(samples + general, tokenizer)
     return {
         **stats,
+        "chat_template": chat_format,
         "variant": settings.variant,
         "num_contexts": settings.num_contexts,
         "templates_version": templates_version(),
