@@ -174,7 +174,7 @@ def make_trainer_classes():
             if self.progress is not None:
                 stats = f"loss {row['loss']:.4f}  lr {row['learning_rate']:.2e}  {speed:,.0f} tok/s"
                 self.progress.update(self._task, completed=state.global_step, stats=stats)
-            else:
+            elif state.is_world_process_zero:  # one line per step, not one per rank
                 log.info(
                     "step %d/%d loss %.4f lr %.2e %.0f tok/s",
                     state.global_step,
