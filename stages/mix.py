@@ -4,8 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ctxsynth.core.chat import configured_chat_template
 from ctxsynth.core.errors import stage_main
-from ctxsynth.core.io import InputError, load_params, write_json, write_jsonl
+from ctxsynth.core.io import write_json, write_jsonl
 from ctxsynth.core.settings import load_settings
 from ctxsynth.mix.run import build_mix, mix_metrics
 from ctxsynth.mix.settings import MixSettings
@@ -28,10 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     write_jsonl(args.out, samples + general)
     # Lengths are counted in the format the samples will be trained in (a base model has no template of its own).
-    try:
-        chat_template = load_params("finetune").get("chat_template") or "model"
-    except InputError:  # no finetune section: its default, the model's own template
-        chat_template = "model"
+    chat_template = configured_chat_template("finetune")
     write_json(args.metrics, mix_metrics(settings, samples, general, report, args.model, chat_template))
     print(f"mix: {len(samples)} long samples ({settings.variant}, n={settings.num_contexts}) + {len(general)} general")
 

@@ -116,6 +116,9 @@ def test_a_hub_dataset_is_loaded_at_and_records_its_resolved_commit(hub, monkeyp
     assert hub.calls == [("dataset", "org/chat", None)]
     assert loaded == [("org/chat", "train_sft", SHA)]
     assert len(samples) == 3 and report == {"source": "org/chat", "available": 3, "samples": 3, "revision": SHA}
+    # a pinned revision is what the hub is asked for (a tag or branch resolves to its commit, which is recorded)
+    load_general({"source": "org/chat", "split": "train_sft", "revision": "v1.0"}, long_samples=0, seed=0)
+    assert hub.calls[-1] == ("dataset", "org/chat", "v1.0") and loaded[-1] == ("org/chat", "train_sft", SHA)
 
 
 def test_a_local_general_file_has_no_revision(tmp_path, monkeypatch):

@@ -69,3 +69,12 @@ def apply_chat_template_choice(tokenizer, name: str, key: str, source: os.PathLi
     spec = chat_templates()[name]
     tokenizer.chat_template = spec["template"]
     return f"{name}@v{spec['version']}"
+
+
+def configured_chat_template(section: str = "finetune", source: os.PathLike | str = "params.yaml") -> str:
+    """`<section>.chat_template` as params.yaml sets it (`model` when unset), for a stage outside that section that
+    must render samples the way it will (mix counts lengths in the format finetune will train in)."""
+    from ctxsynth.core.io import read_text_utf8
+
+    params = yaml.safe_load(read_text_utf8(source)) or {}
+    return (params.get(section) or {}).get("chat_template") or MODEL_TEMPLATE

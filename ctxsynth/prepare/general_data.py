@@ -153,17 +153,18 @@ def require_general_source(options: GeneralSourceSettings) -> None:
     require_tracked(path, "mix", "mix.general.source")
 
 
-def hub_dataset_revision(source: str) -> str:
-    """The commit sha the hub dataset `source` resolves to now (its default branch); it is then loaded at that sha."""
+def hub_dataset_revision(source: str, revision: str | None = None) -> str:
+    """The commit sha `revision` of the hub dataset `source` names (null: its default branch now); the dataset is then
+    loaded at that sha, so what was read is recorded even when the params named a branch or nothing."""
     from huggingface_hub import HfApi
 
-    sha = HfApi().dataset_info(source).sha
+    sha = HfApi().dataset_info(source, revision=revision).sha
     if not sha:
         raise ValueError("the hub returned no commit sha")
     return sha
 
 
-def _read_rows(source: str, split: str) -> tuple[list[tuple[int | None, dict]], str | None]:
+def _read_rows(source: str, split: str, pinned: str | None = None) -> tuple[list[tuple[int | None, dict]], str | None]:
     """(line, row) pairs of `source`, and the commit sha a hub dataset was read at (None for a local file)."""
     path = Path(source)
     if is_local_source(source):
@@ -176,7 +177,7 @@ def _read_rows(source: str, split: str) -> tuple[list[tuple[int | None, dict]], 
     try:  # a hub dataset name, e.g. HuggingFaceH4/ultrachat_200k (needs the network)
         import datasets
 
-        revision = hub_dataset_revision(source)
+        revision = hub_dataset_revision(source, pinned)
         dataset = datasets.load_dataset(source, split=split, revision=revision)
     except Exception as error:  # noqa: BLE001 - the message must name the parameter, whatever the cause
         raise InputError(
@@ -197,7 +198,7 @@ def load_general(
     if not source:
         return [], {}
     count, ratio = options.count, options.ratio
-    rows, revision = _read_rows(str(source), options.split or "train")
+    rows, revision = _read_rows(str(source), options.split or "train", options.revision)
     samples, skipped, trimmed = [], [], 0
     for line, record in rows:
         # Real chat dumps (ShareGPT above all) hold broken conversations: as LongAlign does, a trailing unanswered

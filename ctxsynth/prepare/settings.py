@@ -223,6 +223,7 @@ class GeneralSourceSettings:
     # A chat JSONL / Parquet file (data/general/train.jsonl: the offline SQuAD set) or a hub dataset; null = none.
     source: str | None = None
     split: str = "train"  # hub datasets only
+    revision: str | None = None  # hub datasets: the commit to read (null = what the default branch is now, recorded)
     count: int | None = None  # how many general samples (null = all) ...
     ratio: float | None = None  # ... or this many per long sample (give one of count and ratio)
 
