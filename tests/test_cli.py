@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,27 @@ def test_preflight_warns_about_mismatched_chat_formats_and_unpinned_hub_models(t
     params["evaluate"]["chat_template"] = "longalign"
     (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     assert ctxsynth("preflight", cwd=project).stderr == ""
+
+
+def test_the_preflight_stage_stops_a_row_before_anything_expensive(tmp_path):
+    """In dvc.yaml, everything that downloads, generates or trains runs after the preflight stage; a row naming a
+    LongBench copy that is not there fails that stage, with its key, and writes no report."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    for stage in ("fetch_model", "synthesize"):
+        assert "metrics/preflight.json" in stages[stage]["deps"], stage
+    project = project_copy(tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["evaluate"].update(longbench_dir="inputs/longbench/LongBench", tasks=[])
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "preflight.py")], cwd=project, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "evaluate.longbench_dir" in done.stderr, done.stderr
+    assert not (project / "metrics" / "preflight.json").exists()
+    params["evaluate"].update(longbench_dir=None, tasks=["squad_long"])
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "preflight.py")], cwd=project, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((project / "metrics" / "preflight.json").read_text())["sections"] == 9
