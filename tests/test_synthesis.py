@@ -170,3 +170,16 @@ def test_model_identity_names_content_not_just_a_name(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, copy)
     (copy / "provenance.json").write_text('{"model_name": "tiny", "weights_sha256": "abc"}')
     assert model_identity(copy) == "tiny@abc"
+
+
+def test_no_seeds_loads_no_generator(tmp_path):
+    """The pilot has no seeds: synthesis writes nothing and never loads the generator (here a base model without a
+    chat template, which could not be prompted)."""
+    from pathlib import Path
+
+    from ctxsynth.synthesis.run import run_synthesis
+    from ctxsynth.synthesis.settings import SynthesizeSettings
+
+    base_model = Path(__file__).resolve().parents[1] / "inputs" / "models" / "tiny-llama-base"
+    records, metrics = run_synthesis([], base_model, SynthesizeSettings(cache_dir=str(tmp_path)))
+    assert records == [] and metrics["run"] == {"generated": 0, "from_cache": 0}

@@ -63,17 +63,17 @@ def row_overrides(row: dict, scale: str) -> dict | None:
 
 
 def rehearsal_overrides(spec: dict, row: dict) -> dict | None:
-    """A gpu row with its stand-ins: the group's gpu overrides, the group's rehearsal substitutions, the row's gpu
-    overrides, the row's rehearsal substitutions (later wins). No gpu row, no rehearsal row. Substitutions may only
-    touch the plan's `rehearsal_substitutable` keys (sizes, model ids, where inputs and servers are): checked by
-    check_substitutions."""
+    """A gpu row with its stand-ins: the group's gpu overrides, the row's gpu overrides, then the group's and the
+    row's rehearsal substitutions (later wins: a stand-in replaces whatever the row's gpu value was). No gpu row, no
+    rehearsal row. Substitutions may only touch the plan's `rehearsal_substitutable` keys (sizes, model ids, where
+    inputs and servers are): checked by check_substitutions."""
     gpu_row = row_overrides(row, "gpu")
     if gpu_row is None:
         return None
     overrides = spec["overrides"] or {}
     split_by_scale = bool(row) and set(row) <= set(SCALES)
     own = (row.get(REHEARSAL) or {}) if split_by_scale else {}
-    return {**(overrides.get("gpu") or {}), **(overrides.get(REHEARSAL) or {}), **gpu_row, **own}
+    return {**(overrides.get("gpu") or {}), **gpu_row, **(overrides.get(REHEARSAL) or {}), **own}
 
 
 def check_substitutions(plan: dict, group: str) -> list[str]:

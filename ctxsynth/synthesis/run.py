@@ -121,6 +121,8 @@ def run_synthesis(
     backend, the metrics list the batches this run consumed (`batches`) and every batch the records came from
     (`batch_ids`, cached generations included); each record's provenance names its own `batch_id`."""
     check_inputs(settings, model_dir)
+    if not seeds:  # e.g. the pilot, which trains on needles and general data: no generator is loaded or paid
+        return [], {"total": 0, "method": settings.method, "run": {"generated": 0, "from_cache": 0}}
     backend = build_backend(settings, model_dir)
     cache = generation_cache(settings)
     records, stats = synthesize(seeds, backend, cache, settings, progress)
