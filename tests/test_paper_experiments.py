@@ -28,6 +28,7 @@ from ctxsynth.paper.experiments import (
     select_rows,
 )
 from ctxsynth.paper.report import render, rows_of
+from ctxsynth.rehearsal.fake_openai import BATCH_PORT, CHAT_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "experiments" / "paper.yaml"
@@ -79,6 +80,11 @@ def test_every_gpu_row_has_a_rehearsal_row_differing_only_in_substitutable_keys(
             assert overrides["fetch.model.path"] == "inputs/models/tiny-llama-base", entry["name"]
             assert overrides["finetune.accelerate_config"] == "rehearsal_cpu", entry["name"]
             assert overrides["mix.general.source"].startswith("inputs/general/rehearsal/"), entry["name"]
+            backend = overrides.get("synthesize.backend")
+            if backend == "openai":  # a row's own gpu URL (its vLLM fleet) must not survive the substitution
+                assert overrides["synthesize.openai.base_urls"] == [f"http://127.0.0.1:{CHAT_PORT}/v1"], entry["name"]
+            if backend == "openai-batch":
+                assert overrides["synthesize.openai_batch.base_url"] == f"http://127.0.0.1:{BATCH_PORT}/v1"
 
 
 def test_a_rehearsal_that_changes_more_than_sizes_and_model_ids_is_refused():
