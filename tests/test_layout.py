@@ -25,9 +25,9 @@ ORDER = [
     "finetune",
     "evaluate",
     "rehearsal",
+    "preflight",  # before paper: a row's preflight (paper/row_checks.py) runs the params-wide one
     "paper",
     "inputs",
-    "preflight",
     "cli",
 ]
 

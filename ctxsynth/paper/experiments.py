@@ -5,6 +5,7 @@
     ctxsynth experiments run main --scale cpu --jobs 1   # queue, run the queue, wait, report failures
     ctxsynth experiments run main --rows context-synthesis human-context   # only these rows
     ctxsynth experiments run main --scale rehearsal      # the gpu rows with tiny stand-ins, on this CPU
+    ctxsynth experiments preflight main --scale gpu --gpu-memory-gib 80   # every row checked, nothing queued
 
 A row runs as `dvc exp run --queue -n <scale>-<group>-<row> -S key=value ...` (the group's overrides for the scale,
 then the row's), so every row is an ordinary DVC experiment: `dvc exp show`, `dvc metrics diff`, `dvc exp push`.
@@ -302,6 +303,25 @@ def record_run(group: str, scale: str, started: float, outcome: dict[str, str], 
     write_json(path, runs)
 
 
+def preflight_group(
+    plan: dict, group: str, scale: str, params_path: Path, gpu_memory_gib: float, rows: list[str] | None = None
+) -> int:
+    """Every run of the group checked with its resolved params (ctxsynth/paper/row_checks.py); a table, then one
+    line per problem naming the row and the key; exit 2 on any problem."""
+    from ctxsynth.core.io import read_text_utf8
+    from ctxsynth.paper.row_checks import check_row, render, with_overrides
+
+    params = yaml.safe_load(read_text_utf8(params_path))
+    results = [
+        check_row(name, with_overrides(params, overrides), gpu_memory_gib)
+        for name, overrides in select_rows(plan, group, scale, rows)
+    ]
+    print(render(results))
+    for line in [line for result in results for line in result.warnings + result.problems]:
+        print(line, file=sys.stderr)
+    return 2 if any(result.problems for result in results) else 0
+
+
 def _servers_for(scale: str):
     """The rehearsal's fake OpenAI servers while its rows run (they call them from the queue's worker)."""
     if scale != REHEARSAL:
@@ -313,7 +333,7 @@ def _servers_for(scale: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("list", "queue", "run"))
+    parser.add_argument("action", choices=("list", "queue", "run", "preflight"))
     parser.add_argument("group", nargs="?")
     parser.add_argument("--scale", choices=SCALES, default="cpu")
     parser.add_argument("--rows", nargs="+", help="only these rows of the group (default: all)")
@@ -321,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=20.0)
     parser.add_argument("--plan", type=Path, default=PLAN)
     parser.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
+    parser.add_argument("--gpu-memory-gib", type=float, default=80.0, help="preflight: memory of one device")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="preflight: the base params")
     args = parser.parse_args(argv)
     plan = load_plan(args.plan)
     if args.action == "list":
@@ -332,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.group:
         parser.error("name a group: " + ", ".join(plan["groups"]))
+    if args.action == "preflight":
+        return preflight_group(plan, args.group, args.scale, args.params, args.gpu_memory_gib, args.rows)
     if args.scale == REHEARSAL:
         problems = check_substitutions(plan, args.group)
         if problems:
