@@ -304,7 +304,13 @@ def record_run(group: str, scale: str, started: float, outcome: dict[str, str], 
 
 
 def preflight_group(
-    plan: dict, group: str, scale: str, params_path: Path, gpu_memory_gib: float, rows: list[str] | None = None
+    plan: dict,
+    group: str,
+    scale: str,
+    params_path: Path,
+    gpu_memory_gib: float,
+    rows: list[str] | None = None,
+    gpus: int | None = None,
 ) -> int:
     """Every run of the group checked with its resolved params (ctxsynth/paper/row_checks.py); a table, then one
     line per problem naming the row and the key; exit 2 on any problem."""
@@ -313,7 +319,7 @@ def preflight_group(
 
     params = yaml.safe_load(read_text_utf8(params_path))
     results = [
-        check_row(name, with_overrides(params, overrides), gpu_memory_gib)
+        check_row(name, with_overrides(params, overrides), gpu_memory_gib, gpus)
         for name, overrides in select_rows(plan, group, scale, rows)
     ]
     print(render(results))
@@ -343,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
     parser.add_argument("--gpu-memory-gib", type=float, default=80.0, help="preflight: memory of one device")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="preflight: the base params")
+    parser.add_argument("--gpus", type=int, help="preflight: GPUs per machine (default: the launcher config's)")
     args = parser.parse_args(argv)
     plan = load_plan(args.plan)
     if args.action == "list":
@@ -355,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.group:
         parser.error("name a group: " + ", ".join(plan["groups"]))
     if args.action == "preflight":
-        return preflight_group(plan, args.group, args.scale, args.params, args.gpu_memory_gib, args.rows)
+        return preflight_group(plan, args.group, args.scale, args.params, args.gpu_memory_gib, args.rows, args.gpus)
     if args.scale == REHEARSAL:
         problems = check_substitutions(plan, args.group)
         if problems:

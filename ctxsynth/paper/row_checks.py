@@ -1,50 +1,68 @@
 """The per-row preflight of an experiment group: each row's resolved params checked against what its run will need,
-before anything is queued (`ctxsynth experiments preflight main --scale gpu --gpu-memory-gib 80`).
+before anything is queued (`ctxsynth experiments preflight main --scale gpu --gpu-memory-gib 80 --gpus 8`).
 
-Per row: every section and every named input (ctxsynth/preflight.py, on params.yaml with the row's overrides); the
-model window against the evaluation prompt plus chat markup plus the largest generation budget, and against the
-training length; a chat template for a base model, the same in training and evaluation; a distributed launcher for
-full fine-tuning of a large model; and the memory per device, estimated (not measured) in bf16:
+Per row, params.yaml with the row's overrides goes through ctxsynth/preflight.py (every section, every named input),
+then through the checks below (check_row); each problem is one line naming the row and the params key.
 
-    full fine-tuning   16 bytes x parameters (bf16 weights and grads, fp32 master weights and two Adam moments),
-                       divided by the devices when ZeRO-3 or FSDP shards them
-    LoRA / QLoRA       2 (0.55 for nf4) bytes x parameters, the frozen base
-    activations        layers x tokens x hidden x 2 bytes (checkpoints) + one recomputed layer, tokens x (4 hidden
-                       + 3 intermediate) x 2 bytes; x 2 without gradient checkpointing
-    logits             answer positions (4,096 at most with answer_logits_only, else every token) x vocab x 8 bytes
-    + 3 GiB            CUDA context and allocator fragmentation
+Memory per device in bf16, an estimate (not a measurement) for P parameters (docs/scaling.md works it out):
 
-Hub models are described by model_facts.yaml (no download here); local models by their own config.json.
+    full fine-tuning   16 B x P: bf16 weights 2 + bf16 grads 2 + fp32 master weights, Adam m and v 12
+    LoRA               2 B x P frozen bf16 weights (QLoRA: 0.52 B per nf4 linear weight, embeddings kept in fp32 4 B)
+                       + 16 B per LoRA parameter, r x (in + out) of every linear layer
+                       (weights and states divided by the devices under ZeRO-3 or FSDP)
+    activations        gradient checkpointing: layers x tokens x hidden x 2 B (a checkpoint per layer) + one
+                       recomputed layer, tokens x (4 hidden + 3 intermediate) x 2 B; without: 2 x layers x that layer
+    logits             positions x vocab x 8 B (fp32 logits and their gradient); positions = tokens per row, or at
+                       most 4,096 answer positions with answer_logits_only
+    overhead           + 3 GiB (CUDA context, allocator fragmentation)
+
+Hub models are described by model_facts.yaml (nothing is downloaded); a local model by its own config.json, and its
+tokenizer for the chat template's exact length.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
+from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice, chat_templates
+from ctxsynth.core.io import InputError
+from ctxsynth.core.settings import load_settings
 from ctxsynth.core.tasks import get_task
+from ctxsynth.evaluate.run import CHAT_MARGIN, _chat_overhead, _model_window
+from ctxsynth.finetune.settings import accelerate_config_file
+from ctxsynth.preflight import LOCAL_DATA_SUFFIXES, SECTIONS, collect_problems, warnings
 
 FACTS = Path(__file__).with_name("model_facts.yaml")
 ACCELERATE_CONFIGS = Path("configs/accelerate")
 GIB = 2**30
 OVERHEAD_GIB = 3.0
-ANSWER_TOKENS = 4096
-CHAT_TOKENS = 64  # what a chat template adds around one prompt, generously (LongAlign's [INST] adds about 10)
+ANSWER_TOKENS = 4096  # answer positions per row put through the vocabulary with answer_logits_only
+NF4_BYTES = 0.52  # per quantized weight: 4 bits + double-quantized block constants
+CHAT_ALLOWANCE = 64  # tokens for a hub model's own chat template, which cannot be read here
+PROMPT_TOKENS = 1024  # the synthesis prompt around one seed, generously
+TOKENS_PER_WORD = 2  # generous: LLaMA and Qwen tokenizers take ~1.3 per English word
 SHARDED = {"DEEPSPEED", "FSDP"}
 DISTRIBUTED = SHARDED | {"MULTI_GPU", "MULTI_CPU"}
 LARGE = 1e9  # parameters above which full fine-tuning in one process is a mistake
+SHA = re.compile(r"[0-9a-f]{40}")
+HEADER = ("row", "inputs", "window: needed / model", "chat template", "launcher", "GiB/device (est.) / GPU", "verdict")
 
 
 @dataclass
 class RowCheck:
     name: str
+    inputs: str = "–"
     window: str = "–"
     chat: str = "–"
     launcher: str = "–"
@@ -52,13 +70,26 @@ class RowCheck:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.name}: {key}: {message}")
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(f"{self.name}: warning: {key}: {message}")
+
+    @property
+    def verdict(self) -> str:
+        if self.problems:
+            return f"FAIL ({len(self.problems)})"
+        return f"ok, {len(self.warnings)} warning(s)" if self.warnings else "ok"
+
 
 @cache
-def model_facts() -> dict:
-    return yaml.safe_load(FACTS.read_text(encoding="utf-8"))
+def model_facts() -> dict[str, dict]:
+    return yaml.safe_load(FACTS.read_text(encoding="utf-8"))["models"]
 
 
 def with_overrides(params: dict, overrides: dict) -> dict:
+    """params.yaml with dotted `section.key` overrides applied, as `dvc exp run -S` would."""
     resolved = copy.deepcopy(params)
     for key, value in overrides.items():
         node = resolved
@@ -69,145 +100,266 @@ def with_overrides(params: dict, overrides: dict) -> dict:
     return resolved
 
 
-def local_facts(directory: Path) -> dict | None:
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        return None
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
-    intermediate, vocab = config.get("intermediate_size", 4 * hidden), config["vocab_size"]
-    kv = hidden * config.get("num_key_value_heads", config["num_attention_heads"]) / config["num_attention_heads"]
-    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * intermediate
+def shape_facts(config: dict) -> dict:
+    """Window and shapes from config.json keys (a multimodal config's text_config), with the parameter count they
+    imply unless `parameters` states it."""
+    text = config.get("text_config") or config
+    hidden, heads = text["hidden_size"], text["num_attention_heads"]
+    head_dim = text.get("head_dim") or hidden // heads
+    query, kv = heads * head_dim, (text.get("num_key_value_heads") or heads) * head_dim
+    intermediate = text.get("intermediate_size") or 4 * hidden
+    layers, vocab = text["num_hidden_layers"], text["vocab_size"]
     embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)
-    tokenizer_config = directory / "tokenizer_config.json"
-    own_template = (directory / "chat_template.jinja").is_file() or (
-        tokenizer_config.is_file() and "chat_template" in json.loads(tokenizer_config.read_text(encoding="utf-8"))
-    )
+    computed = layers * (2 * hidden * query + 2 * hidden * kv + 3 * hidden * intermediate) + embeddings
     return {
-        "window": config.get("max_position_embeddings"),
-        "parameters": layers * per_layer + embeddings,
+        "window": _model_window(SimpleNamespace(**text)),
+        "parameters": config.get("parameters") or computed,
+        "embeddings": embeddings,
         "layers": layers,
         "hidden": hidden,
         "intermediate": intermediate,
         "vocab": vocab,
-        "chat_template": own_template,
+        "lora_width": layers * (7 * hidden + 2 * query + 2 * kv + 3 * intermediate),  # (in + out) of every linear
+        "chat_template": config.get("chat_template"),
     }
 
 
-def facts_for(model: dict) -> tuple[dict | None, str]:
-    """(facts, what the model is called); None with the reason as the name when nothing is known."""
-    if model.get("source") == "hub":
-        known = model_facts().get(model.get("id"))
-        return known, str(model.get("id"))
-    directory = Path(model.get("path") or "") if model.get("source") == "path" else Path("data/model")
-    return local_facts(directory), str(directory)
+def local_facts(directory: Path) -> dict | None:
+    if not (directory / "config.json").is_file():
+        return None
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    tokenizer_config = directory / "tokenizer_config.json"
+    tokenizer = json.loads(tokenizer_config.read_text(encoding="utf-8")) if tokenizer_config.is_file() else {}
+    own = (directory / "chat_template.jinja").is_file() or bool(tokenizer.get("chat_template"))
+    return shape_facts({**config, "chat_template": own, "parameters": None})
 
 
-def generation_budget(evaluate: dict) -> int:
-    names = list(evaluate.get("tasks") or [])
-    if evaluate.get("longbench_dir"):
-        names += list(evaluate.get("longbench_tasks") or [])
-    budgets = []
-    for name in names:
-        try:
-            budgets.append(get_task(name).max_new_tokens)
-        except Exception:  # noqa: BLE001 - an unknown task is the settings check's problem, reported there
-            continue
-    return max(budgets, default=0)
+@cache
+def _local_chat_tokens(directory: str, template: str) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    try:
+        apply_chat_template_choice(tokenizer, template, "evaluate.chat_template")
+        return _chat_overhead(tokenizer)
+    except InputError:  # no template to count: the chat template check reports it
+        return CHAT_ALLOWANCE
+
+
+def chat_tokens(template: str, directory: Path | None) -> int:
+    """What the chat template adds around one user message, as the evaluate stage counts it with the model's
+    tokenizer; without a local tokenizer, an upper bound (an ASCII character is at most one token)."""
+    if directory is not None and (directory / "tokenizer_config.json").is_file():
+        return _local_chat_tokens(str(directory), template)
+    if template not in chat_templates():
+        return CHAT_ALLOWANCE
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    text = ImmutableSandboxedEnvironment().from_string(chat_templates()[template]["template"])
+    rendered = text.render(messages=[{"role": "user", "content": ""}], bos_token="<s>", eos_token="</s>")
+    return len(rendered) + 1
 
 
 def memory_gib(facts: dict, finetune, devices: int, sharded: bool) -> float:
-    parameters, tokens = facts["parameters"], finetune.max_tokens or 0
+    tokens, hidden, layers = finetune.max_tokens or facts["window"], facts["hidden"], facts["layers"]
     if finetune.method == "full":
-        states = 16 * parameters / (devices if sharded else 1)
+        states = 16 * facts["parameters"]
     else:
-        states = (0.55 if finetune.quantization == "nf4" else 2) * parameters
-    layer = tokens * (4 * facts["hidden"] + 3 * facts["intermediate"]) * 2
-    activations = facts["layers"] * tokens * facts["hidden"] * 2 + layer
-    if not finetune.gradient_checkpointing:
-        activations = 2 * facts["layers"] * layer
-    logits = min(tokens, ANSWER_TOKENS if finetune.answer_logits_only else tokens) * facts["vocab"] * 8
-    return (states + activations + logits) / GIB + OVERHEAD_GIB
+        linear, embeddings = facts["parameters"] - facts["embeddings"], facts["embeddings"]
+        frozen = NF4_BYTES * linear + 4 * embeddings if finetune.quantization == "nf4" else 2 * facts["parameters"]
+        states = frozen + 16 * finetune.lora_r * facts["lora_width"]
+    layer = tokens * (4 * hidden + 3 * facts["intermediate"]) * 2
+    activations = layers * tokens * hidden * 2 + layer if finetune.gradient_checkpointing else 2 * layers * layer
+    positions = min(tokens, ANSWER_TOKENS) if finetune.answer_logits_only else tokens
+    return (states / (devices if sharded else 1) + activations + positions * facts["vocab"] * 8) / GIB + OVERHEAD_GIB
 
 
-def check_row(name: str, params: dict, gpu_memory_gib: float) -> RowCheck:
-    from ctxsynth.finetune.settings import FinetuneSettings, accelerate_config_file
-    from ctxsynth.preflight import collect_problems, warnings
+def _located(line: str, params_file: str) -> str:
+    """`error: <file>[, line N], field 'K': message` as `K: message`, with the file kept when it is not the params
+    file (a LongBench task file); an error in a record of another file keeps its place."""
+    line = line.removeprefix("error: ").replace(params_file, "params.yaml")
+    match = re.fullmatch(r"(.+?)(, line \d+)?, field '([^']+\.[^']+)': (.*)", line, re.S)
+    if not match:
+        return line
+    where = "" if match[1] == "params.yaml" else f"{match[1]}{match[2] or ''}: "
+    return f"{match[3]}: {where}{match[4]}"
 
-    result = RowCheck(name)
+
+def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int | None = None) -> RowCheck:
+    """One row, `params` being params.yaml with its overrides: settings and named inputs (ctxsynth/preflight.py),
+    something to score, hub pins (warnings) and the generator, then against the model's facts the chat template,
+    the window, the launcher and the memory per device."""
+    row = RowCheck(name)
     with tempfile.TemporaryDirectory(prefix="ctxsynth-row-") as scratch:
         path = Path(scratch) / "params.yaml"
-        path.write_text(yaml.safe_dump(params), encoding="utf-8")
-        problems, _ = collect_problems(path)
-        result.problems += [
-            f"{name}: " + line.removeprefix("error: ").replace(str(path), "params.yaml") for line in problems
-        ]
-        if problems:
-            return result
-        result.warnings += [f"{name}: {line.removeprefix('warning: ')}" for line in warnings(path)]
-    evaluate, finetune = params["evaluate"], FinetuneSettings.from_mapping(params["finetune"])
-    if not evaluate.get("tasks") and not evaluate.get("longbench_dir"):
-        result.problems.append(f"{name}: evaluate.tasks is empty and evaluate.longbench_dir unset: nothing to score")
-    facts, model = facts_for(params["fetch"]["model"])
-    if facts is None:
-        result.problems.append(f"{name}: fetch.model: nothing known about {model}; add it to {FACTS.name}")
-        return result
-    window = facts.get("window")
-    if evaluate.get("max_length"):
-        needed = int(evaluate["max_length"]) + CHAT_TOKENS + generation_budget(evaluate)
-        result.window = f"{needed:,} / {window:,}"
-        if window and needed > window:
-            result.problems.append(
-                f"{name}: evaluate.max_length: {evaluate['max_length']:,} + chat markup + a generation budget of "
-                f"{generation_budget(evaluate)} needs {needed:,} positions; {model} has {window:,}"
-            )
-    if window and finetune.max_tokens and finetune.max_tokens > window:
-        result.problems.append(
-            f"{name}: finetune.max_tokens: {finetune.max_tokens:,} tokens per row; {model} has {window:,} positions"
+        path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+        problems, checked = collect_problems(path)
+        row.problems += [f"{name}: {_located(line, str(path))}" for line in problems]
+        try:
+            settings = {section: load_settings(cls, section, source=path) for section, cls in SECTIONS.items()}
+        except InputError:  # collect_problems has named the key
+            row.inputs = "settings invalid"
+            return row
+        skip = "warning: finetune.chat_template"  # a disagreement is a problem here (_check_chat)
+        row.warnings += [f"{name}: {line}" for line in warnings(path) if not line.startswith(skip)]
+    general = settings["mix"].general
+    local = general.source and (general.source.endswith(LOCAL_DATA_SUFFIXES) or os.path.exists(general.source))
+    if general.source and not local and not SHA.fullmatch(general.revision or ""):
+        row.warn(
+            "mix.general.revision",
+            f"{general.revision!r} is not a commit sha: the hub dataset {general.source} can change under the same "
+            "params (the commit read is recorded in metrics/mix.json)",
         )
-    templates = {key: params[key.split(".")[0]].get("chat_template") or "model" for key in CHAT_KEYS}
-    result.chat = ", ".join(sorted(set(templates.values())))
+    evaluate, model = settings["evaluate"], settings["fetch"].model
+    tasks = [*evaluate.tasks, *(evaluate.longbench_tasks if evaluate.longbench_dir else [])]
+    if not tasks:
+        row.problem("evaluate.tasks", "empty and evaluate.longbench_dir is unset: nothing to score")
+    failed = len(problems) + (not tasks)
+    row.inputs = f"FAIL ({failed})" if failed else f"ok ({checked} files)" if checked else "ok"
+    _check_generator(row, settings["synthesize"], bool(settings["seed"].sources))
+
+    if model.source == "hub":
+        directory, known = None, model_facts().get(model.id)
+        facts = shape_facts(known) if known else None
+    else:
+        directory = Path(model.path if model.source == "path" else "data/model")
+        facts = local_facts(directory)
+    if facts is None:
+        if model.source == "hub":
+            row.problem("fetch.model.id", f"{model.id} is not in {FACTS.name}: add its config.json values there")
+        elif model.source == "path" and directory.is_dir():
+            row.problem("fetch.model.path", f"no config.json in {directory}")
+        elif model.source == "registry":
+            row.warn("fetch.model", "data/model is not fetched yet: window, chat template and memory not checked")
+        return row
+    facts["label"], facts["directory"] = model.id if directory is None else str(directory), directory
+    _check_chat(row, facts, settings["finetune"], evaluate)
+    _check_window(row, facts, settings["finetune"], evaluate, tasks)
+    _check_launcher(row, facts, settings["finetune"], gpu_memory_gib, gpus)
+    return row
+
+
+def _check_chat(row: RowCheck, facts: dict, finetune, evaluate) -> None:
+    templates = {"finetune.chat_template": finetune.chat_template}
+    if evaluate.apply_chat_template:
+        templates["evaluate.chat_template"] = evaluate.chat_template
+    row.chat = " / ".join(dict.fromkeys(templates.values()))
+    known, named = [MODEL_TEMPLATE, *chat_templates()], ", ".join(chat_templates())
     for key, template in templates.items():
-        if template == "model" and not facts.get("chat_template"):
-            result.problems.append(f"{name}: {key}: {model} is a base model without a chat template; name one")
+        if template not in known:
+            row.problem(key, f"unknown chat template {template!r} (known: {', '.join(known)})")
+        elif template == MODEL_TEMPLATE and not facts["chat_template"]:
+            row.problem(key, f"{facts['label']} ships no chat template (a base model): name one ({named})")
     if len(set(templates.values())) > 1:
-        result.problems.append(f"{name}: finetune.chat_template and evaluate.chat_template differ: {templates}")
-    devices, distributed = 1, "one process"
-    if finetune.launcher == "accelerate":
-        config = yaml.safe_load(accelerate_config_file(finetune.accelerate_config, ACCELERATE_CONFIGS).read_text())
-        devices, distributed = int(config.get("num_processes") or 1), str(config.get("distributed_type"))
-    result.launcher = f"{finetune.launcher}: {distributed} x {devices}"
+        row.problem(
+            "evaluate.chat_template",
+            f"{evaluate.chat_template!r} but finetune.chat_template is {finetune.chat_template!r}: the model would "
+            "be asked in another format than it was trained in",
+        )
+
+
+def _check_window(row: RowCheck, facts: dict, finetune, evaluate, tasks: list[str]) -> None:
+    window, label, needed = facts["window"], facts["label"], finetune.max_tokens
+    if evaluate.max_length is not None:  # null: the evaluate stage fits the prompt to the window itself
+        budget = max((get_task(task).max_new_tokens for task in tasks), default=0)
+        overhead = chat_tokens(evaluate.chat_template, facts["directory"]) if evaluate.apply_chat_template else 1
+        prompt = evaluate.max_length + overhead + CHAT_MARGIN + budget
+        needed = max(needed, prompt)
+        if prompt > window:
+            row.problem(
+                "evaluate.max_length",
+                f"{evaluate.max_length:,} prompt tokens + chat template ({overhead}) + margin ({CHAT_MARGIN}) + the "
+                f"largest generation budget ({budget}) need {prompt:,} positions; {label} has {window:,}",
+            )
+    if finetune.max_tokens > window:
+        row.problem("finetune.max_tokens", f"{finetune.max_tokens:,} tokens per row; {label} has {window:,} positions")
+    row.window = f"{needed:,} / {window:,}"
+
+
+def _check_launcher(row: RowCheck, facts: dict, finetune, gpu_memory_gib: float, gpus: int | None) -> None:
+    """The launcher for the method and model size, the devices it starts, and the memory per device."""
+    accelerate, devices, distributed = finetune.launcher == "accelerate", 1, "NO"
+    if accelerate:
+        try:
+            config_path = accelerate_config_file(finetune.accelerate_config, ACCELERATE_CONFIGS)
+        except InputError as error:
+            row.problem("finetune.accelerate_config", str(error).split("': ", 1)[-1])
+            return
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        devices, distributed = int(config.get("num_processes") or 1), str(config.get("distributed_type") or "NO")
+        if gpus and not config.get("use_cpu") and devices > gpus:
+            row.problem(
+                "finetune.accelerate_config",
+                f"{config_path} starts {devices} processes, one per GPU, and the machine has {gpus} (--gpus): use a "
+                f"config with num_processes: {gpus} and raise finetune.grad_accum to keep the global batch",
+            )
+    row.launcher = f"accelerate: {finetune.accelerate_config} ({distributed} x {devices})" if accelerate else "none"
     if finetune.method == "full" and facts["parameters"] > LARGE and distributed not in DISTRIBUTED:
-        result.problems.append(
-            f"{name}: finetune.launcher: full fine-tuning of {facts['parameters'] / 1e9:.1f}B parameters in "
-            f"{distributed}; set finetune.launcher: accelerate with a distributed accelerate_config (deepspeed_zero3)"
+        row.problem(
+            "finetune.accelerate_config" if accelerate else "finetune.launcher",
+            f"full fine-tuning of {facts['parameters'] / 1e9:.1f}B parameters in one process; set finetune.launcher: "
+            "accelerate with a distributed accelerate_config (deepspeed_zero3, fsdp, or a .yaml whose "
+            f"distributed_type is {', '.join(sorted(DISTRIBUTED))})",
         )
     if finetune.packing and finetune.attn_implementation != "flash_attention_2" and finetune.max_tokens > 8192:
-        result.problems.append(
-            f"{name}: finetune.attn_implementation: {finetune.attn_implementation} materializes a "
-            f"{finetune.max_tokens:,}-square mask per packed row; flash_attention_2 reads the sample boundaries"
+        row.problem(
+            "finetune.attn_implementation",
+            f"{finetune.attn_implementation} materializes a {finetune.max_tokens:,}-square mask per packed row; "
+            "flash_attention_2 reads the sample boundaries from the position ids",
         )
     gib = memory_gib(facts, finetune, devices, distributed in SHARDED)
-    result.memory = f"{gib:.1f}"
+    row.memory = f"{gib:.1f} / {gpu_memory_gib:g}"
     if gib > gpu_memory_gib:
-        result.problems.append(
-            f"{name}: finetune: about {gib:.0f} GiB per device (estimated) exceeds {gpu_memory_gib:g} GiB"
+        spread = f"sharded over {devices} devices" if distributed in SHARDED and devices > 1 else "not sharded"
+        row.problem(
+            "finetune.max_tokens",
+            f"about {gib:.1f} GiB per device (an estimate: {finetune.method}, {spread}) exceeds "
+            f"{gpu_memory_gib:g} GiB (--gpu-memory-gib): shard over more devices (finetune.accelerate_config), lower "
+            "finetune.max_tokens, or train with LoRA / QLoRA",
         )
-    general = params["mix"].get("general") or {}
-    source = str(general.get("source") or "")
-    hub_dataset = source and not source.endswith((".jsonl", ".parquet")) and not Path(source).exists()
-    if hub_dataset and not re.fullmatch(r"[0-9a-f]{40}", str(general.get("revision") or "")):
-        result.warnings.append(f"{name}: mix.general.revision is not a commit sha: {source} may change under it")
-    return result
 
 
-CHAT_KEYS = ("finetune.chat_template", "evaluate.chat_template")
+def _check_generator(row: RowCheck, synthesize, has_seeds: bool) -> None:
+    """A chat server's model (backend openai, e.g. `vllm serve`): room for prompt and budget, and a chat template."""
+    if synthesize.backend != "openai" or not has_seeds:
+        return
+    generator = model_facts().get(synthesize.openai.model)
+    if generator is None:
+        row.warn("synthesize.openai.model", f"{synthesize.openai.model} is not in {FACTS.name}: window unchecked")
+        return
+    chunk = synthesize.chunk_words * TOKENS_PER_WORD if synthesize.method == "instruction_synthesis" else 0
+    needed, window = PROMPT_TOKENS + chunk + synthesize.sampling.max_new_tokens, shape_facts(generator)["window"]
+    if needed > window:
+        row.problem(
+            "synthesize.sampling.max_new_tokens",
+            f"the prompt (~{PROMPT_TOKENS + chunk:,} tokens) and the budget need ~{needed:,} positions; "
+            f"{synthesize.openai.model} has {window:,}",
+        )
+    if not generator.get("chat_template"):
+        unknown = generator.get("chat_template") is None
+        state = f"may ship no chat template ({FACTS.name} does not say)" if unknown else "ships no chat template"
+        row.warn(
+            "synthesize.openai.model",
+            f"{synthesize.openai.model} {state}; a server's chat API needs one: check it, or start `vllm serve` "
+            "with --chat-template",
+        )
 
 
-def render(results: list[RowCheck]) -> str:
-    header = ["row", "window: needed / model", "chat template", "launcher", "GiB per device (est.)", "verdict"]
-    rows = [[r.name, r.window, r.chat, r.launcher, r.memory, "FAIL" if r.problems else "ok"] for r in results]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
+def render(results: list[RowCheck], styled: bool | None = None) -> str:
+    """One line per row: a rich table on a terminal, plain text otherwise."""
+    rows = [(r.name, r.inputs, r.window, r.chat, r.launcher, r.memory, r.verdict) for r in results]
+    if sys.stdout.isatty() if styled is None else styled:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*HEADER)
+        for cells in rows:
+            table.add_row(*cells, style="red" if cells[-1].startswith("FAIL") else None)
+        console = Console()
+        with console.capture() as captured:
+            console.print(table)
+        return captured.get().rstrip("\n")
+    widths = [max(len(str(cells[i])) for cells in [HEADER, *rows]) for i in range(len(HEADER))]
+    lines = [" | ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in [HEADER, *rows]]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)
