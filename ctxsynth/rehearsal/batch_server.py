@@ -15,10 +15,12 @@ import urllib.parse
 from collections.abc import Callable
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from ctxsynth.rehearsal.local_server import LocalServer, echo_question, question_of
 
 
-class BatchServer:
+class BatchServer(LocalServer):
     """Options:
     - `in_progress_polls`: polls answered `in_progress` (after one `validating`) before the batch ends.
     - `terminal`: how a batch ends: "completed", "failed" (no output, `errors` set), "expired" or "cancelled"
@@ -50,7 +52,7 @@ class BatchServer:
         self.errors_in_output, self.duplicate_output = errors_in_output, duplicate_output
         self.faults = {route: list(values) for route, values in (faults or {}).items()}
         self.random = random.Random(shuffle_seed)
-        self.reply = reply or (lambda body: f"Context: reply to {question_of(body)}")
+        self.reply = reply or echo_question
         self.authorization = f"Bearer {api_key}" if api_key else None
         self.lock = threading.Lock()
         self.files: dict[str, dict] = {}  # id -> {"purpose", "filename", "content": bytes}
@@ -112,9 +114,7 @@ class BatchServer:
                     return self.handle_route("GET /content", lambda: server.content(parts[2]))
                 return self.reply_json(404, {"error": {"message": f"no route {self.path}"}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self._listen(Handler, port, poll_interval=0.02)
 
     # --------------------------------------------------------------------------------------------- endpoints
     def upload(self, content_type: str, body: bytes):
@@ -282,15 +282,3 @@ class BatchServer:
 
     def requests_of(self, batch_id: str) -> list[dict]:
         return self.batch_inputs[batch_id]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def question_of(body: dict) -> str:
-    return body["messages"][-1]["content"].split("\n")[1]

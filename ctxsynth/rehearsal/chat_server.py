@@ -7,10 +7,12 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from ctxsynth.rehearsal.local_server import LocalServer, echo_question
 
 
-class ChatServer:
+class ChatServer(LocalServer):
     """Answers `Context: reply to <second line of the last user message>` (or what `reply` says); `faults` are
     consumed one per request: "429", "500", "slow", "malformed", "drop", or None for a normal reply.
     Questions containing `fail_matching` always get a 500."""
@@ -77,18 +79,4 @@ class ChatServer:
                 self.end_headers()
                 self.wfile.write(reply)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def echo_question(body: dict) -> str:
-    return "Context: reply to " + body["messages"][-1]["content"].split("\n")[1]
+        self._listen(Handler, port)
