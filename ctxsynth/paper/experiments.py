@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import subprocess
 import sys
@@ -328,6 +329,19 @@ def preflight_group(
     return 2 if any(result.problems for result in results) else 0
 
 
+def worker_environment(jobs: int, cpus: int | None = None) -> dict[str, str]:
+    """The queue workers' environment: the cores split between them, unless the user set a thread count.
+
+    torch sizes its thread pool to every core; two workers that each do so spin against each other and train
+    several times slower than one. Like any change of machine, the thread count may move the last bits of trained
+    weights (float sums in another order); the data artifacts do not depend on it.
+    """
+    env = dict(os.environ)
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (cpus or os.cpu_count() or 1) // jobs))
+    return env
+
+
 def _servers_for(scale: str):
     """The rehearsal's fake OpenAI servers while its rows run (they call them from the queue's worker)."""
     if scale != REHEARSAL:
@@ -372,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.time()
     with _servers_for(args.scale):
-        subprocess.run(["dvc", "queue", "start", "-j", str(args.jobs)], check=True)
+        subprocess.run(["dvc", "queue", "start", "-j", str(args.jobs)], check=True, env=worker_environment(args.jobs))
         outcome = wait_for(names, args.poll)
     record_run(args.group, args.scale, started, outcome)
     failed = [name for name, status in outcome.items() if status != "success"]
