@@ -114,3 +114,18 @@ def test_the_preflight_stage_stops_a_row_before_anything_expensive(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads((project / "metrics" / "preflight.json").read_text())["sections"] == 9
+
+
+def test_preflight_accepts_a_named_file_that_an_earlier_stage_builds(tmp_path):
+    """A queued experiment starts from an empty workspace: data/general/train.jsonl (the `general` stage's output)
+    is not there yet when preflight runs, and must not stop the row; a missing file nothing builds still does."""
+    project = project_copy(tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["mix"]["general"]["source"] = "data/general/train.jsonl"
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    result = ctxsynth("preflight", cwd=project)
+    assert result.returncode == 0, result.stderr
+    params["mix"]["general"]["source"] = "inputs/general/missing.jsonl"
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    result = ctxsynth("preflight", cwd=project)
+    assert result.returncode == 2 and "mix.general.source" in result.stderr and "does not exist" in result.stderr

@@ -17,10 +17,34 @@ PIPELINE = Path("dvc.yaml")
 
 
 @lru_cache(maxsize=8)
+def _stages(pipeline: Path, mtime: float) -> dict[str, dict]:
+    return (yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}).get("stages", {})
+
+
 def _declared_deps(pipeline: Path, mtime: float) -> dict[str, list[Path]]:
-    stages = (yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}).get("stages", {})
     root = pipeline.resolve().parent
-    return {name: [root / dep for dep in stage.get("deps", [])] for name, stage in stages.items()}
+    return {name: [root / dep for dep in stage.get("deps", [])] for name, stage in _stages(pipeline, mtime).items()}
+
+
+def _out_path(out: str | dict) -> str:
+    return out if isinstance(out, str) else next(iter(out))
+
+
+def producing_stage(path: os.PathLike | str, pipeline: Path = PIPELINE) -> str | None:
+    """The stage of dvc.yaml whose declared output holds `path` (data/general/train.jsonl: `general`), or None.
+
+    Such a file may not exist before `dvc repro` builds it (a fresh clone, a queued experiment's empty workspace),
+    so a check made before the pipeline runs must not demand it."""
+    if not pipeline.is_file():
+        return None
+    root = pipeline.resolve().parent
+    resolved = Path(path).resolve()
+    for name, stage in _stages(pipeline.resolve(), pipeline.stat().st_mtime).items():
+        for out in stage.get("outs", []):
+            target = root / _out_path(out)
+            if resolved == target or target in resolved.parents:
+                return name
+    return None
 
 
 def declared_deps(stage: str, pipeline: Path = PIPELINE) -> list[Path] | None:
@@ -31,11 +55,18 @@ def declared_deps(stage: str, pipeline: Path = PIPELINE) -> list[Path] | None:
 
 
 def require_tracked(
-    path: os.PathLike | str, stage: str, key: str, source: str = "params.yaml", pipeline: Path = PIPELINE
+    path: os.PathLike | str,
+    stage: str,
+    key: str,
+    source: str = "params.yaml",
+    pipeline: Path = PIPELINE,
+    built_by_pipeline: bool = False,
 ) -> Path:
-    """`path` as given, once it is known to exist and to lie under one of `stage`'s declared dependencies."""
+    """`path` as given, once it is known to exist and to lie under one of `stage`'s declared dependencies.
+
+    built_by_pipeline: a missing path is accepted when a stage of dvc.yaml outputs it (preflight runs first)."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not (built_by_pipeline and producing_stage(path, pipeline)):
         raise InputError(source, f"{str(path)!r} does not exist", field=key)
     deps = declared_deps(stage, pipeline)
     if deps is None:
