@@ -12,7 +12,7 @@ EXTRAS ?= pipeline,eval,quant,test
 SCALE ?= cpu
 JOBS ?= 1
 ROWS ?=
-PAPER_GROUPS := paper-pilot paper-main paper-contexts paper-generator
+PAPER_GROUPS := paper-pilot paper-main paper-main-llama2 paper-sharegpt paper-contexts paper-generator
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
 .PHONY: repro test lint format install dag clean-venv report $(PAPER_GROUPS)

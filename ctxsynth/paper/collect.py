@@ -20,7 +20,7 @@ import logging
 import subprocess
 from pathlib import Path
 
-from ctxsynth.paper.experiments import RUNS_LOG, SCALES, load_plan, planned_entries
+from ctxsynth.paper.experiments import RUNS_LOG, SCALES, load_plan, planned_entries, planned_runs
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,11 @@ def collect(plan_path: Path, show: list | None = None, stored: dict | None = Non
         "plan_version": plan["version"],
         "scales": plan["scales"],
         "groups": {
-            group: {"finding": spec.get("finding"), "title": spec.get("title")}
+            group: {
+                "finding": spec.get("finding"),
+                "title": spec.get("title"),
+                "cpu_rows": len(planned_runs(plan, group, "cpu")),  # 0: a gpu-only group (hub student or data)
+            }
             for group, spec in plan["groups"].items()
         },
         "experiments": merge_experiments(

@@ -239,12 +239,48 @@ def select_rows(plan: dict, group: str, scale: str, rows: list[str] | None) -> l
     return [(entry["name"], entry["overrides"]) for entry in entries if entry["row"] in rows]
 
 
-def queue_group(plan: dict, group: str, scale: str, dry_run: bool = False, rows: list[str] | None = None) -> list[str]:
+def finished_experiments() -> set[str]:
+    """Names of the experiments that ran to the end and are kept as refs (`dvc exp list`)."""
+    return set(_dvc("exp", "list", "--name-only", check=False).stdout.split())
+
+
+def missing_cached_outputs(lock: Path = Path("dvc.lock")) -> list[str]:
+    """Outputs of the committed dvc.lock, with a file inside them that another stage depends on (data/benchmark
+    holding reserved.json), whose content is not in the DVC cache. A queued row starts from that lock, and DVC reads
+    such a directory's listing from the cache to hash the file: on a fresh clone every row fails until `dvc repro`
+    has built them once."""
+    if not lock.is_file():
+        return []
+    stages = yaml.safe_load(lock.read_text(encoding="utf-8")).get("stages") or {}
+    deps = {dep["path"] for stage in stages.values() for dep in stage.get("deps") or []}
+    cache = Path(_dvc("cache", "dir", check=False).stdout.strip() or ".dvc/cache") / "files" / "md5"
+    missing = []
+    for name, stage in stages.items():
+        for out in stage.get("outs") or []:
+            md5, inside = out.get("md5") or "", [d for d in deps if d.startswith(out["path"] + "/")]
+            if md5.endswith(".dir") and inside and not (cache / md5[:2] / md5[2:]).exists():
+                missing.append(f"{out['path']} ({name})")
+    return missing
+
+
+def queue_group(
+    plan: dict,
+    group: str,
+    scale: str,
+    dry_run: bool = False,
+    rows: list[str] | None = None,
+    keep_finished: bool = False,
+) -> list[str]:
+    """Queue the selected rows; keep_finished: leave out experiments that already finished (a rerun after a kill)."""
     selected = select_rows(plan, group, scale, rows)
     if not dry_run:
         check_committed()
+    finished = finished_experiments() if keep_finished and not dry_run else set()
     names = []
     for name, overrides in selected:
+        if name in finished:
+            print(f"{name}: finished earlier, kept")
+            continue
         command = queue_command(name, overrides)
         print(" ".join(command))
         if not dry_run:
@@ -329,6 +365,22 @@ def preflight_group(
     return 2 if any(result.problems for result in results) else 0
 
 
+def reference_numbers() -> dict[tuple[str, str], list[str]]:
+    """(group, row) -> the paper's numbers its gpu row produces ("LLaMA3.1-8B 38.57"), from paper_reference.yaml,
+    whose tables name per column the group that produces it."""
+    from importlib import resources
+
+    text = resources.files("ctxsynth.paper").joinpath("paper_reference.yaml").read_text(encoding="utf-8")
+    produced: dict[tuple[str, str], list[str]] = {}
+    for table in yaml.safe_load(text).values():
+        if not isinstance(table, dict) or "groups" not in table:
+            continue
+        for row, values in table["rows"].items():
+            for group, column, value in zip(table["groups"], table["columns"], values, strict=True):
+                produced.setdefault((group, row), []).append(f"{column} {value:.2f}")
+    return produced
+
+
 def worker_environment(jobs: int, cpus: int | None = None) -> dict[str, str]:
     """The queue workers' environment: the cores split between them, unless the user set a thread count.
 
@@ -361,17 +413,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=20.0)
     parser.add_argument("--plan", type=Path, default=PLAN)
     parser.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
+    parser.add_argument(
+        "--keep-finished", action="store_true", help="do not rerun experiments that already finished (resume a group)"
+    )
     parser.add_argument("--gpu-memory-gib", type=float, default=80.0, help="preflight: memory of one device")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="preflight: the base params")
     parser.add_argument("--gpus", type=int, help="preflight: GPUs per machine (default: the launcher config's)")
     args = parser.parse_args(argv)
     plan = load_plan(args.plan)
     if args.action == "list":
+        numbers = reference_numbers()
         for group, spec in plan["groups"].items():
             print(f"{group} ({spec.get('finding', '')}): {spec.get('title', '')}")
             for scale in SCALES:
-                for name, overrides in planned_runs(plan, group, scale):
-                    print(f"  {name}: {len(overrides)} overrides")
+                for entry in planned_entries(plan, group, scale):
+                    produces = numbers.get((group, entry["row"])) if scale == "gpu" else None
+                    print(
+                        f"  {entry['name']}: {len(entry['overrides'])} overrides"
+                        + (f"; paper: {', '.join(produces)}" if produces else "")
+                    )
         return 0
     if not args.group:
         parser.error("name a group: " + ", ".join(plan["groups"]))
@@ -381,7 +441,20 @@ def main(argv: list[str] | None = None) -> int:
         problems = check_substitutions(plan, args.group)
         if problems:
             raise InputError(args.plan, problems[0], field="rehearsal_substitutable")
-    names = queue_group(plan, args.group, args.scale, args.dry_run, args.rows)
+    if not planned_entries(plan, args.group, args.scale):
+        raise InputError(
+            args.plan, f"group {args.group!r} has no rows at the {args.scale} scale", field=f"groups.{args.group}"
+        )
+    if args.action == "run" and not args.dry_run:
+        missing = missing_cached_outputs()
+        if missing:
+            raise InputError(
+                "dvc.lock",
+                f"the DVC cache lacks {', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''}: run "
+                "`make repro` (or `dvc repro`) once first; queued rows start from the committed pipeline's outputs",
+                field="outs",
+            )
+    names = queue_group(plan, args.group, args.scale, args.dry_run, args.rows, args.keep_finished)
     if args.action == "queue" or args.dry_run:
         return 0
     started = time.time()

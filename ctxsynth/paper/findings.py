@@ -261,23 +261,30 @@ def contexts_finding(rows: dict[str, Row]) -> str:
     )
 
 
-def generator_finding(rows: dict[str, Row]) -> str:
-    """F4 is an equivalence claim (within about one point): holds when every difference's interval lies inside
-    [-1, 1], contradicted when one lies wholly outside it, inconclusive otherwise."""
+def generator_finding(rows: dict[str, Row], categories: dict[str, list[str]] | None = None) -> str:
+    """F4 is an equivalence claim per LongBench category (within about one point): each generator against the first,
+    one contrast per category (categories: category -> its tasks; None: the overall score). Holds when every
+    interval lies inside [-1, 1], contradicted when one lies wholly outside it, inconclusive otherwise."""
     if len(rows) < 2:
         return not_measured(
             "F4",
-            "one generator at this scale: offline only SmolLM2 is available, so there is nothing to compare; "
-            "set `synthesize.generator` to a second local model to measure it",
+            "one generator at this scale: the package registries carry one instruction model, SmolLM2-135M-Instruct "
+            "(a Q4_1 GGUF), and the same weights run another way (llama.cpp, nf4) would compare arithmetic, not "
+            "generators; set `synthesize.generator` to a second local model, or run the gpu rows",
         )
     names = list(rows)
     first = rows[names[0]]
     parts, reason = [], None
     for name in names[1:]:
         tasks = shared_tasks(first, rows[name])
-        estimate, why = compare([(1.0, rows[name], "finetuned"), (-1.0, first, "finetuned")], task_weights(tasks))
-        reason = reason or why
-        parts.append((f"{name} − {first.name}", estimate))
+        groups = {c: [t for t in ts if t in tasks] for c, ts in (categories or {"": tasks}).items()}
+        for category, members in groups.items():
+            if not members:
+                continue
+            terms = [(1.0, rows[name], "finetuned"), (-1.0, first, "finetuned")]
+            estimate, why = compare(terms, task_weights(members))
+            reason = reason or why
+            parts.append((f"{name} − {first.name}" + (f" ({category})" if category else ""), estimate))
 
     def within_one_point(estimate: stats.Estimate) -> str:
         if -1.0 <= estimate.low and estimate.high <= 1.0:
@@ -285,5 +292,7 @@ def generator_finding(rows: dict[str, Row]) -> str:
         return stats.CONTRADICTED if estimate.low > 1.0 or estimate.high < -1.0 else stats.INCONCLUSIVE
 
     numbers = " / ".join(f"{n} {fmt(rows[n].score())}" for n in names)
-    claim = "the generator matters little (every difference within ±1 point)"
+    claim = "the generator matters little (every difference within ±1 point" + (
+        ", per category)" if categories else ")"
+    )
     return finding("F4", claim, numbers, parts, reason, list(rows.values()), judge=within_one_point)

@@ -13,24 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
-
-import yaml
 
 from ctxsynth.core.io import write_json
 from ctxsynth.paper import figures, stats
 from ctxsynth.paper.experiments import run_history
-from ctxsynth.paper.findings import (
-    BASE,
-    contexts_finding,
-    generator_finding,
-    main_findings,
-    niah_by_length,
-    pilot_findings,
-)
+from ctxsynth.paper.findings import BASE, contexts_finding, main_findings, niah_by_length, pilot_findings
 from ctxsynth.paper.rows import Row, mean_of, per_document, rows_of
+from ctxsynth.paper.sections import generator_section, gpu_only_section, paper_reference
 from ctxsynth.paper.verdicts import compare, fmt, interval, not_measured, shared_tasks, table, task_weights
 
 RESULTS = Path("metrics/results.json")
@@ -43,18 +33,16 @@ MAIN_LABELS = {
     "context-synthesis": "+ context synthesis",
     "human-context": "+ human context",
     "context-free": "+ seeds, context removed",
+    "longalpaca": "+ LongAlpaca-12k",
+    "longalign": "+ LongAlign-10k",
+    "longmit": "+ LongMIT",
 }
+GPU_ONLY = "gpu rows only"  # a row of the paper's table that this scale has no data or model for
 COHERENCE = (
     ("instruction synthesis", "instruction-synthesis", "instruction-synthesis-no-context"),
     ("context synthesis", "context-synthesis", "context-free"),
     ("human context", "human-context", "context-free"),
 )
-
-
-@lru_cache(maxsize=1)
-def paper_reference() -> dict:
-    text = resources.files("ctxsynth.paper").joinpath("paper_reference.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
 
 
 def pilot_section(results: dict, figures_dir: Path) -> tuple[str, list[str]]:
@@ -159,6 +147,10 @@ def main_section(results: dict, figures_dir: Path) -> tuple[str, list[str]]:
             + [(row.field("mix", key) if trained else None) or "–" for key in ("long_samples", "trained_tasks")]
             + ([fmt(v) for v in paper] if paper else ["–"] * len(reference["columns"]))
         )
+    ours_cells = len(tasks) + 2 + (1 if seeded else 0) + 2
+    for name, paper in reference["rows"].items():  # the paper's rows this scale cannot build (prior hub datasets)
+        if name not in rows:
+            body.append([f"{MAIN_LABELS.get(name, name)} ({GPU_ONLY})"] + ["–"] * ours_cells + [fmt(v) for v in paper])
     header = (
         ["training data"]
         + tasks
@@ -168,6 +160,13 @@ def main_section(results: dict, figures_dir: Path) -> tuple[str, list[str]]:
         + [f"paper: {c}" for c in reference["columns"]]
     )
     text = [table(header, body), ""]
+    if any(name not in rows for name in reference["rows"]):
+        text += [
+            f"Rows marked *{GPU_ONLY}* train on hub datasets (LongAlpaca-12k, LongAlign-10k, LongMIT) that this scale "
+            "does not read; they are rows of the `main` (LLaMA3.1-8B) and `main-llama2` (LLaMA2-7B-64K) groups at the "
+            "gpu scale, rehearsed on fixtures in each dataset's layout (docs/paper-scale.md).",
+            "",
+        ]
     gaps = []
     for label, with_context, without in COHERENCE:
         a, b = rows.get(with_context), rows.get(without)
@@ -219,13 +218,11 @@ def simple_section(results: dict, group: str, figures_dir: Path) -> tuple[str, l
     path = figures.task_bars(
         series, f"Per-task and overall scores, {group}", figures_dir / f"tasks_{group}.png", errors
     )
-    text = [table(header, body), ""] + ([f"![per-task scores](figures/{path.name})"] if path else [])
-    findings = []
-    if group == "contexts":
-        findings.append(contexts_finding(rows))
     if group == "generator":
-        findings.append(generator_finding(rows))
-    return "\n".join(text), findings
+        text, findings = generator_section(rows)
+        return "\n".join([text, ""] + ([f"![per-task scores](figures/{path.name})"] if path else [])), findings
+    text = [table(header, body), ""] + ([f"![per-task scores](figures/{path.name})"] if path else [])
+    return "\n".join(text), [contexts_finding(rows)] if group == "contexts" else []
 
 
 def render(results: dict, figures_dir: Path = FIGURES) -> str:
@@ -260,18 +257,15 @@ def render(results: dict, figures_dir: Path = FIGURES) -> str:
                 ),
             }
         results["groups"][group] = meta
-    sections = [
-        ("pilot", pilot_section),
-        ("main", main_section),
-        ("contexts", lambda r, d: simple_section(r, "contexts", d)),
-        ("generator", lambda r, d: simple_section(r, "generator", d)),
-    ]
+    sections = {"pilot": pilot_section, "main": main_section}
     verdicts = []
-    for group, build in sections:
-        if group not in results["groups"]:
-            continue
-        meta = results["groups"][group]
-        text, findings = build(results, figures_dir)
+    for group, meta in results["groups"].items():
+        if meta.get("cpu_rows") == 0:
+            text, findings = gpu_only_section(group, meta)
+        elif group in sections:
+            text, findings = sections[group](results, figures_dir)
+        else:
+            text, findings = simple_section(results, group, figures_dir)
         verdicts += findings
         parts += ["", f"## {meta['finding']}: {meta['title']}", ""]
         parts += [
