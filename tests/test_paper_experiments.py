@@ -677,3 +677,46 @@ def test_gpu_only_groups_show_the_papers_numbers_and_how_to_produce_ours(tmp_pat
     assert "| context-synthesis | – | 35.81 |" in section and "make paper-sharegpt SCALE=gpu" in section
     assert "| longmit | – | 27.67 |" in text[text.index("LLaMA2-7B-64K with ShareGPT") :]
     assert "**F2 (sharegpt)**: **not measured** (gpu rows only" in text
+
+
+def test_a_resumed_group_keeps_its_finished_experiments(monkeypatch, capsys):
+    from ctxsynth.paper import experiments
+
+    queued = []
+    monkeypatch.setattr(experiments, "check_committed", lambda: None)
+    monkeypatch.setattr(experiments, "finished_experiments", lambda: {"cpu-main-general-only-s0"})
+    monkeypatch.setattr(experiments, "_dvc", lambda *args, check=True: None)
+    monkeypatch.setattr(
+        experiments.subprocess, "run", lambda command, check: queued.append(command[command.index("-n") + 1])
+    )
+    plan = load_plan(PLAN)
+    names = queue_group(plan, "main", "cpu", rows=["general-only"], keep_finished=True)
+    assert names == queued == ["cpu-main-general-only-s1", "cpu-main-general-only-s2"]
+    assert "cpu-main-general-only-s0: finished earlier, kept" in capsys.readouterr().out
+    queued.clear()
+    assert len(queue_group(plan, "main", "cpu", rows=["general-only"])) == 3 == len(queued)
+
+
+def test_a_fresh_clone_is_told_to_build_the_pipeline_before_queueing(tmp_path, monkeypatch):
+    """Queued rows start from the committed dvc.lock; a directory output holding another stage's file dependency must
+    be in the DVC cache, or every row fails at that stage (data/benchmark, which holds seed's reserved.json)."""
+    import subprocess
+
+    from ctxsynth.paper import experiments
+
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(
+        "schema: '2.0'\nstages:\n"
+        "  benchmark:\n    outs:\n    - path: data/benchmark\n      md5: 875789ec86724d32fc9fbc744ee30555.dir\n"
+        "  seed:\n    deps:\n    - path: data/benchmark/reserved.json\n      md5: 725a\n"
+        "    outs:\n    - path: data/seed\n      md5: d4575077c4f769fa8724790a6dffaffc.dir\n"
+    )
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(
+        experiments, "_dvc", lambda *args, check=True: subprocess.CompletedProcess(args, 0, f"{cache}\n", "")
+    )
+    assert experiments.missing_cached_outputs(lock) == ["data/benchmark (benchmark)"]  # data/seed: nothing inside it
+    listing = cache / "files" / "md5" / "87" / "5789ec86724d32fc9fbc744ee30555.dir"
+    listing.parent.mkdir(parents=True)
+    listing.write_text("[]")
+    assert experiments.missing_cached_outputs(lock) == []

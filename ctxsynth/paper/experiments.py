@@ -240,8 +240,9 @@ def select_rows(plan: dict, group: str, scale: str, rows: list[str] | None) -> l
 
 
 def finished_experiments() -> set[str]:
-    """Names of the experiments that ran to the end and are kept as refs (`dvc exp list`)."""
-    return set(_dvc("exp", "list", "--name-only", check=False).stdout.split())
+    """Names of the experiments that ran to the end and are kept as refs, on any commit (`dvc exp list -A`): a commit
+    made while a group runs must not make its finished rows look missing."""
+    return set(_dvc("exp", "list", "--all-commits", "--name-only", check=False).stdout.split())
 
 
 def missing_cached_outputs(lock: Path = Path("dvc.lock")) -> list[str]:
