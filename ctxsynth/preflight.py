@@ -23,7 +23,9 @@ from ctxsynth.evaluate.run import find_sources
 from ctxsynth.evaluate.settings import EvalSettings
 from ctxsynth.finetune.settings import FinetuneSettings
 from ctxsynth.mix.settings import MixSettings
-from ctxsynth.prepare.settings import BenchmarkSettings, FetchSettings, GeneralSettings, SeedSettings
+from ctxsynth.prepare.long_sft import is_local_long_source
+from ctxsynth.prepare.settings import PRIOR_LONG, BenchmarkSettings, FetchSettings, GeneralSettings, SeedSettings
+from ctxsynth.synthesis.release_files import is_local_source
 from ctxsynth.synthesis.settings import LengthsSettings, SynthesizeSettings
 
 SECTIONS: dict[str, type] = {
@@ -53,9 +55,16 @@ def named_inputs(settings: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         yield "synthesize", "synthesize.generator", synthesize.generator
     if synthesize.verify.judge_model:
         yield "synthesize", "synthesize.verify.judge_model", synthesize.verify.judge_model
+    if synthesize.backend == "released" and is_local_source(synthesize.released.source):  # a hub id is read online
+        yield "synthesize", "synthesize.released.source", synthesize.released.source
+        for index, name in enumerate(synthesize.released.files):
+            yield "synthesize", f"synthesize.released.files[{index}]", os.path.join(synthesize.released.source, name)
     general = settings["mix"].general.source
     if general and (general.endswith(LOCAL_DATA_SUFFIXES) or os.path.exists(general)):
         yield "mix", "mix.general.source", general
+    mix = settings["mix"]
+    if mix.variant == PRIOR_LONG and mix.long_source.source and is_local_long_source(mix.long_source.source):
+        yield "mix", "mix.long_source.source", mix.long_source.source  # a hub id is read online
     # evaluate.longbench_dir and its task files: checked by the evaluate stage's own find_sources (below)
 
 
@@ -107,6 +116,14 @@ def warnings(params_path: Path) -> list[str]:
         found.append(
             f"warning: fetch.model.revision is {model.revision!r}, not a commit sha: the same params can mean other "
             "weights once the hub moves (the commit it resolves to is recorded in data/model/provenance.json)"
+        )
+    synthesize = load_settings(SynthesizeSettings, "synthesize", source=params_path)
+    released = synthesize.released
+    hub_release = synthesize.backend == "released" and not is_local_source(released.source)
+    if hub_release and not re.fullmatch(r"[0-9a-f]{40}", released.revision or ""):
+        found.append(
+            f"warning: synthesize.released.revision is {released.revision!r}, not a commit sha: the same params can "
+            "mean other contexts once the hub moves (the commit it resolves to is recorded in metrics/synthesize.json)"
         )
     return found
 

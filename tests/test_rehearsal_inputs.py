@@ -20,6 +20,8 @@ from ctxsynth.prepare.general_data import load_general
 from ctxsynth.prepare.model_convert import materialize_model
 from ctxsynth.prepare.seeds import load_paper_seeds, select_seeds
 from ctxsynth.rehearsal.fixtures import COMMAND, write_fixtures
+from ctxsynth.rehearsal.long_sft_fixtures import write_long_sft_fixtures
+from ctxsynth.rehearsal.release_fixtures import write_release_fixtures
 from ctxsynth.rehearsal.tiny_model import build_tiny_base_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +58,9 @@ def contains(text: str, answer: str) -> bool:
 
 def test_the_committed_fixtures_are_a_fresh_build(tmp_path):
     write_fixtures(tmp_path)
-    for kind in FIXTURE_KINDS:
+    write_release_fixtures(tmp_path)
+    write_long_sft_fixtures(tmp_path)
+    for kind in (*FIXTURE_KINDS, "released", "long_sft"):
         assert_same_files(ROOT / "inputs" / kind / "rehearsal", tmp_path / kind / "rehearsal", COMMAND)
 
 

@@ -33,9 +33,16 @@ from ctxsynth.synthesis.run import run_synthesis
 from ctxsynth.synthesis.settings import SynthesizeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("seeds", "models", "general", "longbench")
+KINDS = ("seeds", "models", "general", "longbench", "released", "long_sft")
 # Which stages read each kind of params-named input (inputs/README.md): what `dvc status` must report.
-READERS = {"seeds": {"seed"}, "models": {"fetch_model", "synthesize"}, "general": {"mix"}, "longbench": {"evaluate"}}
+READERS = {
+    "seeds": {"seed"},
+    "models": {"fetch_model", "synthesize"},
+    "general": {"mix"},
+    "longbench": {"evaluate"},
+    "released": {"synthesize"},
+    "long_sft": {"mix"},
+}
 EMPTY_RESERVED = {"ids": [], "questions": [], "paragraphs": []}
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 
@@ -216,11 +223,15 @@ def test_dvc_status_sees_an_edited_input_file_and_names_the_stages_that_read_it(
         "models": tmp_path / "inputs" / "models" / "my-model" / "config.json",
         "general": tmp_path / "inputs" / "general" / "chat.jsonl",
         "longbench": tmp_path / "inputs" / "longbench" / "data" / "hotpotqa.jsonl",
+        "released": tmp_path / "inputs" / "released" / "mine" / "context-synthesis.jsonl",
+        "long_sft": tmp_path / "inputs" / "long_sft" / "LongAlign-10k" / "long.jsonl",
     }
     write_jsonl(files["seeds"], seed_rows(5))
     write_jsonl(files["models"], [{"model_type": "llama"}])
     write_jsonl(files["general"], [CHAT])
     write_jsonl(files["longbench"], [{"_id": "a", "input": "q", "context": "c", "answers": ["a"]}])
+    write_jsonl(files["released"], [{"synthesis_task": "hotpotqa", "instruction": "q", "answer": "a"}])
+    write_jsonl(files["long_sft"], [CHAT])
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}), encoding="utf-8")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     dvc(tmp_path, "init", "-q")
@@ -233,7 +244,7 @@ def test_dvc_status_sees_an_edited_input_file_and_names_the_stages_that_read_it(
     assert changed_deps(tmp_path) == {"seed": {"inputs/seeds"}}
 
     # Every other kind edited at once: each changed dep is reported for exactly the stages that read it.
-    for kind in ("models", "general", "longbench"):
+    for kind in ("models", "general", "longbench", "released", "long_sft"):
         with files[kind].open("a", encoding="utf-8") as handle:
             handle.write("{}\n")
     changed = changed_deps(tmp_path)

@@ -11,7 +11,8 @@ from pathlib import Path
 from ctxsynth.core.identity import model_identity
 from ctxsynth.generation.base import Backend
 
-BACKENDS = ("transformers", "vllm", "openai", "openai-batch")
+# "released" generates nothing: the synthesize stage reads the paper's own contexts (ctxsynth/synthesis/released.py).
+BACKENDS = ("transformers", "vllm", "openai", "openai-batch", "released")
 
 
 def _api_key(options: dict) -> str | None:
@@ -52,4 +53,6 @@ def make_backend(
         # A hosted model is not the pipeline's base model: its cache identity is the served model's name.
         options["api_key"] = _api_key(options)
         return OpenAIBatchBackend(**options)
+    if name == "released":
+        raise ValueError("synthesize.backend released runs no model: ctxsynth.synthesis.released reads the release")
     raise ValueError(f"unknown synthesize.backend {name!r}; available: {', '.join(BACKENDS)}")

@@ -1,5 +1,5 @@
-"""The mix stage as one call: the long samples `mix.variant` names (from the seeds, the synthesized records or the
-training needles) plus the general data `mix.general` names, and the stage's metrics."""
+"""The mix stage as one call: the long samples `mix.variant` names (from the seeds, the synthesized records, the
+training needles or a prior long SFT dataset) plus the general data `mix.general` names, and the stage's metrics."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from ctxsynth.core.io import InputError, read_json, read_jsonl
 from ctxsynth.core.tasks import templates_version
 from ctxsynth.mix.assemble import apply_filter, assemble, length_stats, pool_for_variant, require_filter_scores
 from ctxsynth.mix.niah_training import niah_training_samples
-from ctxsynth.mix.settings import GENERAL_ONLY, NIAH_VARIANTS, MixSettings
+from ctxsynth.mix.settings import GENERAL_ONLY, NIAH_VARIANTS, PRIOR_LONG, MixSettings
 from ctxsynth.prepare.general_data import load_general, require_general_source
+from ctxsynth.prepare.long_sft import load_long_sft, require_long_source
 from ctxsynth.prepare.seeds import read_seed_dir
 
 
@@ -28,6 +29,9 @@ def long_samples(
         reserved_keys = read_json(reserved_path).get("niah_keys", [])
         samples = niah_training_samples(essays, reserved_keys, variant, settings.niah, settings.seed)
         return samples, {"niah": dataclasses.asdict(settings.niah), "reserved_test_keys": len(reserved_keys)}
+    if variant == PRIOR_LONG:  # the dataset's own documents and answers: no seeds, no synthesized contexts
+        samples, report = load_long_sft(settings.long_source, settings.seed)
+        return samples, {"long_source": report}
     seeds = read_seed_dir(seeds_dir)
     synthesized = read_jsonl(contexts_path, required=("id", "task", "parse_status"))
     pool = pool_for_variant(variant, seeds, synthesized)
@@ -50,6 +54,8 @@ def build_mix(
 ) -> tuple[list[dict], list[dict], dict]:
     """(long samples, general samples, report); the training file is the long samples followed by the general."""
     require_general_source(settings.general)  # a file it names is checked before anything is read
+    if settings.variant == PRIOR_LONG:
+        require_long_source(settings.long_source)
     samples, report = long_samples(
         settings, raw_dir=raw_dir, reserved_path=reserved_path, seeds_dir=seeds_dir, contexts_path=contexts_path
     )
@@ -79,6 +85,8 @@ def mix_metrics(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     chat_format = apply_chat_template_choice(tokenizer, chat_template, "finetune.chat_template")
     stats = length_stats(samples + general, tokenizer)
+    if "long_source" in report:  # the prior dataset's own lengths, beside those of the whole training file
+        report = {**report, "long_source": {**report["long_source"], "lengths": length_stats(samples, tokenizer)}}
     return {
         **stats,
         "chat_template": chat_format,

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from ctxsynth.core.settings import Invalid
 from ctxsynth.prepare.niah import SUBTASKS
-from ctxsynth.prepare.settings import GeneralSourceSettings
+from ctxsynth.prepare.settings import PRIOR_LONG, GeneralSourceSettings, LongSourceSettings
 
 # Long samples from the seeds or the synthesized records (ctxsynth.mix.assemble).
 VARIANTS = ("context_synthesis", "human_context", "context_free", "synthesized_context_free")
@@ -19,8 +19,9 @@ GENERAL_ONLY = "none"  # no long samples: the general data alone (the paper's "g
 # The pilot study's training needles (ctxsynth.mix.niah_training): variant -> the `mix.niah` key holding its
 # haystack length in words (needles only: no haystack).
 NIAH_VARIANTS = {"niah_needle_only": None, "niah_short": "short_words", "niah_long": "long_words"}
+# prior_long: the long samples are a prior long-context SFT dataset, `mix.long_source` (ctxsynth.prepare.long_sft).
 # Every mix.variant.
-ALL_VARIANTS = (GENERAL_ONLY,) + VARIANTS + tuple(NIAH_VARIANTS)
+ALL_VARIANTS = (GENERAL_ONLY,) + VARIANTS + tuple(NIAH_VARIANTS) + (PRIOR_LONG,)
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,24 @@ class MixSettings:
 
     # context_synthesis | human_context | context_free | synthesized_context_free | none (general data only)
     # | niah_needle_only | niah_short | niah_long (the pilot study's training needles)
+    # | prior_long (a prior long SFT dataset, `long_source`: the paper's LongAlpaca / LongAlign / LongMIT rows)
     variant: Literal[ALL_VARIANTS] = "context_synthesis"
     num_contexts: int = 3  # the relevant context plus n-1 from other seeds of the same task (paper: 10)
-    seed: int = 42  # draws and orders the distractor contexts, the general subset and the training needles
+    seed: int = 42  # draws the distractor contexts, the general and long_source subsets and the training needles
     summarization_distractors: bool = True  # the paper hides summarization documents among others too
     filter: FilterSettings = field(default_factory=FilterSettings)  # context_synthesis: verification thresholds
     general: GeneralSourceSettings = field(default_factory=GeneralSourceSettings)  # general SFT data added
     niah: NiahTrainingSettings = field(default_factory=NiahTrainingSettings)  # variants niah_*
+    long_source: LongSourceSettings = field(default_factory=LongSourceSettings)  # variant prior_long
 
     def validate(self) -> None:
         if self.num_contexts < 1:
             raise Invalid("num_contexts", f"expected at least 1, got {self.num_contexts}")
+        if self.variant == PRIOR_LONG and not self.long_source.source:
+            raise Invalid(
+                "long_source.source",
+                "variant prior_long reads its long samples from here: name a file under inputs/long_sft or a hub "
+                "dataset",
+            )
+        if self.variant == PRIOR_LONG and not self.long_source.format:
+            raise Invalid("long_source.format", "variant prior_long: name the layout of mix.long_source.source")

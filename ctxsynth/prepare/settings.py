@@ -234,3 +234,27 @@ class GeneralSourceSettings:
             raise Invalid("count", f"expected >= 0 or null, got {self.count}")
         if self.ratio is not None and self.ratio < 0:
             raise Invalid("ratio", f"expected >= 0 or null, got {self.ratio}")
+
+
+# --- mix.long_source (read by ctxsynth.prepare.long_sft.load_long_sft) ----------------------------------------------
+
+LONG_SFT_FORMATS = ("longalpaca", "longalign", "longmit")  # the layouts ctxsynth/prepare/long_sft.yaml describes
+PRIOR_LONG = "prior_long"  # the mix.variant whose long samples come from mix.long_source
+
+
+@dataclass(frozen=True)
+class LongSourceSettings:
+    """`mix.long_source`: variant prior_long: a prior long-context SFT dataset read in its own layout (the paper's
+    LongAlpaca-12k, LongAlign-10k and LongMIT rows) in place of the seeds and synthesized contexts."""
+
+    # longalpaca (Yukang/LongAlpaca-12k) | longalign (THUDM/LongAlign-10k) | longmit (donmaclean/LongMIT-128K)
+    format: Literal[LONG_SFT_FORMATS] | None = None
+    # A hub dataset id (online) or a .json / .jsonl / .parquet file under inputs/long_sft; null = none.
+    source: str | None = None
+    split: str = "train"  # hub datasets only
+    revision: str | None = None  # hub datasets: the commit to read (null = what the default branch is now, recorded)
+    count: int | None = None  # how many records, chosen by a seeded hash (mix.seed); null = all
+
+    def validate(self) -> None:
+        if self.count is not None and self.count < 0:
+            raise Invalid("count", f"expected >= 0 or null, got {self.count}")

@@ -312,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", type=Path, default=Path("inputs"), help="the inputs/ directory to write into")
     args = parser.parse_args(argv)
-    for root in write_fixtures(args.inputs):
+    from ctxsynth.rehearsal.long_sft_fixtures import write_long_sft_fixtures  # LongAlpaca, LongAlign, LongMIT
+    from ctxsynth.rehearsal.release_fixtures import write_release_fixtures  # the paper's released contexts
+
+    written = [*write_fixtures(args.inputs), write_release_fixtures(args.inputs), write_long_sft_fixtures(args.inputs)]
+    for root in written:
         size = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
         print(f"{root}: {size:,} bytes")
     return 0

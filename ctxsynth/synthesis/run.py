@@ -14,6 +14,7 @@ from ctxsynth.generation.cache import GenerationCache
 from ctxsynth.synthesis.contexts import summarize, synthesize_contexts
 from ctxsynth.synthesis.instructions import synthesize_instructions
 from ctxsynth.synthesis.prompts import get_prompt
+from ctxsynth.synthesis.released import released_contexts
 from ctxsynth.synthesis.settings import SynthesizeSettings
 from ctxsynth.synthesis.verify import answerability_scores, verify_records
 
@@ -96,8 +97,9 @@ def synthesize(
     )
 
 
-def verify(records: list[dict], backend: Backend, cache: GenerationCache, settings: SynthesizeSettings) -> None:
-    """Attach `synthesize.verify` scores to the records in place (nothing when verification is off)."""
+def verify(records: list[dict], backend: Backend | None, cache: GenerationCache, settings: SynthesizeSettings) -> None:
+    """Attach `synthesize.verify` scores to the records in place (nothing when verification is off). Backend None
+    (released): support and leakage need no model; answerability needs `verify.judge_model` (the settings check)."""
     options = settings.verify
     if not options.enabled:
         return
@@ -119,10 +121,20 @@ def run_synthesis(
 ) -> tuple[list[dict], dict]:
     """The stage's records (data/synth/contexts.jsonl) and metrics (metrics/synthesize.json). With the OpenAI Batch
     backend, the metrics list the batches this run consumed (`batches`) and every batch the records came from
-    (`batch_ids`, cached generations included); each record's provenance names its own `batch_id`."""
-    check_inputs(settings, model_dir)
+    (`batch_ids`, cached generations included); each record's provenance names its own `batch_id`. The released
+    backend loads no model: records come from the paper's release (ctxsynth/synthesis/released.py), and the metrics
+    report what it held and what matched (`release`)."""
+    if settings.backend != "released":
+        check_inputs(settings, model_dir)
     if not seeds:  # e.g. the pilot, which trains on needles and general data: no generator is loaded or paid
         return [], {"total": 0, "method": settings.method, "run": {"generated": 0, "from_cache": 0}}
+    if settings.backend == "released":
+        if settings.verify.answerability:  # the settings require a judge model for it
+            _model_dir_param(settings.verify.judge_model, "synthesize.verify.judge_model")
+        records, release = released_contexts(seeds, settings.released)
+        verify(records, None, generation_cache(settings), settings)
+        run = {"generated": 0, "from_cache": 0, "released": release["matched"]}
+        return records, {**summarize(records), "method": settings.method, "run": run, "release": release}
     backend = build_backend(settings, model_dir)
     cache = generation_cache(settings)
     records, stats = synthesize(seeds, backend, cache, settings, progress)

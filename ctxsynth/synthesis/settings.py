@@ -7,12 +7,14 @@ Each field's default is the one place that default lives; params.yaml repeats ev
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ctxsynth.core.settings import Invalid
 from ctxsynth.core.tasks import get_task
 from ctxsynth.generation import BACKENDS
+from ctxsynth.synthesis.release_files import layout_names
 
 METHODS = ("context_synthesis", "instruction_synthesis")
 
@@ -97,13 +99,40 @@ class OpenAIBatchSettings:
 
 
 @dataclass(frozen=True)
+class ReleasedSettings:
+    """`synthesize.released`: backend released, the paper authors' own synthesized contexts matched to the seeds
+    (ctxsynth/synthesis/released.py). Nothing is generated and no model is loaded."""
+
+    # a hub dataset id (read online), or a directory under inputs/released holding the files
+    source: str = "Wenhao97/gpt4o-mini-context-synthesis"
+    revision: str | None = None  # hub: branch, tag or commit sha (null = the default branch); resolved sha is recorded
+    files: list[str] = field(default_factory=lambda: ["context-synthesis.jsonl"])  # release files to read, in order
+    sha256: dict[str, str] = field(default_factory=dict)  # file -> expected sha256, checked before it is read
+    layout: str = "context_synthesis"  # which fields hold task, instruction, answer, context (released_layouts.yaml)
+
+    def validate(self) -> None:
+        if not self.files:
+            raise Invalid("files", "expected at least one release file")
+        for index, name in enumerate(self.files):
+            if name in self.files[:index]:
+                raise Invalid(f"files[{index}]", f"{name!r} is listed twice")
+        for name, digest in self.sha256.items():
+            if name not in self.files:
+                raise Invalid(f"sha256.{name}", f"not one of synthesize.released.files ({', '.join(self.files)})")
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise Invalid(f"sha256.{name}", f"expected 64 lowercase hex digits, got {digest!r}")
+        if self.layout not in layout_names():
+            raise Invalid("layout", f"unknown layout {self.layout!r}; known: {', '.join(layout_names())}")
+
+
+@dataclass(frozen=True)
 class SynthesizeSettings:
     """`synthesize`: the generator writes a context for every seed (or, as the paper's baseline, an instruction for
     every human context); cached by content hash, resumable."""
 
     method: Literal[METHODS] = "context_synthesis"  # instruction_synthesis: the paper's baseline
     generator: str | None = None  # a local HF model directory writing the contexts; null = the base model
-    backend: Literal[BACKENDS] = "transformers"  # transformers | vllm | openai | openai-batch
+    backend: Literal[BACKENDS] = "transformers"  # transformers | vllm | openai | openai-batch | released
     target_words: int = 150  # the prompt's {length}; the paper asks for 2000
     # Opens the generator's answer (the paper's prompt asks it to start with "Context:"); "" = the paper's protocol.
     response_prefix: str = "Context:"
@@ -120,11 +149,20 @@ class SynthesizeSettings:
     vllm: VllmSettings = field(default_factory=VllmSettings)  # backend vllm
     openai: OpenAISettings = field(default_factory=OpenAISettings)  # backend openai
     openai_batch: OpenAIBatchSettings = field(default_factory=OpenAIBatchSettings)  # backend openai-batch
+    released: ReleasedSettings = field(default_factory=ReleasedSettings)  # backend released
 
     def validate(self) -> None:
         for key in ("target_words", "chunk_words", "max_attempts", "batch_size"):
             if getattr(self, key) < 1:
                 raise Invalid(key, f"expected at least 1, got {getattr(self, key)}")
+        if self.backend == "released":
+            if self.method != "context_synthesis":
+                raise Invalid("method", "backend released holds synthesized contexts: use method context_synthesis")
+            if self.verify.answerability and not self.verify.judge_model:
+                raise Invalid(
+                    "verify.answerability",
+                    "backend released loads no model to answer with: set verify.judge_model, or answerability: false",
+                )
 
 
 @dataclass(frozen=True)
