@@ -43,19 +43,20 @@ def fixture_text() -> dict:
 # ---------------------------------------------------------------------------------------------------- filler
 
 
-def _pick(options: list, *key: object) -> str:
+def pick(options: list, *key: object) -> str:
     return str(options[stable_int(*key) % len(options)])
 
 
-def _fill(template: str, *key: object) -> str:
+def fill(template: str, *key: object) -> str:
+    """`template` with its {slots}, people and places chosen by stable hashes of `key` (every fixture's rule)."""
     names = fixture_text()["filler"]
-    values = {slot: _pick(options, *key, slot) for slot, options in names["slots"].items()}
-    person, place = _pick(names["people"], *key, "person"), _pick(names["places"], *key, "place")
+    values = {slot: pick(options, *key, slot) for slot, options in names["slots"].items()}
+    person, place = pick(names["people"], *key, "person"), pick(names["places"], *key, "place")
     values.update(
         person=person,
         place=place,
-        person2=_pick([p for p in names["people"] if p != person], *key, "person2"),
-        place2=_pick([p for p in names["places"] if p != place], *key, "place2"),
+        person2=pick([p for p in names["people"] if p != person], *key, "person2"),
+        place2=pick([p for p in names["places"] if p != place], *key, "place2"),
     )
     return template.format_map(values)
 
@@ -64,7 +65,7 @@ def filler(genre: str, count: int, *key: object) -> list[str]:
     """`count` sentences of `genre`; the templates in a hashed order, so none repeats before all were used."""
     genre_templates = fixture_text()["filler"]["genres"][genre]
     templates = sorted(genre_templates, key=lambda template: stable_int(*key, "order", template))
-    return [_fill(templates[index % len(templates)], *key, index) for index in range(count)]
+    return [fill(templates[index % len(templates)], *key, index) for index in range(count)]
 
 
 def _grow(build: Callable[[int], str], target_words: int) -> str:
@@ -99,7 +100,7 @@ def passages(key_passages: list[list[str]], target_words: int, *key: object) -> 
     def build(count: int) -> str:
         names = fixture_text()["filler"]
         items = [
-            (_pick(names["places"] + names["people"], *key, "title", index), " ".join(filler("story", 4, *key, index)))
+            (pick(names["places"] + names["people"], *key, "title", index), " ".join(filler("story", 4, *key, index)))
             for index in range(count)
         ]
         for offset, (title, body) in enumerate(key_passages):

@@ -22,10 +22,10 @@ from pathlib import Path
 import yaml
 
 from ctxsynth.core.text import count_words, stable_int
+from ctxsynth.rehearsal.fixtures import filler  # the same filler sentences as the other fixtures
 
 # fixtures.py runs this module from its main, so this one cannot import fixtures.py back (tests/test_layout.py
 # refuses import cycles): it reads fixtures.yaml's filler and fills its slots by the same rule, in a few lines.
-FILLER = Path(__file__).with_name("fixtures.yaml")
 RESOURCE = Path(__file__).with_name("long_sft_fixtures.yaml")
 COMMAND = "python -m ctxsynth.rehearsal.fixtures"
 KIND, REHEARSAL = "long_sft", "rehearsal"  # inputs/long_sft/rehearsal
@@ -43,34 +43,6 @@ BROKEN = {"longalpaca": 2, "longalign": 3, "longmit": 4}  # the record of each f
 @cache
 def texts() -> dict:
     return yaml.safe_load(RESOURCE.read_text(encoding="utf-8"))
-
-
-@cache
-def _filler() -> dict:
-    return yaml.safe_load(FILLER.read_text(encoding="utf-8"))["filler"]
-
-
-def _pick(options: list, *key: object) -> str:
-    return str(options[stable_int(*key) % len(options)])
-
-
-def filler(genre: str, count: int, *key: object) -> list[str]:
-    """`count` sentences of `genre` with their {slots} filled, in a hashed order (fixtures.py's rule)."""
-    names = _filler()
-    templates = sorted(names["genres"][genre], key=lambda template: stable_int(*key, "order", template))
-    sentences = []
-    for index in range(count):
-        at = (*key, index)
-        values = {slot: _pick(options, *at, slot) for slot, options in names["slots"].items()}
-        person, place = _pick(names["people"], *at, "person"), _pick(names["places"], *at, "place")
-        values.update(
-            person=person,
-            place=place,
-            person2=_pick([p for p in names["people"] if p != person], *at, "person2"),
-            place2=_pick([p for p in names["places"] if p != place], *at, "place2"),
-        )
-        sentences.append(templates[index % len(templates)].format_map(values))
-    return sentences
 
 
 def document(key_sentences: list[str], genre: str, words: tuple[int, int], *key: object) -> str:

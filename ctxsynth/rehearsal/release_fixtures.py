@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from functools import cache
 from pathlib import Path
 
-import yaml
-
-from ctxsynth.core.text import count_words, stable_int
+from ctxsynth.core.text import count_words
+from ctxsynth.rehearsal.fixtures import fill, fixture_text, pick
 
 # fixtures.py runs this module from its main, so this one cannot import fixtures.py back (tests/test_layout.py
 # refuses import cycles): it reads the same fixtures.yaml and fills its sentences by the same rule, in a few lines.
-RESOURCE = Path(__file__).with_name("fixtures.yaml")
 COMMAND = "python -m ctxsynth.rehearsal.fixtures"
 KIND, REHEARSAL = "released", "rehearsal"  # inputs/released/rehearsal
 RELEASE_FILE = "context-synthesis.jsonl"  # the hub release's file name
@@ -47,27 +44,9 @@ UNMATCHED = {
 }
 
 
-@cache
-def fixture_text() -> dict:
-    return yaml.safe_load(RESOURCE.read_text(encoding="utf-8"))
-
-
-def _pick(options: list, *key: object) -> str:
-    return str(options[stable_int(*key) % len(options)])
-
-
 def filler_sentence(genre: str, *key: object) -> str:
     """One sentence of `genre` from fixtures.yaml, its template and slots chosen by stable hashes of `key`."""
-    names = fixture_text()["filler"]
-    values = {slot: _pick(options, *key, slot) for slot, options in names["slots"].items()}
-    person, place = _pick(names["people"], *key, "person"), _pick(names["places"], *key, "place")
-    values.update(
-        person=person,
-        place=place,
-        person2=_pick([p for p in names["people"] if p != person], *key, "person2"),
-        place2=_pick([p for p in names["places"] if p != place], *key, "place2"),
-    )
-    return _pick(names["genres"][genre], *key, "template").format_map(values)
+    return fill(pick(fixture_text()["filler"]["genres"][genre], *key, "template"), *key)
 
 
 def document(genre: str, key_sentences: list[str], *key: object) -> str:
