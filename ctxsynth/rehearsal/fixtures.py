@@ -17,14 +17,11 @@ import hashlib
 import json
 import shutil
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 
-import yaml
-
 from ctxsynth.core.text import count_words, stable_int
+from ctxsynth.rehearsal.filler import filler, fixture_text, pick
 
-RESOURCE = Path(__file__).with_name("fixtures.yaml")
 REHEARSAL = "rehearsal"  # inputs/<kind>/rehearsal: the directory each kind's fixtures are written to
 COMMAND = "python -m ctxsynth.rehearsal.fixtures"
 # Context lengths in words: the longest need the middle cut at the rehearsal's evaluate.max_length (3500 tokens of the
@@ -33,39 +30,6 @@ LONGBENCH_WORDS = (300, 550)
 SEED_CONTEXT_WORDS = 80
 UNANSWERED_TURN_AT = 3  # ShareGPT conversations that get a real dump's defects (indices into its 12)
 SPLIT_REPLY_AT = 7
-
-
-@cache
-def fixture_text() -> dict:
-    return yaml.safe_load(RESOURCE.read_text(encoding="utf-8"))
-
-
-# ---------------------------------------------------------------------------------------------------- filler
-
-
-def pick(options: list, *key: object) -> str:
-    return str(options[stable_int(*key) % len(options)])
-
-
-def fill(template: str, *key: object) -> str:
-    """`template` with its {slots}, people and places chosen by stable hashes of `key` (every fixture's rule)."""
-    names = fixture_text()["filler"]
-    values = {slot: pick(options, *key, slot) for slot, options in names["slots"].items()}
-    person, place = pick(names["people"], *key, "person"), pick(names["places"], *key, "place")
-    values.update(
-        person=person,
-        place=place,
-        person2=pick([p for p in names["people"] if p != person], *key, "person2"),
-        place2=pick([p for p in names["places"] if p != place], *key, "place2"),
-    )
-    return template.format_map(values)
-
-
-def filler(genre: str, count: int, *key: object) -> list[str]:
-    """`count` sentences of `genre`; the templates in a hashed order, so none repeats before all were used."""
-    genre_templates = fixture_text()["filler"]["genres"][genre]
-    templates = sorted(genre_templates, key=lambda template: stable_int(*key, "order", template))
-    return [fill(templates[index % len(templates)], *key, index) for index in range(count)]
 
 
 def _grow(build: Callable[[int], str], target_words: int) -> str:

@@ -22,10 +22,8 @@ from pathlib import Path
 import yaml
 
 from ctxsynth.core.text import count_words, stable_int
-from ctxsynth.rehearsal.fixtures import filler  # the same filler sentences as the other fixtures
+from ctxsynth.rehearsal.filler import filler  # the same filler sentences as the other fixtures
 
-# fixtures.py runs this module from its main, so this one cannot import fixtures.py back (tests/test_layout.py
-# refuses import cycles): it reads fixtures.yaml's filler and fills its slots by the same rule, in a few lines.
 RESOURCE = Path(__file__).with_name("long_sft_fixtures.yaml")
 COMMAND = "python -m ctxsynth.rehearsal.fixtures"
 KIND, REHEARSAL = "long_sft", "rehearsal"  # inputs/long_sft/rehearsal

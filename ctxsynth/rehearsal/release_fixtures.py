@@ -21,10 +21,8 @@ import shutil
 from pathlib import Path
 
 from ctxsynth.core.text import count_words
-from ctxsynth.rehearsal.fixtures import fill, fixture_text, pick
+from ctxsynth.rehearsal.filler import fill, fixture_text, pick
 
-# fixtures.py runs this module from its main, so this one cannot import fixtures.py back (tests/test_layout.py
-# refuses import cycles): it reads the same fixtures.yaml and fills its sentences by the same rule, in a few lines.
 COMMAND = "python -m ctxsynth.rehearsal.fixtures"
 KIND, REHEARSAL = "released", "rehearsal"  # inputs/released/rehearsal
 RELEASE_FILE = "context-synthesis.jsonl"  # the hub release's file name
