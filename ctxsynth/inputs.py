@@ -21,6 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ctxsynth.core.inputs import DVC
 from ctxsynth.core.io import InputError, sha256_file, write_json
 
 SEEDS_DEST = Path("inputs/seeds/context_synthesis")
@@ -74,7 +75,7 @@ def install(source: Path, dest: Path, files: list[Path], provenance: dict, track
         {**provenance, "files": {str(f): sha256_file(dest / f) for f in sorted(files, key=str)}},
     )
     if track:
-        subprocess.run(["dvc", "add", str(dest)], check=True)
+        subprocess.run([*DVC, "add", str(dest)], check=True)
         print(f"tracked: git add {dest}.dvc {dest.parent}/.gitignore && git commit (and `dvc push` to share the data)")
 
 

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -68,7 +69,7 @@ def test_longbench_is_tracked_by_dvc_inside_the_declared_input_directory(tmp_pat
     repo.mkdir()
     monkeypatch.chdir(repo)
     subprocess.run(["git", "init", "-q"], check=True)
-    subprocess.run(["dvc", "init", "-q"], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
     archive = _longbench_zip(tmp_path / "data.zip")
     assert inputs_main(["longbench", str(archive), "--revision", "r1", "--sha256", sha256_file(archive)]) == 0
     assert (repo / "inputs" / "longbench" / "LongBench.dvc").is_file()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from ctxsynth.core.inputs import DVC
 from ctxsynth.core.io import InputError
 from ctxsynth.paper.collect import (
     collect,
@@ -110,7 +111,7 @@ def test_queue_command_quotes_what_needs_quoting():
             "fetch.data.version": "26.3",
         },
     )
-    assert command[:6] == ["dvc", "exp", "run", "--queue", "-n", "cpu-main-x"]
+    assert command[:8] == [*DVC, "exp", "run", "--queue", "-n", "cpu-main-x"]
     assert "synthesize.response_prefix=''" in command and "evaluate.tasks=[a,b]" in command
     assert "mix.general.count=null" in command and "fetch.data.version='26.3'" in command
 

@@ -6,6 +6,7 @@ such as `data/general`); a path anywhere else is refused before any work, naming
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import yaml
 from ctxsynth.core.io import InputError
 
 PIPELINE = Path("dvc.yaml")
+# The dvc installed beside this interpreter: a queue or `dvc add` started from `.venv/bin/python` works with the venv
+# off PATH.
+DVC = [sys.executable, "-m", "dvc"]
 
 
 @lru_cache(maxsize=8)

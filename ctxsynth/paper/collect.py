@@ -20,6 +20,7 @@ import logging
 import subprocess
 from pathlib import Path
 
+from ctxsynth.core.inputs import DVC
 from ctxsynth.paper.experiments import RUNS_LOG, SCALES, load_plan, planned_entries, planned_runs
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def exp_show() -> list:
         ["git", "rev-list", "-n", "20", "HEAD"], check=True, text=True, capture_output=True
     ).stdout.split()
     revs = [arg for commit in commits for arg in ("--rev", commit)]
-    completed = subprocess.run(["dvc", "exp", "show", "--json", *revs], check=True, text=True, capture_output=True)
+    completed = subprocess.run([*DVC, "exp", "show", "--json", *revs], check=True, text=True, capture_output=True)
     return json.loads(completed.stdout)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from ctxsynth.core.inputs import DVC
 from ctxsynth.core.io import InputError
 
 PLAN = Path("experiments/paper.yaml")
@@ -176,14 +177,14 @@ def _looks_numeric(text: str) -> bool:
 
 
 def queue_command(name: str, overrides: dict) -> list[str]:
-    command = ["dvc", "exp", "run", "--queue", "-n", name]
+    command = [*DVC, "exp", "run", "--queue", "-n", name]
     for key, value in overrides.items():
         command += ["-S", f"{key}={hydra_value(value)}"]
     return command
 
 
 def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["dvc", *args], check=check, text=True, capture_output=True)
+    return subprocess.run([*DVC, *args], check=check, text=True, capture_output=True)
 
 
 def queue_status() -> dict[str, str]:
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.time()
     with _servers_for(args.scale):
-        subprocess.run(["dvc", "queue", "start", "-j", str(args.jobs)], check=True, env=worker_environment(args.jobs))
+        subprocess.run([*DVC, "queue", "start", "-j", str(args.jobs)], check=True, env=worker_environment(args.jobs))
         outcome = wait_for(names, args.poll)
     record_run(args.group, args.scale, started, outcome)
     failed = [name for name, status in outcome.items() if status != "success"]
