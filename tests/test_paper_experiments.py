@@ -27,6 +27,7 @@ from ctxsynth.paper.experiments import (
     record_run,
     run_history,
     select_rows,
+    worker_environment,
 )
 from ctxsynth.paper.report import render, rows_of
 from ctxsynth.rehearsal.fake_openai import BATCH_PORT, CHAT_PORT
@@ -114,6 +115,22 @@ def test_queue_command_quotes_what_needs_quoting():
     assert command[:8] == [*DVC, "exp", "run", "--queue", "-n", "cpu-main-x"]
     assert "synthesize.response_prefix=''" in command and "evaluate.tasks=[a,b]" in command
     assert "mix.general.count=null" in command and "fetch.data.version='26.3'" in command
+
+
+def test_queue_workers_find_this_interpreter_and_split_the_cores(monkeypatch):
+    """Workers spawn `dvc` and stages spawn `python` by name: a queue started from .venv/bin/python with the venv off
+    PATH failed with "No such file or directory: 'dvc'"."""
+    import os
+    import sys
+
+    monkeypatch.setenv("PATH", "/usr/bin")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = worker_environment(2, cpus=2)
+    assert env["PATH"].split(os.pathsep) == [str(Path(sys.executable).parent), "/usr/bin"]
+    assert env["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in worker_environment(1, cpus=2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert worker_environment(2, cpus=2)["OMP_NUM_THREADS"] == "2"  # the user's choice stands
 
 
 def _eval(overall, tasks, base=10.0):

@@ -384,13 +384,18 @@ def reference_numbers() -> dict[tuple[str, str], list[str]]:
 
 
 def worker_environment(jobs: int, cpus: int | None = None) -> dict[str, str]:
-    """The queue workers' environment: the cores split between them, unless the user set a thread count.
+    """The queue workers' environment: this interpreter's bin first on PATH, and the cores split between them unless
+    the user set a thread count.
 
     torch sizes its thread pool to every core; two workers that each do so spin against each other and train
     several times slower than one. Like any change of machine, the thread count may move the last bits of trained
     weights (float sums in another order); the data artifacts do not depend on it.
     """
     env = dict(os.environ)
+    # The workers start `dvc` and the stages start `python` by name: both must be this interpreter's, venv or not.
+    bin_dir = str(Path(sys.executable).parent)
+    others = [entry for entry in env.get("PATH", "").split(os.pathsep) if entry and entry != bin_dir]
+    env["PATH"] = os.pathsep.join([bin_dir, *others])
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (cpus or os.cpu_count() or 1) // jobs))
     return env
