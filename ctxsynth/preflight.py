@@ -118,13 +118,21 @@ def warnings(params_path: Path) -> list[str]:
             "weights once the hub moves (the commit it resolves to is recorded in data/model/provenance.json)"
         )
     synthesize = load_settings(SynthesizeSettings, "synthesize", source=params_path)
-    released = synthesize.released
-    hub_release = synthesize.backend == "released" and not is_local_source(released.source)
-    if hub_release and not re.fullmatch(r"[0-9a-f]{40}", released.revision or ""):
-        found.append(
-            f"warning: synthesize.released.revision is {released.revision!r}, not a commit sha: the same params can "
-            "mean other contexts once the hub moves (the commit it resolves to is recorded in metrics/synthesize.json)"
-        )
+    mix = load_settings(MixSettings, "mix", source=params_path)
+    general, long_source, released = mix.general, mix.long_source, synthesize.released
+    hub_data = []  # (key, dataset id, revision, where the commit read is recorded)
+    if general.source and not (general.source.endswith(LOCAL_DATA_SUFFIXES) or os.path.exists(general.source)):
+        hub_data.append(("mix.general.revision", general.source, general.revision, "metrics/mix.json"))
+    if mix.variant == PRIOR_LONG and long_source.source and not is_local_long_source(long_source.source):
+        hub_data.append(("mix.long_source.revision", long_source.source, long_source.revision, "metrics/mix.json"))
+    if synthesize.backend == "released" and not is_local_source(released.source):
+        hub_data.append(("synthesize.released.revision", released.source, released.revision, "metrics/synthesize.json"))
+    for key, source, revision, recorded_in in hub_data:
+        if not re.fullmatch(r"[0-9a-f]{40}", revision or ""):
+            found.append(
+                f"warning: {key} is {revision!r}, not a commit sha: the hub dataset {source} can change under the "
+                f"same params (the commit it resolves to is recorded in {recorded_in})"
+            )
     return found
 
 

@@ -203,6 +203,18 @@ def test_unpinned_hub_revisions_warn_without_failing(project):
     assert keys == ["fetch.model.revision", "mix.general.revision"]
 
 
+def test_unpinned_prior_long_data_and_release_warn_and_pinned_ones_do_not(project):
+    prior_long = {"mix.variant": "prior_long", "mix.long_source.format": "longalign"}
+    unpinned = check(project, {**prior_long, "mix.long_source.source": "THUDM/LongAlign-10k"})
+    assert unpinned.problems == [] and unpinned.verdict == "ok, 1 warning(s)", unpinned.warnings
+    assert "mix.long_source.revision" in unpinned.warnings[0] and "THUDM/LongAlign-10k" in unpinned.warnings[0]
+    pinned = {**prior_long, "mix.long_source.source": "THUDM/LongAlign-10k", "mix.long_source.revision": "c" * 40}
+    assert check(project, pinned).warnings == []
+    release = check(project, {"synthesize.backend": "released"})
+    assert [line.split(": ")[2].split()[0] for line in release.warnings] == ["synthesize.released.revision"]
+    assert check(project, {"synthesize.backend": "released", "synthesize.released.revision": "d" * 40}).warnings == []
+
+
 def test_model_facts_parameter_counts_match_their_shapes():
     for model, facts in model_facts().items():
         computed = shape_facts({**facts, "parameters": None})["parameters"]

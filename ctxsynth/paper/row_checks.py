@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from ctxsynth.core.settings import load_settings
 from ctxsynth.core.tasks import get_task
 from ctxsynth.evaluate.run import CHAT_MARGIN, _chat_overhead, _model_window
 from ctxsynth.finetune.settings import accelerate_config_file
-from ctxsynth.preflight import LOCAL_DATA_SUFFIXES, SECTIONS, collect_problems, warnings
+from ctxsynth.preflight import SECTIONS, collect_problems, warnings
 
 FACTS = Path(__file__).with_name("model_facts.yaml")
 ACCELERATE_CONFIGS = Path("configs/accelerate")
@@ -202,21 +201,14 @@ def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int |
             return row
         skip = "warning: finetune.chat_template"  # a disagreement is a problem here (_check_chat)
         row.warnings += [f"{name}: {line}" for line in warnings(path) if not line.startswith(skip)]
-    general = settings["mix"].general
-    local = general.source and (general.source.endswith(LOCAL_DATA_SUFFIXES) or os.path.exists(general.source))
-    if general.source and not local and not SHA.fullmatch(general.revision or ""):
-        row.warn(
-            "mix.general.revision",
-            f"{general.revision!r} is not a commit sha: the hub dataset {general.source} can change under the same "
-            "params (the commit read is recorded in metrics/mix.json)",
-        )
+    synthesize = settings["synthesize"]
     evaluate, model = settings["evaluate"], settings["fetch"].model
     tasks = [*evaluate.tasks, *(evaluate.longbench_tasks if evaluate.longbench_dir else [])]
     if not tasks:
         row.problem("evaluate.tasks", "empty and evaluate.longbench_dir is unset: nothing to score")
     failed = len(problems) + (not tasks)
     row.inputs = f"FAIL ({failed})" if failed else f"ok ({checked} files)" if checked else "ok"
-    _check_generator(row, settings["synthesize"], bool(settings["seed"].sources))
+    _check_generator(row, synthesize, bool(settings["seed"].sources))
 
     if model.source == "hub":
         directory, known = None, model_facts().get(model.id)
