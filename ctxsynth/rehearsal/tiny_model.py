@@ -5,8 +5,8 @@ It keeps what the pipeline branches on in those checkpoints and shrinks the rest
 `chat_template: model` is refused and `longalign` is needed), LLaMA-2's special tokens with a BOS added on encode,
 bfloat16 weights in two safetensors shards with an index (fetch_model copies such a directory as it is), and a
 generation_config. The tokenizer is byte-level BPE without merges: every byte is a token, so any text encodes.
-The bytes written are a function of `seed` (and of the installed transformers, which writes its version into the
-configs), so the committed copy in inputs/models/tiny-llama-base can be checked against a fresh build.
+The bytes written are a function of `seed` (the configs are rewritten without the `transformers_version` that
+save_pretrained stamps in, so a transformers release does not change them), so the committed copy in inputs/models/tiny-llama-base can be checked against a fresh build.
 
     python -m ctxsynth.rehearsal.tiny_model inputs/models/tiny-llama-base
 """
@@ -14,6 +14,7 @@ configs), so the committed copy in inputs/models/tiny-llama-base can be checked 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -77,6 +78,11 @@ def _write_model(directory: Path, seed: int) -> None:
     model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id)
     model.save_pretrained(directory, max_shard_size=MAX_SHARD_SIZE)
     tokenizer.save_pretrained(directory)
+    for name in ("config.json", "generation_config.json"):  # the only bytes that named the installed transformers
+        path = directory / name
+        config_dict = json.loads(path.read_text(encoding="utf-8"))
+        config_dict.pop("transformers_version", None)
+        path.write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (directory / "README.md").write_text(README, encoding="utf-8")
 
 
