@@ -6,10 +6,13 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# "- **F2a** ...; difference +1.43, 95% interval [-6.26, +9.30] (...) → **inconclusive**" and "- **F4**: **not measured**"
+# "- **F2a** ...; difference +1.43, 95% interval [-6.26, +9.30] (...) → **inconclusive**"
+# and "- **F4**: **not measured** (...)"
 REPORT_VERDICT = re.compile(r"^- \*\*(?P<finding>F[^*]+)\*\*(?P<body>.*?)(?:→ |: )\*\*(?P<verdict>[a-z ]+)\*\*", re.M)
 INTERVAL = re.compile(r"([+-]\d+\.\d+), 95% interval \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\]")
-README_ROW = re.compile(r"^\| (?P<finding>F[^|]+?) \| [^|]+ \| (?P<ours>[^|]+) \| \*\*(?P<verdict>[a-z ]+)\*\* \|$", re.M)
+README_ROW = re.compile(
+    r"^\| (?P<finding>F[^|]+?) \| [^|]+ \| (?P<ours>[^|]+) \| \*\*(?P<verdict>[a-z ]+)\*\* \|$", re.M
+)
 
 
 def report_findings() -> dict[str, tuple[str, str]]:

@@ -6,7 +6,8 @@ It keeps what the pipeline branches on in those checkpoints and shrinks the rest
 bfloat16 weights in two safetensors shards with an index (fetch_model copies such a directory as it is), and a
 generation_config. The tokenizer is byte-level BPE without merges: every byte is a token, so any text encodes.
 The bytes written are a function of `seed` (the configs are rewritten without the `transformers_version` that
-save_pretrained stamps in, so a transformers release does not change them), so the committed copy in inputs/models/tiny-llama-base can be checked against a fresh build.
+save_pretrained stamps in, so a transformers release does not change them), so the committed copy in
+inputs/models/tiny-llama-base can be checked against a fresh build.
 
     python -m ctxsynth.rehearsal.tiny_model inputs/models/tiny-llama-base
 """
