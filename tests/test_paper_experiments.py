@@ -704,6 +704,7 @@ def test_a_resumed_group_keeps_its_finished_experiments(monkeypatch, capsys):
     queued = []
     monkeypatch.setattr(experiments, "check_committed", lambda: None)
     monkeypatch.setattr(experiments, "finished_experiments", lambda: {"cpu-main-general-only-s0"})
+    monkeypatch.setattr(experiments, "collected_experiments", lambda plan: set())
     monkeypatch.setattr(experiments, "_dvc", lambda *args, check=True: None)
     monkeypatch.setattr(
         experiments.subprocess, "run", lambda command, check: queued.append(command[command.index("-n") + 1])
@@ -714,6 +715,36 @@ def test_a_resumed_group_keeps_its_finished_experiments(monkeypatch, capsys):
     assert "cpu-main-general-only-s0: finished earlier, kept" in capsys.readouterr().out
     queued.clear()
     assert len(queue_group(plan, "main", "cpu", rows=["general-only"])) == 3 == len(queued)
+
+
+def test_a_resume_on_a_fresh_clone_skips_runs_collected_with_the_same_overrides(tmp_path, monkeypatch, capsys):
+    """Refs are local: on another clone the committed results file is the record of what finished. A collected run
+    counts only with its per-document scores and the overrides the plan gives it now."""
+    from ctxsynth.paper import experiments
+
+    plan = load_plan(PLAN)
+    overrides = {entry["name"]: entry["overrides"] for entry in experiments.planned_entries(plan, "main", "cpu")}
+    s0, s1, s2 = (f"cpu-main-general-only-s{seed}" for seed in range(3))
+    stored = {
+        s0: {"overrides": overrides[s0], "per_document": {"adapter": {"squad_long": {"0": 50.0}}}},
+        s1: {"overrides": overrides[s1]},  # collected before per-document scores existed: not comparable, rerun
+        s2: {"overrides": {**overrides[s2], "mix.seed": 99}, "per_document": {"adapter": {}}},  # the plan changed
+        "cpu-main-dropped-row-s0": {"overrides": {}, "per_document": {"adapter": {}}},
+    }
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"experiments": stored}), encoding="utf-8")
+    assert experiments.collected_experiments(plan, results) == {s0}
+
+    queued = []
+    monkeypatch.setattr(experiments, "RESULTS", results)
+    monkeypatch.setattr(experiments, "check_committed", lambda: None)
+    monkeypatch.setattr(experiments, "finished_experiments", lambda: set())
+    monkeypatch.setattr(experiments, "_dvc", lambda *args, check=True: None)
+    monkeypatch.setattr(
+        experiments.subprocess, "run", lambda command, check: queued.append(command[command.index("-n") + 1])
+    )
+    assert queue_group(plan, "main", "cpu", rows=["general-only"], keep_finished=True) == [s1, s2] == queued
+    assert f"{s0}: finished earlier, kept" in capsys.readouterr().out
 
 
 def test_a_fresh_clone_is_told_to_build_the_pipeline_before_queueing(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -35,6 +36,7 @@ from ctxsynth.core.io import InputError
 
 PLAN = Path("experiments/paper.yaml")
 RUNS_LOG = Path("metrics/paper_runs.json")
+RESULTS = Path("metrics/results.json")
 SCALES = ("cpu", "gpu", "rehearsal")
 REHEARSAL = "rehearsal"  # the gpu rows with stand-ins: derived from them, never written out in full
 _BARE = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
@@ -246,6 +248,27 @@ def finished_experiments() -> set[str]:
     return set(_dvc("exp", "list", "--all-commits", "--name-only", check=False).stdout.split())
 
 
+def collected_experiments(plan: dict, results: Path | None = None) -> set[str]:
+    """Names of the experiments already collected into the committed results file with their per-document scores and
+    the overrides the plan gives them now: refs stay on the machine that ran them, so on a fresh clone this is what a
+    resumed group must not pay for again (the report renders these rows from the file, ctxsynth/paper/collect.py)."""
+    results = results or RESULTS
+    if not results.is_file():
+        return set()
+    stored = json.loads(results.read_text(encoding="utf-8")).get("experiments") or {}
+    planned = {
+        entry["name"]: entry["overrides"]
+        for group in plan["groups"]
+        for scale in SCALES
+        for entry in planned_entries(plan, group, scale)
+    }
+    return {
+        name
+        for name, row in stored.items()
+        if row.get("per_document") and name in planned and row.get("overrides") == planned[name]
+    }
+
+
 def missing_cached_outputs(lock: Path = Path("dvc.lock")) -> list[str]:
     """Outputs of the committed dvc.lock, with a file inside them that another stage depends on (data/benchmark
     holding reserved.json), whose content is not in the DVC cache. A queued row starts from that lock, and DVC reads
@@ -273,11 +296,12 @@ def queue_group(
     rows: list[str] | None = None,
     keep_finished: bool = False,
 ) -> list[str]:
-    """Queue the selected rows; keep_finished: leave out experiments that already finished (a rerun after a kill)."""
+    """Queue the selected rows; keep_finished: leave out experiments that already finished (a rerun after a kill), as
+    local refs or as runs collected into the committed results file (a resume on another clone)."""
     selected = select_rows(plan, group, scale, rows)
     if not dry_run:
         check_committed()
-    finished = finished_experiments() if keep_finished and not dry_run else set()
+    finished = finished_experiments() | collected_experiments(plan) if keep_finished and not dry_run else set()
     names = []
     for name, overrides in selected:
         if name in finished:
@@ -323,8 +347,6 @@ def run_history(entry: dict) -> list[dict]:
 
 def record_run(group: str, scale: str, started: float, outcome: dict[str, str], path: Path = RUNS_LOG) -> None:
     """How long each run of a group took here, for the report and the README (metrics/paper_runs.json)."""
-    import json
-
     from ctxsynth.core.io import write_json
 
     runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
