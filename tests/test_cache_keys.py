@@ -65,6 +65,9 @@ def test_the_same_settings_share_the_evaluation_cache(model_dir, tmp_path):
     assert with_adapter != cache_path(model_dir)
     (adapter / "adapter_model.safetensors").write_bytes(b"other weights")
     assert cache_path(model_dir, adapter) != with_adapter
+    # A merged adapter is another float path than the unmerged one; without an adapter there is nothing to merge.
+    assert cache_path(model_dir, adapter, merge_adapter=False) != cache_path(model_dir, adapter)
+    assert cache_path(model_dir, merge_adapter=False) == cache_path(model_dir)
 
 
 # ------------------------------------------------------------------------------------------------- synthesis cache

@@ -343,6 +343,34 @@ def test_end_to_end_base_and_adapter(tiny_model_dir, adapter_dir, benchmark_dir,
         assert row["recall"] == pytest.approx(sum(scores) / len(scores), abs=1e-3)
 
 
+def test_a_merged_adapter_generates_what_the_unmerged_one_does(
+    tiny_model_dir, adapter_dir, benchmark_dir, tmp_path, monkeypatch
+):
+    """merge_adapter folds LoRA into the weights (faster decoding): the model that generates is a plain model, not a
+    PeftModel, and its greedy predictions are the unmerged adapter's. Each path has its own cache, so the second run
+    generates again instead of reading the first one's."""
+    from lm_eval.models import huggingface
+
+    merged_models = []
+    original = huggingface.HFLM.generate_until
+
+    def record(self, requests, disable_tqdm=False):
+        merged_models.append(type(self.model).__name__)
+        return original(self, requests, disable_tqdm=disable_tqdm)
+
+    monkeypatch.setattr(huggingface.HFLM, "generate_until", record)
+    outputs = {}
+    for merge in (True, False):
+        settings = EvalSettings(
+            tasks=["squad_long", "niah_single"], max_length=256, device="cpu", score_base=False, merge_adapter=merge
+        )
+        predictions, metrics = tmp_path / f"merge-{merge}.jsonl", tmp_path / "e.json"
+        outputs[merge] = evaluate(tiny_model_dir, adapter_dir, benchmark_dir, metrics, predictions, settings)
+    assert merged_models == ["LlamaForCausalLM", "PeftModel"]
+    assert outputs[True] == outputs[False]
+    assert (tmp_path / "merge-True.jsonl").read_bytes() == (tmp_path / "merge-False.jsonl").read_bytes()
+
+
 def test_no_adapter_scores_base_only(tiny_model_dir, benchmark_dir, tmp_path, caplog):
     settings = EvalSettings(tasks=["niah_single"], max_length=128, limit=2, device="cpu")
     with caplog.at_level(logging.WARNING):

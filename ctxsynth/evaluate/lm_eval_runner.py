@@ -145,7 +145,15 @@ class _RichTqdm:
 
 
 def _hf_model(
-    model_dir: Path, adapter_dir: Path | None, *, device: str, dtype: str, batch_size: int, max_length: int, label: str
+    model_dir: Path,
+    adapter_dir: Path | None,
+    *,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    max_length: int,
+    label: str,
+    merge_adapter: bool = True,
 ):
     from lm_eval.models import huggingface
 
@@ -173,6 +181,12 @@ def _hf_model(
     if adapter_dir is not None:
         model_args["peft"] = str(adapter_dir)
     lm = HFLM(**model_args)
+    if adapter_dir is not None and merge_adapter:
+        # An unmerged LoRA adds two small matmuls and a Python-level module call to every linear layer of every
+        # decoding step; at 135M parameters on a CPU that overhead is a large part of each token
+        # (benchmarks/eval_throughput.py --adapter). Merging costs one pass over the weights and changes the
+        # float sums, which is why it is a tracked setting and part of the generation cache key.
+        lm._model = lm._model.merge_and_unload()
     implementation = attention_implementation(lm.model)
     if implementation != "sdpa":  # eager attention is ~4.6x slower on this CPU: refuse, never fall back
         raise RuntimeError(f"{model_dir}: model loaded with attn_implementation={implementation!r}, expected 'sdpa'")
@@ -203,10 +217,12 @@ class LmEvalRunner:
         backend: str = "hf",
         label: str | None = None,
         chat_template: str | None = None,
+        merge_adapter: bool = True,
     ) -> dict[str, dict]:
         """Greedy generation + scoring; returns {task: {"score": mean in [0, 1], "samples": [{doc, prediction,
         score}, ...]}} with samples in the prepared file's order. `chat_template` (a Jinja template) replaces the
-        tokenizer's own, for a base model fine-tuned in a named chat format."""
+        tokenizer's own, for a base model fine-tuned in a named chat format. `merge_adapter` (hf backend) folds a LoRA
+        adapter into the weights before generating."""
         import lm_eval
 
         if backend == "vllm":
@@ -221,6 +237,7 @@ class LmEvalRunner:
                 batch_size=batch_size,
                 max_length=max_length,
                 label=label,
+                merge_adapter=merge_adapter,
             )
         else:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")

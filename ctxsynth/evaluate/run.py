@@ -214,6 +214,7 @@ def evaluate(
                 backend=settings.backend,
                 label=f"evaluate {variant}",
                 chat_template=named_template,
+                merge_adapter=settings.merge_adapter,
             )
             scores = {task: 100.0 * output["score"] for task, output in outputs.items()}
             report[variant] = summarize(scores, {task: spec.category for task, spec in specs.items()})
@@ -257,6 +258,8 @@ def generation_cache_db(
     )
     if adapter_dir is not None:
         parts += [sha256_file(path) for path in sorted(Path(adapter_dir).glob("adapter_*")) if path.is_file()]
+        if (settings or EvalSettings()).merge_adapter and (settings or EvalSettings()).backend == "hf":
+            parts.append("merged")  # another float path than the unmerged adapter's: its own cache
     parts.append(dumps(generation_settings(settings or EvalSettings())))
     return user_cache_dir("lm_eval") / sha256_text("\n".join(parts))[:32]
 

@@ -43,6 +43,9 @@ class EvalSettings:
     backend: Literal[BACKENDS] = "hf"  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter
     device: str = "auto"  # hf backend: auto | cpu | cuda[:n]
     dtype: str = "auto"  # auto: float32 on CPU, the checkpoint's dtype on GPU
+    # hf backend: fold the LoRA adapter into the weights before generating, 1.2x faster evaluation on CPU; the float
+    # sums differ from the unmerged model's in the last bits, so a few greedy predictions can differ.
+    merge_adapter: bool = True
     score_base: bool = True  # also score the base model without adapter, the reference row
     # Reuse greedy generations per (model, adapter) content: experiments that leave the adapter unchanged, and every
     # base-model row, are not paid twice (~/.cache/ctxsynth/lm_eval).
