@@ -10,7 +10,9 @@ EXTRAS ?= pipeline,eval,quant,test
 # The paper's findings as DVC experiment groups (experiments/paper.yaml): `make paper-main`, SCALE=gpu for the
 # paper-scale rows, JOBS=N parallel queue workers, ROWS="a b" only those rows of the group.
 SCALE ?= cpu
-JOBS ?= 1
+# CPU scale: 2 queue workers with 1 thread each ran the same rows 1.3x faster than 1 worker with both cores
+# (benchmarks/cpu_budget.py); gpu and rehearsal rows take the whole machine each.
+JOBS ?= $(if $(filter cpu,$(SCALE)),2,1)
 ROWS ?=
 PAPER_GROUPS := paper-pilot paper-main paper-main-llama2 paper-sharegpt paper-contexts paper-generator
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"

@@ -437,10 +437,11 @@ def test_partial_runs_add_to_a_groups_run_history(tmp_path):
             }
         )
     )
-    record_run("main", "cpu", 0.0, {"cpu-main-b": "success"}, path=log)
+    record_run("main", "cpu", 0.0, {"cpu-main-b": "success"}, path=log, environment={"OMP_NUM_THREADS": "1"}, jobs=2)
     entry = json.loads(log.read_text())["main"]
     assert entry["statuses"] == {"cpu-main-a": "success", "cpu-main-b": "success"}
     assert [run["rows"] for run in run_history(entry)] == [["cpu-main-a", "cpu-main-b"], ["cpu-main-b"]]
+    assert entry["history"][-1]["note"] == "2 queue workers, OMP_NUM_THREADS=1"  # how it ran: it moves wall time
 
 
 def test_collection_keeps_per_document_scores_across_lost_refs(tmp_path, monkeypatch):

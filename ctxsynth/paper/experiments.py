@@ -345,8 +345,17 @@ def run_history(entry: dict) -> list[dict]:
     ]
 
 
-def record_run(group: str, scale: str, started: float, outcome: dict[str, str], path: Path = RUNS_LOG) -> None:
-    """How long each run of a group took here, for the report and the README (metrics/paper_runs.json)."""
+def record_run(
+    group: str,
+    scale: str,
+    started: float,
+    outcome: dict[str, str],
+    path: Path = RUNS_LOG,
+    environment: dict[str, str] | None = None,
+    jobs: int = 1,
+) -> None:
+    """How long each run of a group took here, and how it ran (queue workers, threads each: on 2 cores they changed the
+    wall time by 1.3x), for the report, the README and benchmarks/cpu_budget.py (metrics/paper_runs.json)."""
     from ctxsynth.core.io import write_json
 
     runs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -358,6 +367,8 @@ def record_run(group: str, scale: str, started: float, outcome: dict[str, str], 
             "wall_seconds": round(time.time() - started),
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "rows": sorted(outcome),
+            "note": f"{jobs} queue worker{'s' if jobs > 1 else ''}, "
+            + f"OMP_NUM_THREADS={(environment or {}).get('OMP_NUM_THREADS', 'unset (all cores)')}",
         }
     )
     runs[group] = {"statuses": {**entry.get("statuses", {}), **outcome}, "history": history}
@@ -488,9 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.time()
     with _servers_for(args.scale):
-        subprocess.run([*DVC, "queue", "start", "-j", str(args.jobs)], check=True, env=worker_environment(args.jobs))
+        environment = worker_environment(args.jobs)
+        subprocess.run([*DVC, "queue", "start", "-j", str(args.jobs)], check=True, env=environment)
         outcome = wait_for(names, args.poll)
-    record_run(args.group, args.scale, started, outcome)
+    record_run(args.group, args.scale, started, outcome, environment=environment, jobs=args.jobs)
     failed = [name for name, status in outcome.items() if status != "success"]
     for name in failed:
         print(f"--- {name}: {outcome[name]}; last lines of `dvc queue logs {name}`:")
