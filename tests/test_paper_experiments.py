@@ -771,3 +771,16 @@ def test_a_fresh_clone_is_told_to_build_the_pipeline_before_queueing(tmp_path, m
     listing.parent.mkdir(parents=True)
     listing.write_text("[]")
     assert experiments.missing_cached_outputs(lock) == []
+
+
+def test_the_report_from_the_results_file_has_the_plans_section_order(tmp_path):
+    """The results file is written with sorted keys; rendering it (`ctxsynth report --from-results`) must give the
+    report `ctxsynth report` gives, sections in the plan's order, not alphabetical."""
+    stored = json.loads((ROOT / "metrics" / "results.json").read_text(encoding="utf-8"))
+    results = collect(PLAN, show=[], stored=stored)
+    from_file = json.loads(json.dumps(results, sort_keys=True))
+    assert list(from_file["groups"]) != list(load_plan(PLAN)["groups"])  # the file's order really differs
+    text = render(results, tmp_path)
+    assert render(from_file, tmp_path) == text
+    headings = [line for line in text.splitlines() if line.startswith("## F")]
+    assert headings[0].startswith("## F1: Pilot") and headings[1].startswith("## F2, F5: Main comparison")

@@ -253,14 +253,15 @@ def generation_cache_db(
     cache); then `generation_settings(settings)`, so another backend, device, dtype or batch size misses the cache."""
     from ctxsynth.core.identity import model_identity
 
+    settings = settings or EvalSettings()
     parts = (
         [sha256_file(p) for p in sorted(Path(model_dir).glob("*.safetensors"))] if full else [model_identity(model_dir)]
     )
     if adapter_dir is not None:
         parts += [sha256_file(path) for path in sorted(Path(adapter_dir).glob("adapter_*")) if path.is_file()]
-        if (settings or EvalSettings()).merge_adapter and (settings or EvalSettings()).backend == "hf":
+        if settings.merge_adapter and settings.backend == "hf":
             parts.append("merged")  # another float path than the unmerged adapter's: its own cache
-    parts.append(dumps(generation_settings(settings or EvalSettings())))
+    parts.append(dumps(generation_settings(settings)))
     return user_cache_dir("lm_eval") / sha256_text("\n".join(parts))[:32]
 
 

@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 from ctxsynth.core.inputs import DVC
-from ctxsynth.paper.experiments import RUNS_LOG, SCALES, load_plan, planned_entries, planned_runs
+from ctxsynth.paper.experiments import RUNS_LOG, load_plan, planned_names, planned_runs
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +40,6 @@ TRAIN_KEYS = (
     "method",
 )
 MIX_KEYS = ("variant", "num_contexts", "samples", "long_samples")
-
-
-def planned_names(plan: dict) -> dict[str, dict]:
-    """Experiment name -> {group, row, seed, scale, overrides} for every experiment (row x seed) of every group at
-    every scale; seed is None for a row run once."""
-    names = {}
-    for group in plan["groups"]:
-        for scale in SCALES:
-            for entry in planned_entries(plan, group, scale):
-                names[entry["name"]] = {
-                    "group": group,
-                    "row": entry["row"],
-                    "seed": entry["seed"],
-                    "scale": scale,
-                    "overrides": entry["overrides"],
-                    "order": len(names),
-                }
-    return names
 
 
 def exp_show() -> list:
@@ -198,8 +180,9 @@ def collect(plan_path: Path, show: list | None = None, stored: dict | None = Non
                 "finding": spec.get("finding"),
                 "title": spec.get("title"),
                 "cpu_rows": len(planned_runs(plan, group, "cpu")),  # 0: a gpu-only group (hub student or data)
+                "order": index,  # the plan's order: the file is written with sorted keys
             }
-            for group, spec in plan["groups"].items()
+            for index, (group, spec) in enumerate(plan["groups"].items())
         },
         "experiments": merge_experiments(
             (stored or {}).get("experiments") or {}, experiments_from_show(show, planned), planned

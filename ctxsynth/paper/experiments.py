@@ -248,6 +248,24 @@ def finished_experiments() -> set[str]:
     return set(_dvc("exp", "list", "--all-commits", "--name-only", check=False).stdout.split())
 
 
+def planned_names(plan: dict) -> dict[str, dict]:
+    """Experiment name -> {group, row, seed, scale, overrides} for every experiment (row x seed) of every group at
+    every scale; seed is None for a row run once."""
+    names = {}
+    for group in plan["groups"]:
+        for scale in SCALES:
+            for entry in planned_entries(plan, group, scale):
+                names[entry["name"]] = {
+                    "group": group,
+                    "row": entry["row"],
+                    "seed": entry["seed"],
+                    "scale": scale,
+                    "overrides": entry["overrides"],
+                    "order": len(names),
+                }
+    return names
+
+
 def collected_experiments(plan: dict, results: Path | None = None) -> set[str]:
     """Names of the experiments already collected into the committed results file with their per-document scores and
     the overrides the plan gives them now: refs stay on the machine that ran them, so on a fresh clone this is what a
@@ -256,16 +274,11 @@ def collected_experiments(plan: dict, results: Path | None = None) -> set[str]:
     if not results.is_file():
         return set()
     stored = json.loads(results.read_text(encoding="utf-8")).get("experiments") or {}
-    planned = {
-        entry["name"]: entry["overrides"]
-        for group in plan["groups"]
-        for scale in SCALES
-        for entry in planned_entries(plan, group, scale)
-    }
+    planned = planned_names(plan)
     return {
         name
         for name, row in stored.items()
-        if row.get("per_document") and name in planned and row.get("overrides") == planned[name]
+        if row.get("per_document") and name in planned and row.get("overrides") == planned[name]["overrides"]
     }
 
 

@@ -245,6 +245,8 @@ def render(results: dict, figures_dir: Path = FIGURES) -> str:
             "their predictions are no longer in the DVC cache): they have no intervals, and every finding that "
             "compares them is inconclusive until the group is rerun.",
         ]
+    # Sections in the plan's order, also when rendered from the file (written with sorted keys).
+    results["groups"] = dict(sorted(results["groups"].items(), key=lambda item: item[1].get("order", 0)))
     for group, meta in results["groups"].items():
         runs = results.get("runs", {}).get(group)
         if runs:
