@@ -23,7 +23,7 @@ def passes_of_current_plan(log: dict, planned: dict[str, set[str]]) -> list[dict
     for group, names in planned.items():
         for entry in (log.get(group) or {}).get("history", []):
             if entry["scale"] == "cpu" and entry["rows"] and set(entry["rows"]) <= names:
-                rows.append({"group": group, "runs": len(entry["rows"]), "wall": entry["wall_seconds"], **entry})
+                rows.append({"group": group, **entry})
     return rows
 
 
@@ -39,14 +39,14 @@ def main() -> None:
 
     print(f"{'group':<10}{'finished':<24}{'runs':>5}{'wall min':>10}{'min/run':>9}  how")
     for p in passes:
-        minutes = p["wall"] / 60
+        minutes, runs = p["wall_seconds"] / 60, len(p["rows"])
         how = p.get("note", "(workers not recorded)")
-        print(f"{p['group']:<10}{p['finished']:<24}{p['runs']:>5}{minutes:>10.1f}{minutes / p['runs']:>9.2f}  {how}")
+        print(f"{p['group']:<10}{p['finished']:<24}{runs:>5}{minutes:>10.1f}{minutes / runs:>9.2f}  {how}")
     print()
     print(f"{'group':<10}{'planned runs':>13}{'min/run':>9}{'full pass min':>15}")
     total = 0.0
     for group, names in planned.items():
-        costs = [p["wall"] / 60 / p["runs"] for p in passes if p["group"] == group]
+        costs = [p["wall_seconds"] / 60 / len(p["rows"]) for p in passes if p["group"] == group]
         if not costs:
             print(f"{group:<10}{len(names):>13}{'-':>9}{'not measured':>15}")
             continue
