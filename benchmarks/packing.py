@@ -21,7 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ctxsynth.finetune.data import PadCollator, end_of_turn_ids, load_chat_records, prepare_examples
+from ctxsynth.core.chat_encoding import end_of_turn_ids
+from ctxsynth.finetune.data import PadCollator, load_chat_records, prepare_examples
 from ctxsynth.finetune.packing import PackedCollator, pack_examples
 from ctxsynth.finetune.train import FinetuneSettings, load_tokenizer, train
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ctxsynth.core.errors import stage_main
 from ctxsynth.core.settings import load_settings
-from ctxsynth.finetune.data import TemplateError
+from ctxsynth.core.chat_encoding import TemplateError
 from ctxsynth.finetune.settings import FinetuneSettings, accelerate_config_file
 from ctxsynth.finetune.train import train
 

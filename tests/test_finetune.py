@@ -11,13 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from ctxsynth.core.chat_encoding import IGNORE_INDEX, TemplateError, encode_chat, end_of_turn_ids
 from ctxsynth.core.io import InputError, sha256_file
 from ctxsynth.finetune.data import (
-    IGNORE_INDEX,
     PadCollator,
-    TemplateError,
-    encode_chat,
-    end_of_turn_ids,
     fit_length,
     load_chat_records,
     prepare_examples,
@@ -94,7 +91,8 @@ def tiny_params(**overrides) -> FinetuneSettings:
 
 def test_labels_are_exactly_the_answer_and_end_of_turn(tokenizer, end_ids):
     messages = chat("Where is the archive?\n" + QUESTION, ANSWER)
-    prompt_ids, answer_ids = encode_chat(tokenizer, messages, end_ids)
+    encoded = encode_chat(tokenizer, messages, end_ids)
+    prompt_ids, answer_ids = encoded.prompt_ids, encoded.answer_ids
     example = prepare_examples(
         [(1, {"id": "a", "messages": messages})], tokenizer, max_tokens=None, overlength="drop", end_ids=end_ids
     ).examples[0]
@@ -154,7 +152,7 @@ def test_template_whose_prompt_is_not_a_prefix_is_refused(tokenizer, end_ids):
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>model\n{% endif %}"
     )
-    with pytest.raises(TemplateError, match="not a prefix"):
+    with pytest.raises(TemplateError, match="generation prompt is not what it writes before the answer"):
         encode_chat(broken, chat("hi", "hello"), end_ids)
 
 
@@ -174,27 +172,35 @@ class _WordTokenizer:
         pieces = re.findall(r"<eos>|\n(?! )|[ \n]*[^\s<]+|\s+", text)
         return {"input_ids": [self.vocab.setdefault(piece, len(self.vocab)) for piece in pieces]}
 
+    def convert_ids_to_tokens(self, ids):
+        tokens = {index: piece for piece, index in self.vocab.items()}
+        return [tokens[index] for index in ids]
 
-def test_prompt_tokens_that_are_not_a_prefix_are_refused():
+
+def test_an_answer_that_merges_with_its_prompt_keeps_its_own_tokens():
+    """Tokenized whole, `\n` + `  hello` would merge across the prompt/answer boundary (as BPE merges `[/INST]` with a
+    quote or a newline); encoded by segments, the answer's tokens are its own and the prompt's are the prompt's."""
     tokenizer = _WordTokenizer()
-    prompt_ids, answer_ids = encode_chat(tokenizer, chat("hi", "hello"), {0})  # the stub itself is sound
-    assert answer_ids[-1] == 0 and len(answer_ids) == 2
-    with pytest.raises(TemplateError, match="tokens are not a prefix"):
-        encode_chat(tokenizer, chat("hi", "  hello"), {0})
-    with pytest.raises(InputError, match=r"line 3, field 'messages'.*tokens are not a prefix"):
-        prepare_examples(
-            [(3, {"id": "x", "messages": chat("hi", " hello")})],
-            tokenizer,
-            max_tokens=None,
-            overlength="drop",
-            end_ids={0},
-            path="mix.jsonl",
-        )
+    for answer in ("hello", "  hello", " hello"):
+        encoded = encode_chat(tokenizer, chat("hi", answer), {0})
+        prompt = tokenizer.apply_chat_template(chat("hi", answer)[:1], add_generation_prompt=True)
+        assert encoded.prompt_ids == tokenizer(prompt)["input_ids"]  # as evaluation tokenizes the prompt
+        assert encoded.answer_ids == tokenizer(answer)["input_ids"] + [0]
+    data = prepare_examples(
+        [(3, {"id": "x", "messages": chat("hi", " hello")})],
+        tokenizer,
+        max_tokens=None,
+        overlength="drop",
+        end_ids={0},
+        path="mix.jsonl",
+    )
+    assert [label for label in data.examples[0].labels if label != IGNORE_INDEX] == tokenizer(" hello")["input_ids"] + [0]
 
 
 def test_truncate_middle_keeps_prompt_ends_and_whole_answer(tokenizer, end_ids):
     long_messages = chat(long_prompt(), ANSWER)
-    prompt_ids, answer_ids = encode_chat(tokenizer, long_messages, end_ids)
+    encoded = encode_chat(tokenizer, long_messages, end_ids)
+    prompt_ids, answer_ids = encoded.prompt_ids, encoded.answer_ids
     max_tokens = 400
     assert len(prompt_ids) + len(answer_ids) > max_tokens  # the fixture really is over-long
     records = [(1, {"id": "long", "messages": long_messages}), (2, {"id": "short", "messages": chat("hi", "yo")})]

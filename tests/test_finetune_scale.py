@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from ctxsynth.core.io import InputError, load_params
-from ctxsynth.finetune.data import IGNORE_INDEX, Example, PadCollator, end_of_turn_ids, prepare_examples
+from ctxsynth.core.chat_encoding import IGNORE_INDEX, end_of_turn_ids
+from ctxsynth.finetune.data import Example, PadCollator, prepare_examples
 from ctxsynth.finetune.packing import Pack, PackedCollator, pack_examples
 from ctxsynth.finetune.recipes import load_recipes
 from ctxsynth.finetune.train import FinetuneSettings, answer_only_loss, is_adapter_dir, train

@@ -1,8 +1,8 @@
 """Training examples for the finetune stage: validated chat records -> token ids with answer-only labels.
 
-Every sample is rendered with the base model's own chat template. Every assistant turn is trained (LongAlign's rule
-for multi-turn data): its tokens and the end-of-turn token that closes it are the labels; everything else (system,
-user turns, the template's scaffolding) is masked with -100.
+Every sample is rendered with the chat template and encoded segment by segment (core/chat_encoding.py): every
+assistant turn and the end-of-turn token that closes it are the labels; everything else (system, user turns, the
+template's scaffolding) is masked with -100.
 Over-long samples are either cut in the middle of the prompt (the answer is never cut) or dropped.
 """
 
@@ -14,18 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctxsynth.core.chat import validate_messages
+from ctxsynth.core.chat_encoding import IGNORE_INDEX, TemplateError, encode_chat
 from ctxsynth.core.io import InputError, read_jsonl_numbered
 
-IGNORE_INDEX = -100
 OVERLENGTH_MODES = ("truncate_middle", "drop")
 # token: every answer token weighs the same; sample (LongAlign): each sample's answer tokens together weigh one sample
 LOSS_WEIGHTINGS = ("token", "sample")
 # A prompt cut below this many tokens has lost its instruction scaffolding: drop the sample instead.
 MIN_PROMPT_TOKENS = 16
-
-
-class TemplateError(ValueError):
-    """The chat template does not render the prompt as a prefix of the full conversation."""
 
 
 @dataclass
@@ -75,68 +71,6 @@ def load_chat_records(path: os.PathLike | str) -> list[tuple[int, dict]]:
     return records
 
 
-def end_of_turn_ids(tokenizer, generation_config=None) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.add(source)
-        elif isinstance(source, (list, tuple)):
-            ids.update(int(value) for value in source)
-    if not ids:
-        raise TemplateError("the tokenizer has no eos token: cannot mark the end of the answer")
-    return ids
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    # The chat template writes its own special tokens (as apply_chat_template(tokenize=True) assumes).
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def encode_chat(tokenizer, messages: Sequence[dict], end_ids: Iterable[int]) -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids): the answer runs up to and including its end-of-turn token."""
-    end_ids = set(end_ids)
-    prompt_text = tokenizer.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(list(messages), tokenize=False)
-    if not full_text.startswith(prompt_text):
-        raise TemplateError(
-            "the chat template's generation prompt is not a prefix of the rendered conversation "
-            f"(prompt ends {prompt_text[-60:]!r}, conversation has {full_text[: len(prompt_text)][-60:]!r})"
-        )
-    prompt_ids, full_ids = _ids(tokenizer, prompt_text), _ids(tokenizer, full_text)
-    if full_ids[: len(prompt_ids)] != prompt_ids:
-        at = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids)) if a != b), len(full_ids))
-        raise TemplateError(
-            f"the prompt's tokens are not a prefix of the conversation's tokens (they differ at "
-            f"token {at} of {len(prompt_ids)}); the answer probably merges with the end of the "
-            "prompt, e.g. it starts with whitespace"
-        )
-    answer_ids = full_ids[len(prompt_ids) :]
-    ends = [index for index, token in enumerate(answer_ids) if token in end_ids]
-    if ends:
-        answer_ids = answer_ids[: ends[-1] + 1]  # drop what the template writes after the turn (a newline)
-    else:
-        answer_ids = answer_ids + [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(end_ids)]
-    return prompt_ids, answer_ids
-
-
-def earlier_turn_labels(tokenizer, messages: Sequence[dict], prompt_ids: list[int], end_ids: set[int]) -> list[int]:
-    """Labels over `prompt_ids` (the conversation before its last answer) that train every earlier assistant turn,
-    as LongAlign does for multi-turn data: each turn's tokens and its end-of-turn token, everything else ignored.
-
-    Each earlier turn is encoded as if it were the last one; a template that renders past turns differently from
-    the last (so that encoding is not a prefix of the conversation) raises TemplateError."""
-    labels = [IGNORE_INDEX] * len(prompt_ids)
-    for index, message in enumerate(messages[:-1]):
-        if message["role"] != "assistant":
-            continue
-        turn_prompt, turn_answer = encode_chat(tokenizer, messages[: index + 1], end_ids)
-        start, stop = len(turn_prompt), len(turn_prompt) + len(turn_answer)
-        if prompt_ids[start:stop] != turn_answer or prompt_ids[:start] != turn_prompt:
-            raise TemplateError(f"the chat template renders assistant turn {index} differently once it is not the last")
-        labels[start:stop] = turn_answer
-    return labels
-
-
 def cut_middle(sequence: list, keep: int) -> list:
     """The first keep // 2 and the last keep - keep // 2 items."""
     head = keep // 2
@@ -176,10 +110,10 @@ def prepare_examples(
     data = PreparedData(examples=[], total=len(records))
     for line, record in records:
         try:
-            prompt_ids, answer_ids = encode_chat(tokenizer, record["messages"], end_ids)
-            prompt_labels = earlier_turn_labels(tokenizer, record["messages"], prompt_ids, end_ids)
+            encoded = encode_chat(tokenizer, record["messages"], end_ids)
         except TemplateError as error:
             raise InputError(path, str(error), line=line, field="messages") from None
+        prompt_ids, prompt_labels, answer_ids = encoded.prompt_ids, encoded.prompt_labels, encoded.answer_ids
         fitted = fit_length(prompt_ids, answer_ids, max_tokens, overlength)
         if fitted is None:
             data.dropped.append(record["id"])

@@ -12,7 +12,8 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ctxsynth.finetune.data import IGNORE_INDEX, Example, answer_weights
+from ctxsynth.core.chat_encoding import IGNORE_INDEX
+from ctxsynth.finetune.data import Example, answer_weights
 
 
 @dataclass

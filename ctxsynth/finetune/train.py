@@ -21,7 +21,8 @@ from typing import Any
 
 from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
 from ctxsynth.core.io import InputError, sha256_file, write_json
-from ctxsynth.finetune.data import PadCollator, PreparedData, end_of_turn_ids, load_chat_records, prepare_examples
+from ctxsynth.core.chat_encoding import end_of_turn_ids
+from ctxsynth.finetune.data import PadCollator, PreparedData, load_chat_records, prepare_examples
 from ctxsynth.finetune.packing import PackedCollator, pack_examples
 from ctxsynth.finetune.settings import FinetuneSettings
 from ctxsynth.finetune.trainer import FinetuneError, LiveLog, answer_only_loss, make_trainer_classes, peak_memory_mb

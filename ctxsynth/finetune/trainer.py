@@ -13,7 +13,7 @@ from typing import Any
 
 from ctxsynth.core.errors import StageError
 from ctxsynth.core.progress import interactive, stage_progress
-from ctxsynth.finetune.data import IGNORE_INDEX
+from ctxsynth.core.chat_encoding import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
