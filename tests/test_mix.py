@@ -9,6 +9,7 @@ import pytest
 
 from ctxsynth.core.io import InputError
 from ctxsynth.core.tasks import get_task
+from ctxsynth.core.chat_encoding import end_of_turn_ids
 from ctxsynth.mix.assemble import assemble, length_stats, pool_for_variant
 
 
@@ -96,6 +97,7 @@ import json, sys
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 from test_mix import synthesized
+from ctxsynth.core.chat_encoding import end_of_turn_ids
 from ctxsynth.mix.assemble import assemble
 records = synthesized("hotpotqa", 8) + synthesized("musique", 8)
 print(json.dumps(assemble(records, "context_synthesis", 5, seed=42)))
@@ -118,15 +120,22 @@ def test_assembly_is_identical_under_different_hash_seeds():
     assert len(outputs) == 1 and len(json.loads(outputs.pop())) == 16
 
 
-def test_length_stats_use_the_chat_template(tiny_model_dir):
+def test_length_stats_count_what_finetune_trains_on(tiny_model_dir):
     from transformers import AutoTokenizer
+
+    from ctxsynth.finetune.data import prepare_examples
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     samples = assemble(synthesized("hotpotqa", 3), "context_synthesis", 2, seed=0)
-    stats = length_stats(samples, tokenizer)
-    texts = [tokenizer.apply_chat_template(s["messages"], tokenize=False) for s in samples]
-    lengths = [len(tokenizer(text, add_special_tokens=False).input_ids) for text in texts]
+    stats = length_stats(samples, tokenizer, end_of_turn_ids(tokenizer))
+    records = [(line, sample) for line, sample in enumerate(samples, start=1)]
+    examples = prepare_examples(
+        records, tokenizer, max_tokens=None, overlength="drop", end_ids=end_of_turn_ids(tokenizer)
+    ).examples
+    lengths, answers = [len(example) for example in examples], [example.target_tokens for example in examples]
     assert stats["samples"] == 3 and stats["tokens"]["min"] == min(lengths) and stats["tokens"]["max"] == max(lengths)
+    assert (stats["answer_tokens"]["min"], stats["answer_tokens"]["max"]) == (min(answers), max(answers))
+    assert stats["answer_fraction"] == round(sum(answers) / sum(lengths), 4)
 
 
 def test_mix_lengths_of_a_base_model_are_counted_in_the_finetune_chat_format():

@@ -67,6 +67,17 @@ def end_of_turn_ids(tokenizer, generation_config=None) -> set[int]:
     return ids
 
 
+def model_generation_config(model_dir):
+    """The generation config from_pretrained would attach to the model (its eos ids end a turn), read without
+    loading the weights; finetune and mix must agree on it."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_dir)
+    except OSError:  # no generation_config.json: transformers derives it from the model config
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir))
+
+
 def _render(tokenizer, messages: Sequence[dict], **kwargs) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, **kwargs)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
 from ctxsynth.core.io import InputError, sha256_file, write_json
-from ctxsynth.core.chat_encoding import end_of_turn_ids
+from ctxsynth.core.chat_encoding import end_of_turn_ids, model_generation_config
 from ctxsynth.finetune.data import PadCollator, PreparedData, load_chat_records, prepare_examples
 from ctxsynth.finetune.packing import PackedCollator, pack_examples
 from ctxsynth.finetune.settings import FinetuneSettings
@@ -203,16 +203,6 @@ def _save_output(trainer, tokenizer, params: FinetuneSettings, adapter_dir: Path
             shutil.rmtree(tmp)
 
 
-def _generation_config(model_dir: Path):
-    """The generation config from_pretrained would attach to the model, read without loading the weights."""
-    from transformers import AutoConfig, GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(model_dir)
-    except OSError:  # no generation_config.json: transformers derives it from the model config
-        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir))
-
-
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total)."""
     if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts 4-bit packed weights at their real size
@@ -300,7 +290,7 @@ def train(
         tokenizer,
         max_tokens=params.max_tokens or None,
         overlength=params.overlength,
-        end_ids=end_of_turn_ids(tokenizer, _generation_config(model_dir)),
+        end_ids=end_of_turn_ids(tokenizer, model_generation_config(model_dir)),
         path=train_path,
     )
     counts = data.counts()

@@ -139,9 +139,13 @@ def _sample(record: dict, variant: str, prompt: str, context_ids: list[str], pos
     }
 
 
-def length_stats(samples: list[dict], tokenizer) -> dict:
-    """Token lengths of whole chat samples (model chat template), overall and per task."""
+def length_stats(samples: list[dict], tokenizer, end_ids: set[int]) -> dict:
+    """Token lengths of whole chat samples and of their trained (answer) positions, overall and per task, encoded
+    exactly as fine-tuning encodes them (core/chat_encoding.py). The answer positions size the logits that training
+    puts through the vocabulary (the row preflight's memory estimate)."""
     import numpy as np
+
+    from ctxsynth.core.chat_encoding import encode_chat
 
     def describe(lengths: list[int]) -> dict:
         array = np.asarray(lengths)
@@ -155,15 +159,19 @@ def length_stats(samples: list[dict], tokenizer) -> dict:
         }
 
     lengths: dict[str, list[int]] = {}
+    answers: dict[str, list[int]] = {}
     for sample in samples:
-        ids = tokenizer.apply_chat_template(sample["messages"], tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        lengths.setdefault(sample["task"], []).append(len(ids))
+        encoded = encode_chat(tokenizer, sample["messages"], end_ids)
+        lengths.setdefault(sample["task"], []).append(len(encoded.input_ids))
+        answers.setdefault(sample["task"], []).append(encoded.target_tokens)
     everything = [n for values in lengths.values() for n in values]
     if not everything:
         return {"samples": 0}
+    total_answer = sum(n for values in answers.values() for n in values)
     return {
         "samples": len(everything),
         "tokens": describe(everything),
+        "answer_tokens": describe([n for values in answers.values() for n in values]),
+        "answer_fraction": round(total_answer / sum(everything), 4),
         "tasks": {task: describe(values) for task, values in sorted(lengths.items())},
     }

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
+from ctxsynth.core.chat_encoding import TemplateError, end_of_turn_ids, model_generation_config
 from ctxsynth.core.io import InputError, read_json, read_jsonl
 from ctxsynth.core.tasks import templates_version
 from ctxsynth.mix.assemble import apply_filter, assemble, length_stats, pool_for_variant, require_filter_scores
@@ -84,9 +85,14 @@ def mix_metrics(
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     chat_format = apply_chat_template_choice(tokenizer, chat_template, "finetune.chat_template")
-    stats = length_stats(samples + general, tokenizer)
-    if "long_source" in report:  # the prior dataset's own lengths, beside those of the whole training file
-        report = {**report, "long_source": {**report["long_source"], "lengths": length_stats(samples, tokenizer)}}
+    end_ids = end_of_turn_ids(tokenizer, model_generation_config(model_dir))
+    try:
+        stats = length_stats(samples + general, tokenizer, end_ids)
+        if "long_source" in report:  # the prior dataset's own lengths, beside those of the whole training file
+            lengths = length_stats(samples, tokenizer, end_ids)
+            report = {**report, "long_source": {**report["long_source"], "lengths": lengths}}
+    except TemplateError as error:
+        raise InputError("params.yaml", str(error), field="finetune.chat_template") from None
     return {
         **stats,
         "chat_template": chat_format,

