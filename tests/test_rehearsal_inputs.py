@@ -126,7 +126,7 @@ def test_the_ultrachat_fixture_loads_whole(in_repository):
 def test_the_sharegpt_fixture_skips_and_counts_its_broken_conversation(in_repository):
     source = "inputs/general/rehearsal/sharegpt.jsonl"
     samples, report = load_general({"source": source}, long_samples=0, seed=0)
-    assert (report["available"], report["samples"], report["skipped"]) == (12, 11, 1)
+    assert (report["available"], report["samples"], report["skipped"]) == (15, 14, 1)
     assert report["trailing_user_turns_dropped"] == 1
     (skipped,) = report["skipped_examples"]
     assert (skipped["line"], skipped["field"]) == (8, "messages[2].role")
