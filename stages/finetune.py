@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ctxsynth.core.chat_encoding import TemplateError
 from ctxsynth.core.errors import stage_main
 from ctxsynth.core.settings import load_settings
-from ctxsynth.core.chat_encoding import TemplateError
 from ctxsynth.finetune.settings import FinetuneSettings, accelerate_config_file
 from ctxsynth.finetune.train import train
 

@@ -194,7 +194,9 @@ def test_an_answer_that_merges_with_its_prompt_keeps_its_own_tokens():
         end_ids={0},
         path="mix.jsonl",
     )
-    assert [label for label in data.examples[0].labels if label != IGNORE_INDEX] == tokenizer(" hello")["input_ids"] + [0]
+    assert [label for label in data.examples[0].labels if label != IGNORE_INDEX] == tokenizer(" hello")["input_ids"] + [
+        0
+    ]
 
 
 def test_truncate_middle_keeps_prompt_ends_and_whole_answer(tokenizer, end_ids):

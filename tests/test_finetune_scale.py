@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctxsynth.core.io import InputError, load_params
 from ctxsynth.core.chat_encoding import IGNORE_INDEX, end_of_turn_ids
+from ctxsynth.core.io import InputError, load_params
 from ctxsynth.finetune.data import Example, PadCollator, prepare_examples
 from ctxsynth.finetune.packing import Pack, PackedCollator, pack_examples
 from ctxsynth.finetune.recipes import load_recipes
@@ -293,7 +293,14 @@ def test_shipped_accelerate_configs_parse():
     from accelerate.commands.config.config_args import load_config_from_file
 
     names = sorted(p.stem for p in (ROOT / "configs" / "accelerate").glob("*.yaml"))
-    assert names == ["deepspeed_zero3", "fsdp", "multi_gpu_ddp", "rehearsal_cpu", "single_gpu"]
+    assert names == [
+        "deepspeed_zero3",
+        "deepspeed_zero3_offload",
+        "fsdp",
+        "multi_gpu_ddp",
+        "rehearsal_cpu",
+        "single_gpu",
+    ]
     for name in names:
         config = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
         assert config.num_machines == 1
@@ -302,6 +309,8 @@ def test_shipped_accelerate_configs_parse():
     assert zero3["deepspeed_config"]["zero_stage"] == 3
     assert zero3["deepspeed_config"]["gradient_accumulation_steps"] == paper.grad_accum
     assert zero3["deepspeed_config"]["gradient_clipping"] == paper.max_grad_norm
+    offload = yaml.safe_load((ROOT / "configs" / "accelerate" / "deepspeed_zero3_offload.yaml").read_text())
+    assert offload["deepspeed_config"] == {**zero3["deepspeed_config"], "offload_optimizer_device": "cpu"}
 
 
 def _free_port() -> int:

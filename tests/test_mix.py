@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from ctxsynth.core.chat_encoding import end_of_turn_ids
 from ctxsynth.core.io import InputError
 from ctxsynth.core.tasks import get_task
-from ctxsynth.core.chat_encoding import end_of_turn_ids
 from ctxsynth.mix.assemble import assemble, length_stats, pool_for_variant
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from ctxsynth.core.chat import chat_templates
 from ctxsynth.core.chat_encoding import IGNORE_INDEX, encode_chat, end_of_turn_ids
-from ctxsynth.prepare.stand_ins import _write_tokenizer, stand_in_specs
 from ctxsynth.prepare.seeds import load_paper_seeds
+from ctxsynth.prepare.stand_ins import _write_tokenizer, stand_in_specs
 
 # Answer openings from instruction data (UltraChat, ShareGPT, the paper's seeds): quotes, parentheses, currency,
 # markdown, leading whitespace and newlines, LaTeX, code, HTML, non-Latin scripts.
@@ -41,7 +41,7 @@ HARD_ANSWERS = [
     "<|not a special token|>",
     "[1] Smith et al.",
     "[citation needed]",
-    "{\"key\": \"value\"}",
+    '{"key": "value"}',
     "```python\nprint('hi')\n```",
     "`code` first",
     "1. Open the door.\n2. Walk in.",
@@ -107,7 +107,7 @@ def encoding_problems(tokenizer, messages) -> list[str]:
     # conversation the earlier answers are segments of their own, as their training targets need.
     if len(messages) == 2 and encoded.prompt_ids != tokenizer(prompt, add_special_tokens=False)["input_ids"]:
         problems.append("the prompt is not tokenized as evaluation tokenizes it")
-    # The same text as the whole conversation tokenized at once (LLaMA-2 decodes the space it adds after <s> either way).
+    # The text of the whole conversation tokenized at once (LLaMA-2 decodes the space it adds after <s> either way).
     whole = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
     if tokenizer.decode(encoded.input_ids) != tokenizer.decode(whole):
         problems.append("the ids do not decode to the rendered conversation")

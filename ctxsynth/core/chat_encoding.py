@@ -104,9 +104,8 @@ def chat_segments(tokenizer, messages: Sequence[dict]) -> list[tuple[str, bool]]
         if "".join(text for text, _ in segments) == rendered:
             break
     else:
-        raise TemplateError(
-            f"the chat template changes the answers as it renders them (neither {' nor '.join(n for n, _ in _ANSWER_RENDERINGS)})"
-        )
+        tried = " nor ".join(name for name, _ in _ANSWER_RENDERINGS)
+        raise TemplateError(f"the chat template changes the answers as it renders them (neither {tried})")
     prompt_text = "".join(text for text, _ in segments[:-2])
     generation_prompt = _render(tokenizer, messages[:-1], add_generation_prompt=True)
     if prompt_text != generation_prompt:

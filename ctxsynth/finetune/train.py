@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
-from ctxsynth.core.io import InputError, sha256_file, write_json
 from ctxsynth.core.chat_encoding import end_of_turn_ids, model_generation_config
+from ctxsynth.core.io import InputError, sha256_file, write_json
 from ctxsynth.finetune.data import PadCollator, PreparedData, load_chat_records, prepare_examples
 from ctxsynth.finetune.packing import PackedCollator, pack_examples
 from ctxsynth.finetune.settings import FinetuneSettings

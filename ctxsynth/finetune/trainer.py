@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ctxsynth.core.chat_encoding import IGNORE_INDEX
 from ctxsynth.core.errors import StageError
 from ctxsynth.core.progress import interactive, stage_progress
-from ctxsynth.core.chat_encoding import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

