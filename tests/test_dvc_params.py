@@ -24,6 +24,11 @@ OPERATIONAL = {
     "synthesize.openai.concurrency",
     "synthesize.openai.timeout",
     "synthesize.openai.max_retries",
+    # where the generator's server runs: the weights are named by synthesize.openai.model / model_id
+    "synthesize.openai.serve.command",
+    "synthesize.openai.serve.port",
+    "synthesize.openai.serve.startup_timeout",
+    "synthesize.openai.serve.log",
     "synthesize.openai_batch.base_url",
     "synthesize.openai_batch.api_key_env",
     "synthesize.openai_batch.completion_window",

@@ -80,12 +80,18 @@ def test_every_gpu_row_has_a_rehearsal_row_differing_only_in_substitutable_keys(
         assert check_substitutions(plan, group) == []
         for entry in rehearsal:  # the stand-ins are in place: nothing a rehearsal row reads is on the hub or a GPU
             overrides = entry["overrides"]
-            assert overrides["fetch.model.path"] == "inputs/models/tiny-llama-base", entry["name"]
+            assert overrides["fetch.model.source"] == "stand_in", entry["name"]
+            # the real tokenizer and checkpoint format of the row's own student
+            student = overrides.get("fetch.model.id")
+            expected = {"THUDM/LongAlign-7B-64k-base": "longalign-7b-64k-base"}.get(student, "llama-3.1-8b")
+            assert overrides["fetch.model.stand_in"] == expected, entry["name"]
             assert overrides["finetune.accelerate_config"] == "rehearsal_cpu", entry["name"]
             assert overrides["mix.general.source"].startswith("inputs/general/rehearsal/"), entry["name"]
             backend = overrides.get("synthesize.backend")
-            if backend == "openai":  # a row's own gpu URL (its vLLM fleet) must not survive the substitution
-                assert overrides["synthesize.openai.base_urls"] == [f"http://127.0.0.1:{CHAT_PORT}/v1"], entry["name"]
+            if backend == "openai":  # the stage starts the row's server: at the gpu scale vLLM, here the fake
+                command = overrides["synthesize.openai.serve.command"]
+                assert command[:3] == ["{python}", "-m", "ctxsynth.rehearsal.fake_openai"], entry["name"]
+                assert overrides["synthesize.openai.serve.port"] not in (CHAT_PORT, BATCH_PORT), entry["name"]
             if backend == "openai-batch":
                 assert overrides["synthesize.openai_batch.base_url"] == f"http://127.0.0.1:{BATCH_PORT}/v1"
 

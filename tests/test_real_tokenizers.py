@@ -16,7 +16,8 @@ import pytest
 from ctxsynth.core.chat import chat_templates
 from ctxsynth.core.chat_encoding import IGNORE_INDEX, encode_chat, end_of_turn_ids
 from ctxsynth.prepare.seeds import load_paper_seeds
-from ctxsynth.prepare.stand_ins import _write_tokenizer, stand_in_specs
+from ctxsynth.prepare.stand_in_specs import stand_in_specs
+from ctxsynth.prepare.stand_ins import write_tokenizer
 
 # Answer openings from instruction data (UltraChat, ShareGPT, the paper's seeds): quotes, parentheses, currency,
 # markdown, leading whitespace and newlines, LaTeX, code, HTML, non-Latin scripts.
@@ -71,7 +72,7 @@ def real_tokenizer(request):
 
     spec = stand_in_specs()["stand_ins"][request.param]
     with tempfile.TemporaryDirectory() as directory:
-        _write_tokenizer(spec, Path(directory), None)
+        write_tokenizer(spec, Path(directory), None)
         tokenizer = AutoTokenizer.from_pretrained(directory)
     tokenizer.chat_template = chat_templates()["longalign"]["template"]
     return tokenizer

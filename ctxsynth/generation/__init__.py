@@ -42,6 +42,7 @@ def make_backend(
         from ctxsynth.generation.openai_chat import OpenAIBackend
 
         options = dict(openai or {})
+        options.pop("serve", None)  # the server it starts is the synthesize stage's (generation/managed_server.py)
         # By default the served model is taken to be the pipeline's base model, so cache entries are shared.
         options["model_id"] = options.get("model_id") or model_identity(model_dir)
         options["api_key"] = _api_key(options)

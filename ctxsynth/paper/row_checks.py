@@ -206,7 +206,7 @@ def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int |
                 f"{' or '.join(CHECKPOINT_FORMATS)}",
             )
     elif model.source == "stand_in":
-        from ctxsynth.prepare.stand_ins import stand_in_specs
+        from ctxsynth.prepare.stand_in_specs import stand_in_specs
 
         specs = stand_in_specs()
         directory = None

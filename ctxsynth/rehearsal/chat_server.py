@@ -24,8 +24,10 @@ class ChatServer(LocalServer):
         fail_matching: str | None = None,
         reply: Callable[[dict], str] | None = None,
         port: int = 0,
+        models: list[str] | None = None,
     ):
         self.reply = reply or echo_question
+        self.models = list(models or [])
         self.faults, self.fail_matching, self.slow_seconds = list(faults or []), fail_matching, slow_seconds
         self.lock = threading.Lock()
         self.received: list[str] = []
@@ -34,6 +36,17 @@ class ChatServer(LocalServer):
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):  # vLLM's model list, which a starting server is polled for
+                if self.path.rstrip("/") != "/v1/models":
+                    self.send_error(404)
+                    return
+                listing = json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(listing)))
+                self.end_headers()
+                self.wfile.write(listing.encode())
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

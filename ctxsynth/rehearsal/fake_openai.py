@@ -7,6 +7,10 @@ an instruction-synthesis request gets "Question: ... Answer: ..." taken from its
 the request alone, so a rerun writes the same data. Any API key is accepted: nothing leaves the machine.
 
     python -m ctxsynth.rehearsal.fake_openai   # serve both until interrupted
+    python -m ctxsynth.rehearsal.fake_openai --chat-only --chat-port 18433 --model M   # as `vllm serve M` would
+
+The second form is what the rehearsal's open-generator rows name in `synthesize.openai.serve.command`: the
+synthesize stage starts it, waits for it to list the model, and stops it, as it does `vllm serve` at the gpu scale.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import signal
 import time
 from collections.abc import Iterator
 
@@ -76,7 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-port", type=int, default=BATCH_PORT)
     parser.add_argument("--chat-port", type=int, default=CHAT_PORT)
+    parser.add_argument("--chat-only", action="store_true", help="only the chat server, as `vllm serve` stands")
+    parser.add_argument("--model", action="append", default=[], help="a model the chat server lists")
     args = parser.parse_args(argv)
+    if args.chat_only:
+        with ChatServer(reply=rehearsal_reply, port=args.chat_port, models=args.model) as chat:
+            print(f"fake chat completions at {chat.url} serving {', '.join(args.model) or 'any model'}", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        return 0
     with rehearsal_servers(args.batch_port, args.chat_port) as (batch_url, chat_url):
         print(f"fake OpenAI Batch API at {batch_url}, chat completions at {chat_url}; Ctrl-C stops")
         with contextlib.suppress(KeyboardInterrupt):

@@ -11,6 +11,7 @@ from ctxsynth.core.io import InputError, user_cache_dir
 from ctxsynth.generation import make_backend
 from ctxsynth.generation.base import Backend
 from ctxsynth.generation.cache import GenerationCache
+from ctxsynth.generation.managed_server import ManagedServer, ServedBackend
 from ctxsynth.synthesis.contexts import summarize, synthesize_contexts
 from ctxsynth.synthesis.instructions import synthesize_instructions
 from ctxsynth.synthesis.prompts import get_prompt
@@ -45,18 +46,32 @@ def check_inputs(settings: SynthesizeSettings, model_dir: Path | str) -> None:
         _model_dir_param(settings.verify.judge_model, "synthesize.verify.judge_model")
 
 
-def build_backend(settings: SynthesizeSettings, model_dir: Path | str) -> Backend:
-    """The backend `synthesize.backend` names, with its own settings section."""
-    return make_backend(
+def managed_server(settings: SynthesizeSettings) -> ManagedServer | None:
+    """The generator's server the stage starts itself (`synthesize.openai.serve.command`), or None."""
+    serve = settings.openai.serve
+    if settings.backend != "openai" or serve.command is None:
+        return None
+    log = Path(serve.log).expanduser() if serve.log else user_cache_dir("servers") / f"{serve.port}.log"
+    return ManagedServer(serve.command, settings.openai.model, serve.port, serve.startup_timeout, log)
+
+
+def build_backend(settings: SynthesizeSettings, model_dir: Path | str, server: ManagedServer | None = None) -> Backend:
+    """The backend `synthesize.backend` names, with its own settings section; with `server`, talking to it only and
+    starting it on the first generation that is not cached."""
+    openai = dataclasses.asdict(settings.openai)
+    if server is not None:
+        openai["base_urls"] = [server.url]
+    backend = make_backend(
         settings.backend,
         generator_dir(settings, model_dir),
         batch_size=settings.batch_size,
         device=settings.device,
         dtype=settings.dtype,
-        openai=dataclasses.asdict(settings.openai),
+        openai=openai,
         vllm=dataclasses.asdict(settings.vllm),
         openai_batch=dataclasses.asdict(settings.openai_batch),
     )
+    return backend if server is None else ServedBackend(backend, server)
 
 
 def generation_cache(settings: SynthesizeSettings) -> GenerationCache:
@@ -135,11 +150,18 @@ def run_synthesis(
         verify(records, None, generation_cache(settings), settings)
         run = {"generated": 0, "from_cache": 0, "released": release["matched"]}
         return records, {**summarize(records), "method": settings.method, "run": run, "release": release}
-    backend = build_backend(settings, model_dir)
+    server = managed_server(settings)
+    backend = build_backend(settings, model_dir, server)
     cache = generation_cache(settings)
-    records, stats = synthesize(seeds, backend, cache, settings, progress)
-    verify(records, backend, cache, settings)
+    try:
+        records, stats = synthesize(seeds, backend, cache, settings, progress)
+        verify(records, backend, cache, settings)
+    finally:
+        if server is not None:  # before fine-tuning needs the GPUs back, whatever happened
+            server.stop()
     metrics = {**summarize(records), "method": settings.method, "run": stats}
+    if server is not None:  # the command as params name it: the rendered one holds this machine's paths
+        metrics["server"] = {"command": settings.openai.serve.command, "started": server.started}
     if settings.backend == "openai-batch":
         metrics["batches"] = list(getattr(backend, "batches", []))
         metrics["batch_ids"] = sorted({r["provenance"]["batch_id"] for r in records if r["provenance"].get("batch_id")})

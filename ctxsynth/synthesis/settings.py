@@ -63,6 +63,34 @@ class VllmSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    """`synthesize.openai.serve`: the generator's server, started by the synthesize stage on the first generation
+    that is not cached, and stopped before the stage ends (ctxsynth/generation/managed_server.py)."""
+
+    # null: base_urls name servers started elsewhere. A list: the command, with {model}, {port} and {python} filled
+    # in, e.g. [.venv-vllm/bin/vllm, serve, "{model}", --port, "{port}", --tensor-parallel-size, "8"].
+    command: list[str] | None = None
+    port: int = 8000  # where the started server listens; base_urls is then http://127.0.0.1:<port>/v1
+    startup_timeout: float = 1800  # seconds to wait for the model to load (a 72B model takes minutes)
+    log: str | None = None  # the server's output; null: ~/.cache/ctxsynth/servers/<port>.log
+
+    def validate(self) -> None:
+        if self.command is not None:
+            if not self.command or not all(isinstance(part, str) for part in self.command):
+                raise Invalid("command", "expected a non-empty list of strings, or null")
+            for part in self.command:
+                names = re.findall(r"{(\w*)}", part)
+                unknown = [name for name in names if name not in ("model", "port", "python")]
+                if unknown:
+                    known = "{model}, {port}, {python}"
+                    raise Invalid("command", f"unknown placeholder {{{unknown[0]}}} (known: {known})")
+        if not 0 < self.port < 65536:
+            raise Invalid("port", f"expected a TCP port, got {self.port}")
+        if self.startup_timeout <= 0:
+            raise Invalid("startup_timeout", f"expected > 0 seconds, got {self.startup_timeout}")
+
+
+@dataclass(frozen=True)
 class OpenAISettings:
     """`synthesize.openai`: backend openai (any chat-completions server; several URLs are used round-robin)."""
 
@@ -73,6 +101,7 @@ class OpenAISettings:
     concurrency: int = 8  # requests in flight
     timeout: float = 120  # seconds per request
     max_retries: int = 6  # per request, with exponential backoff
+    serve: ServeSettings = field(default_factory=ServeSettings)  # start the server in the stage (vllm serve)
 
     def validate(self) -> None:
         if not self.base_urls:
