@@ -17,7 +17,17 @@ ROWS ?=
 PAPER_GROUPS := paper-pilot paper-main paper-main-llama2 paper-sharegpt paper-contexts paper-generator
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: repro test lint format install dag clean-venv report $(PAPER_GROUPS)
+# GPU machines: two environments, since vLLM pins its own torch (installed beside the training torch it would
+# replace it, and flash-attn's compiled kernels would no longer load). `make gpu-env`: .venv with the CUDA torch
+# (PyPI's Linux wheel of $(TORCH)), then DeepSpeed, then flash-attn built against that torch without build isolation.
+# `make vllm-env`: vLLM alone in .venv-vllm, which the synthesize stage starts as a server
+# (synthesize.openai.serve.command). `ctxsynth experiments preflight <group> --scale gpu` checks both.
+GPU_EXTRAS ?= pipeline,eval,quant,gpu,test
+FLASH_ATTN ?= flash-attn==2.8.3.post2
+VLLM ?= vllm==0.34.0
+VLLM_VENV := .venv-vllm
+
+.PHONY: repro test lint format install dag clean-venv report gpu-env vllm-env $(PAPER_GROUPS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +39,21 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(INSTALLED)
+
+gpu-env: | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'torch $(TORCH) here is a CPU build: on a CUDA machine pip takes the CUDA one')"
+	$(BIN)/pip install --quiet -e ".[$(GPU_EXTRAS)]"
+	$(BIN)/pip install --quiet packaging ninja psutil
+	$(BIN)/pip install --no-build-isolation "$(FLASH_ATTN)"
+	$(BIN)/python -c "import flash_attn, deepspeed, bitsandbytes, torch; print('gpu-env: torch', torch.__version__, 'CUDA', torch.version.cuda, 'flash-attn', flash_attn.__version__)"
+	touch $(INSTALLED)
+
+vllm-env:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install "$(VLLM)"
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm-env: vllm', vllm.__version__)"
 
 repro: $(INSTALLED)
 	$(RUN) $(BIN)/ctxsynth preflight

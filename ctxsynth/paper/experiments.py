@@ -400,6 +400,7 @@ def preflight_group(
     """Every run of the group checked with its resolved params (ctxsynth/paper/row_checks.py); a table, then one
     line per problem naming the row and the key; exit 2 on any problem."""
     from ctxsynth.core.io import read_text_utf8
+    from ctxsynth.paper.environment import cuda_available
     from ctxsynth.paper.row_checks import check_row, render, with_overrides
 
     params = yaml.safe_load(read_text_utf8(params_path))
@@ -410,6 +411,11 @@ def preflight_group(
     print(render(results))
     for line in [line for result in results for line in result.warnings + result.problems]:
         print(line, file=sys.stderr)
+    engines = sorted({engine for result in results for engine in result.engines})
+    if engines and not cuda_available():
+        print("engines the rows need that this machine lacks (no CUDA device here: notes for the GPU machine):")
+        for key, message in engines:
+            print(f"  {key}: {message}")
     return 2 if any(result.problems for result in results) else 0
 
 

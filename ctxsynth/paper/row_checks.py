@@ -30,6 +30,7 @@ from ctxsynth.core.settings import load_settings
 from ctxsynth.core.tasks import get_task
 from ctxsynth.evaluate.run import CHAT_MARGIN, _chat_overhead, _model_window
 from ctxsynth.finetune.settings import accelerate_config_file
+from ctxsynth.paper.environment import cuda_available, missing_engines
 from ctxsynth.paper.memory import checkpoint_disk_gb, fitting_max_tokens, memory_estimate
 from ctxsynth.preflight import SECTIONS, collect_problems, warnings
 
@@ -65,6 +66,7 @@ class RowCheck:
     launcher: str = "–"
     memory: str = "–"
     disk: str = "–"
+    engines: list[tuple[str, str]] = field(default_factory=list)  # (key, what is missing here): paper/environment.py
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -189,6 +191,10 @@ def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int |
         row.warnings += [f"{name}: {line}" for line in warnings(path) if not line.startswith(skip)]
     synthesize = settings["synthesize"]
     evaluate, model = settings["evaluate"], settings["fetch"].model
+    row.engines = missing_engines(settings, ACCELERATE_CONFIGS)
+    if row.engines and cuda_available():  # this is the machine the row will run on
+        for key, message in row.engines:
+            row.problem(key, message)
     tasks = [*evaluate.tasks, *(evaluate.longbench_tasks if evaluate.longbench_dir else [])]
     if not tasks:
         row.problem("evaluate.tasks", "empty and evaluate.longbench_dir is unset: nothing to score")
