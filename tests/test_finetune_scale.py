@@ -446,3 +446,18 @@ def test_paper_recipe_launches_on_two_cpu_processes_as_the_rehearsal_does(tmp_pa
     summary = json.loads((out / "train.json").read_text())
     assert summary["world_size"] == 2 and summary["method"] == "full" and summary["packed_sequences"] >= 1
     assert (out / "adapter" / "config.json").is_file() and not is_adapter_dir(out / "adapter")
+
+
+def test_parameter_counts_are_right_under_zero3_partitioning():
+    """ZeRO-3 leaves each process an empty placeholder per parameter and the real count in ds_numel."""
+    import torch
+
+    from ctxsynth.finetune.train import count_parameters
+
+    model = torch.nn.Linear(4, 3)
+    assert count_parameters(model) == (15, 15)
+    for parameter in model.parameters():
+        parameter.ds_numel = parameter.numel()
+        parameter.data = torch.empty(0)  # what the partitioned model holds on each process
+    model.bias.requires_grad_(False)
+    assert count_parameters(model) == (12, 15)

@@ -133,6 +133,14 @@ class FinetuneSettings:
             raise Invalid("max_tokens", f"expected >= 0 (0 = no limit), got {self.max_tokens}")
         if self.packing and self.max_tokens == 0:
             raise Invalid("max_tokens", "packing needs a token budget per sequence (max_tokens > 0)")
+        if self.packing and self.attn_implementation == "flash_attention_2" and self.batch_size > 1:
+            # flash attention reads a packed row's sample boundaries from its position ids only when the batch is
+            # one row; with more it unpads by the attention mask, and the samples of a row attend to each other
+            raise Invalid(
+                "batch_size",
+                f"packing with flash_attention_2 needs batch_size 1 (got {self.batch_size}): samples of a packed row "
+                "would attend to each other; raise grad_accum instead",
+            )
         if self.max_steps <= 0 and self.epochs <= 0:
             raise Invalid("epochs", "expected > 0 when max_steps is off (-1)")
         if not self.target_modules:

@@ -203,13 +203,18 @@ def _save_output(trainer, tokenizer, params: FinetuneSettings, adapter_dir: Path
             shutil.rmtree(tmp)
 
 
+def _numel(parameter) -> int:
+    # Under ZeRO-3 each process holds an empty placeholder; DeepSpeed keeps the real count in ds_numel.
+    return int(getattr(parameter, "ds_numel", 0) or parameter.numel())
+
+
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total)."""
-    if hasattr(model, "get_nb_trainable_parameters"):  # PEFT counts 4-bit packed weights at their real size
-        return model.get_nb_trainable_parameters()
+    """(trainable, total), right under ZeRO-3 too."""
+    if hasattr(model, "get_nb_trainable_parameters") and not any(hasattr(p, "ds_numel") for p in model.parameters()):
+        return model.get_nb_trainable_parameters()  # PEFT counts 4-bit packed weights at their real size
     return (
-        sum(p.numel() for p in model.parameters() if p.requires_grad),
-        sum(p.numel() for p in model.parameters()),
+        sum(_numel(p) for p in model.parameters() if p.requires_grad),
+        sum(_numel(p) for p in model.parameters()),
     )
 
 

@@ -164,7 +164,9 @@ def hub_dataset_revision(source: str, revision: str | None = None) -> str:
     return sha
 
 
-def _read_rows(source: str, split: str, pinned: str | None = None) -> tuple[list[tuple[int | None, dict]], str | None]:
+def _read_rows(
+    source: str, split: str, pinned: str | None = None, data_files: str | None = None
+) -> tuple[list[tuple[int | None, dict]], str | None]:
     """(line, row) pairs of `source`, and the commit sha a hub dataset was read at (None for a local file)."""
     path = Path(source)
     if is_local_source(source):
@@ -178,7 +180,9 @@ def _read_rows(source: str, split: str, pinned: str | None = None) -> tuple[list
         import datasets
 
         revision = hub_dataset_revision(source, pinned)
-        dataset = datasets.load_dataset(source, split=split, revision=revision)
+        # Without data_files a repository of several JSON dumps (ShareGPT_Vicuna_unfiltered) is read whole.
+        files = {"data_files": data_files} if data_files else {}
+        dataset = datasets.load_dataset(source, split=split, revision=revision, **files)
     except Exception as error:  # noqa: BLE001 - the message must name the parameter, whatever the cause
         raise InputError(
             "params.yaml",
@@ -198,7 +202,7 @@ def load_general(
     if not source:
         return [], {}
     count, ratio = options.count, options.ratio
-    rows, revision = _read_rows(str(source), options.split or "train", options.revision)
+    rows, revision = _read_rows(str(source), options.split or "train", options.revision, options.data_files)
     samples, skipped, trimmed = [], [], 0
     for line, record in rows:
         # Real chat dumps (ShareGPT above all) hold broken conversations: as LongAlign does, a trailing unanswered

@@ -231,6 +231,8 @@ class GeneralSourceSettings:
     source: str | None = None
     split: str = "train"  # hub datasets only
     revision: str | None = None  # hub datasets: the commit to read (null = what the default branch is now, recorded)
+    # hub datasets: the files to read (a repository of several dumps, as ShareGPT's); null = the dataset's default
+    data_files: str | None = None
     count: int | None = None  # how many general samples (null = all) ...
     ratio: float | None = None  # ... or this many per long sample (give one of count and ratio)
 
