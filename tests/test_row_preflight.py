@@ -199,6 +199,25 @@ def test_memory_per_device_is_estimated_and_checked(project):
     fails(check(project, {"finetune.accelerate_config": "multi_gpu_ddp"}), "finetune.max_tokens", "not sharded")
     # a full fine-tuning checkpoint of 8B: optimizer shards and bf16 weights, 14 B per parameter
     assert 110 < float(full.disk) < 115 and float(qlora.disk) < 3
+    assert float(full.eval_hours) < 0.1  # 16 test documents
+
+
+def test_evaluation_hours_of_longbench_at_32k():
+    """One pass over LongBench's 8 x 200 documents at 31.5K tokens on one GPU: hours, not minutes."""
+    from types import SimpleNamespace
+
+    from ctxsynth.evaluate.settings import PAPER_TASKS
+    from ctxsynth.paper.eval_cost import evaluation_hours
+    from ctxsynth.prepare.settings import BenchmarkSettings
+
+    facts = shape_facts(model_facts()["meta-llama/Llama-3.1-8B"])
+    evaluate = SimpleNamespace(max_length=31500, limit=None)
+    hours = evaluation_hours(facts, evaluate, BenchmarkSettings(), list(PAPER_TASKS))
+    assert 1.0 < hours < 2.5
+    limited = evaluation_hours(
+        facts, SimpleNamespace(max_length=31500, limit=20), BenchmarkSettings(), list(PAPER_TASKS)
+    )
+    assert abs(limited - hours / 10) < 1e-9
 
 
 def test_packed_32k_rows_through_sdpa_fail(project):

@@ -257,7 +257,9 @@ def test_checks_across_keys_name_the_key_to_fix():
         load("fetch", {"model": {"source": "hub"}})
     with pytest.raises(InputError, match=r"field 'lengths\.tasks\[1\]': unknown task 'nope'"):
         load("lengths", {"tasks": ["squad_long", "nope"]})
-    with pytest.raises(InputError, match=r"field 'finetune\.batch_size': packing with flash_attention_2 needs batch_siz"):
+    with pytest.raises(
+        InputError, match=r"field 'finetune\.batch_size': packing with flash_attention_2 needs batch_siz"
+    ):
         load("finetune", {"recipe": "paper", "batch_size": 2})
     with pytest.raises(InputError, match=r"field 'fetch\.model\.stand_in': expected one of llama-3\.1-8b, longal"):
         load("fetch", {"model": {"source": "stand_in", "stand_in": "gpt-2"}})

@@ -31,6 +31,7 @@ from ctxsynth.core.tasks import get_task
 from ctxsynth.evaluate.run import CHAT_MARGIN, _chat_overhead, _model_window
 from ctxsynth.finetune.settings import accelerate_config_file
 from ctxsynth.paper.environment import cuda_available, missing_engines
+from ctxsynth.paper.eval_cost import evaluation_hours
 from ctxsynth.paper.memory import checkpoint_disk_gb, fitting_max_tokens, memory_estimate
 from ctxsynth.preflight import SECTIONS, collect_problems, warnings
 
@@ -51,7 +52,8 @@ HEADER = (
     "chat template",
     "launcher",
     "GiB/device (est.) / GPU",
-    "GB/checkpoint",
+    "GB/ckpt",
+    "eval h/pass",
     "verdict",
 )
 OFFLOAD_CONFIG = "deepspeed_zero3_offload"  # LongAlign's: the optimizer states in CPU memory
@@ -66,6 +68,7 @@ class RowCheck:
     launcher: str = "–"
     memory: str = "–"
     disk: str = "–"
+    eval_hours: str = "–"
     engines: list[tuple[str, str]] = field(default_factory=list)  # (key, what is missing here): paper/environment.py
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -233,6 +236,7 @@ def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int |
     _check_chat(row, facts, settings["finetune"], evaluate)
     _check_window(row, facts, settings["finetune"], evaluate, tasks)
     _check_launcher(row, facts, settings["finetune"], gpu_memory_gib, gpus)
+    row.eval_hours = f"{evaluation_hours(facts, evaluate, settings['benchmark'], tasks):.1f}"
     return row
 
 
@@ -357,12 +361,16 @@ def _check_generator(row: RowCheck, synthesize, has_seeds: bool) -> None:
 
 def render(results: list[RowCheck], styled: bool | None = None) -> str:
     """One line per row: a rich table on a terminal, plain text otherwise."""
-    rows = [(r.name, r.inputs, r.window, r.chat, r.launcher, r.memory, r.disk, r.verdict) for r in results]
+    rows = [
+        (r.name, r.inputs, r.window, r.chat, r.launcher, r.memory, r.disk, r.eval_hours, r.verdict) for r in results
+    ]
     if sys.stdout.isatty() if styled is None else styled:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(*HEADER)
+        table = Table()
+        for index, title in enumerate(HEADER):  # the row's name and verdict whole; the other columns wrap
+            table.add_column(title, no_wrap=index in (0, len(HEADER) - 1))
         for cells in rows:
             table.add_row(*cells, style="red" if cells[-1].startswith("FAIL") else None)
         console = Console()
