@@ -48,7 +48,10 @@ def _write_weights(spec: dict, shape: dict, directory: Path, seed: int) -> None:
     model.config.dtype = spec["config"]["dtype"]
     model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id)
     if spec["checkpoint"] == "pytorch_model_bin":
-        model.save_pretrained(directory, safe_serialization=False)
+        # As the hub repository ships it: a pickled state dict (transformers 5 writes safetensors only).
+        model.config.save_pretrained(directory)
+        model.generation_config.save_pretrained(directory)
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
     else:
         model.save_pretrained(directory, max_shard_size=SHARD_BYTES)
     for name in ("config.json", "generation_config.json"):  # the only bytes that named the installed transformers
