@@ -19,6 +19,11 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 
 class FakeHfApi:
     calls: list = []
+    files: list = ["config.json", "model.safetensors", "tokenizer.json"]  # the repository's file list
+
+    def list_repo_files(self, repo_id, revision=None, **kwargs):
+        self.calls.append(("files", repo_id, revision))
+        return list(self.files)
 
     def model_info(self, repo_id, revision=None, **kwargs):
         self.calls.append(("model", repo_id, revision))
@@ -34,6 +39,7 @@ def hub(monkeypatch):
     import huggingface_hub
 
     FakeHfApi.calls = []
+    FakeHfApi.files = ["config.json", "model.safetensors", "tokenizer.json"]
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     return FakeHfApi
 
@@ -54,14 +60,45 @@ def test_a_hub_model_is_downloaded_as_it_is_at_its_resolved_commit(hub, tiny_mod
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     spec = {"source": "hub", "id": "org/model", "revision": "main"}
     provenance = materialize_model(spec, tmp_path / "model")
-    assert hub.calls == [("model", "org/model", "main")]
+    assert hub.calls == [("model", "org/model", "main"), ("files", "org/model", SHA)]
     assert [(repo, revision) for repo, revision, _ in downloads] == [("org/model", SHA)]  # one commit for all files
-    assert "*.safetensors" in downloads[0][2] and "*.bin" not in downloads[0][2]
+    assert "*.safetensors" in downloads[0][2] and not any(".bin" in pattern for pattern in downloads[0][2])
     assert provenance["revision"] == "main" and provenance["resolved_revision"] == SHA
     assert provenance["name"] == "org/model" and not (tmp_path / "model" / ".cache").exists()
     for path in tiny_model_dir.iterdir():  # taken as it is: no fp32 rebuild
         assert (tmp_path / "model" / path.name).read_bytes() == path.read_bytes()
     json.dumps(provenance)  # written as data/model/provenance.json
+
+
+def test_a_hub_model_without_safetensors_is_downloaded_as_bin_and_converted(hub, tmp_path, monkeypatch):
+    """THUDM/LongAlign-7B-64k-base ships only pytorch_model.bin: the download asks for it, fetch converts it."""
+    import huggingface_hub
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hub.files = ["config.json", "pytorch_model.bin", "tokenizer.model", "tokenizer_config.json"]
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(config).to(torch.float16)
+    patterns = []
+
+    def snapshot_download(repo_id, revision=None, local_dir=None, allow_patterns=None, **kwargs):
+        patterns.extend(allow_patterns)
+        Path(local_dir).mkdir(parents=True)
+        model.config.save_pretrained(local_dir)
+        torch.save(model.state_dict(), Path(local_dir) / "pytorch_model.bin")
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    provenance = materialize_model({"source": "hub", "id": "THUDM/LongAlign-7B-64k-base"}, tmp_path / "model")
+    assert "pytorch_model*.bin" in patterns and provenance["converted_from"] == ["pytorch_model.bin"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_a_local_model_keeps_its_dtype_and_shards(tiny_model_dir, tmp_path, monkeypatch):
