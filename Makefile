@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# Every version the CPU environment resolved to, as pip constraints (`make lock` refreshes it).
+LOCK := requirements.lock
 # CPU torch first, pinned: a looser requirement lets pip pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 EXTRAS ?= pipeline,eval,quant,test
@@ -27,23 +29,29 @@ FLASH_ATTN ?= flash-attn==2.8.3.post2
 VLLM ?= vllm==0.34.0
 VLLM_VENV := .venv-vllm
 
-.PHONY: repro test lint format install dag clean-venv report gpu-env vllm-env $(PAPER_GROUPS)
+.PHONY: repro test lint format install lock dag clean-venv report gpu-env vllm-env $(PAPER_GROUPS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(INSTALLED): pyproject.toml | $(BIN)/python
+$(INSTALLED): pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --quiet -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
+
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet --upgrade -e ".[$(EXTRAS)]"
+	{ sed -n '1,2p' $(LOCK); $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 install: $(INSTALLED)
 
 gpu-env: | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'torch $(TORCH) here is a CPU build: on a CUDA machine pip takes the CUDA one')"
-	$(BIN)/pip install --quiet -e ".[$(GPU_EXTRAS)]"
+	$(BIN)/pip install --quiet -c $(LOCK) -e ".[$(GPU_EXTRAS)]"
 	$(BIN)/pip install --quiet packaging ninja psutil
 	$(BIN)/pip install --no-build-isolation "$(FLASH_ATTN)"
 	$(BIN)/python -c "import flash_attn, deepspeed, bitsandbytes, torch; print('gpu-env: torch', torch.__version__, 'CUDA', torch.version.cuda, 'flash-attn', flash_attn.__version__)"

@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ctxsynth.core.inputs import DVC
+from ctxsynth.core.dvc_deps import DVC
 from ctxsynth.core.io import InputError, sha256_file, write_json
 
 SEEDS_DEST = Path("inputs/seeds/context_synthesis")

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.errors import error_line
-from ctxsynth.core.inputs import require_tracked
 from ctxsynth.core.io import InputError, read_text_utf8
 from ctxsynth.core.settings import load_settings
 from ctxsynth.evaluate.run import find_sources

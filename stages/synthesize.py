@@ -8,6 +8,7 @@ from ctxsynth.core.errors import stage_main
 from ctxsynth.core.io import write_json, write_jsonl
 from ctxsynth.core.progress import stage_progress
 from ctxsynth.core.settings import load_settings
+from ctxsynth.core.versions import library_versions
 from ctxsynth.prepare.seeds import read_seed_dir
 from ctxsynth.synthesis.run import run_synthesis
 from ctxsynth.synthesis.settings import SynthesizeSettings
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     with stage_progress() as progress:
         records, metrics = run_synthesis(seeds, args.model, settings, progress)
     write_jsonl(args.out, records)
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, {**metrics, "versions": library_versions()})
     run = metrics["run"]
     print(f"synthesize: {len(records)} records, {run['generated']} generated, {run['from_cache']} from cache")
 

@@ -299,7 +299,8 @@ def test_end_to_end_base_and_adapter(tiny_model_dir, adapter_dir, benchmark_dir,
 
     written = json.loads(metrics.read_text())
     assert written == report
-    assert set(written) == {"base", "finetuned", "delta"}
+    assert set(written) == {"base", "finetuned", "delta", "versions"}
+    assert {"python", "torch", "transformers", "lm_eval"} <= set(written["versions"])
     for variant in ("base", "finetuned"):
         assert set(written[variant]) == {"tasks", "categories", "overall"}
         assert set(written[variant]["tasks"]) == {"squad_long", "niah_single"}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from ctxsynth.core.inputs import DVC
+from ctxsynth.core.dvc_deps import DVC
 from ctxsynth.core.io import InputError
 from ctxsynth.paper.collect import (
     collect,

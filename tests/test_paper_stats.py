@@ -110,7 +110,6 @@ def test_seeds_are_resampled_as_a_second_level():
     estimate = stats.difference(a, b)
     assert (estimate.value, estimate.low, estimate.high) == (20.0, 10.0, 30.0)
     assert estimate.seeds == (("a", 3), ("b", 1))
-    assert stats.seed_values(a) == [10.0, 20.0, 30.0]
 
 
 def test_one_rows_score_is_the_mean_of_its_task_means():

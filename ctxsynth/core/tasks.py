@@ -43,10 +43,6 @@ def templates_version() -> int:
     return _registry()[0]
 
 
-def task_names() -> list[str]:
-    return list(_registry()[1])
-
-
 def get_task(name: str) -> TaskSpec:
     """Look a task up by its name or an alias (the paper's seed files say `2wikiqa`, LongBench says `2wikimqa`)."""
     specs = _registry()[1]

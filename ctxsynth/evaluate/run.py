@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
-from ctxsynth.core.inputs import require_tracked
+from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.io import (
     InputError,
     dumps,
@@ -26,6 +26,7 @@ from ctxsynth.core.io import (
 )
 from ctxsynth.core.scoring import delta, niah_heatmap, summarize
 from ctxsynth.core.tasks import get_task, templates_version
+from ctxsynth.core.versions import library_versions
 from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir, resolve_device, resolve_dtype
 from ctxsynth.evaluate.settings import EvalSettings
 
@@ -224,6 +225,7 @@ def evaluate(
     write_jsonl(predictions_path, predictions)
     if niah_plot_path is not None:
         write_json(niah_plot_path, niah_heatmap(predictions))
+    report["versions"] = library_versions()  # the scores depend on them (tokenizers, kernels)
     write_json(metrics_path, report)
     return report
 

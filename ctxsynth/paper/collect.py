@@ -20,7 +20,7 @@ import logging
 import subprocess
 from pathlib import Path
 
-from ctxsynth.core.inputs import DVC
+from ctxsynth.core.dvc_deps import DVC
 from ctxsynth.paper.experiments import RUNS_LOG, load_plan, planned_names, planned_runs
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from ctxsynth.core.inputs import DVC
+from ctxsynth.core.dvc_deps import DVC
 from ctxsynth.core.io import InputError
 
 PLAN = Path("experiments/paper.yaml")

@@ -44,7 +44,6 @@ SHARDED = {"DEEPSPEED", "FSDP"}
 CHECKPOINT_FORMATS = ("safetensors", "pytorch_model_bin")  # what fetch_model takes (prepare/model_convert.py)
 DISTRIBUTED = SHARDED | {"MULTI_GPU", "MULTI_CPU"}
 LARGE = 1e9  # parameters above which full fine-tuning in one process is a mistake
-SHA = re.compile(r"[0-9a-f]{40}")
 HEADER = (
     "row",
     "inputs",

@@ -152,12 +152,6 @@ def difference(
     return contrast({"a": a, "b": b}, [(1.0, "a"), (-scale_b, "b")], {t: 1 / len(tasks) for t in tasks}, **options)
 
 
-def seed_values(runs: Sequence[Run], tasks: Sequence[str] | None = None) -> list[float]:
-    """Each seed's overall score (mean of task means), for the range over seeds shown beside the interval."""
-    tasks = list(tasks) if tasks is not None else common_strata(runs)
-    return [_round(np.mean([np.mean(list(run[t].values())) for t in tasks])) for run in runs] if tasks else []
-
-
 def combine(verdicts: Sequence[str]) -> str:
     """A claim made of several parts: holds if every part holds, contradicted if any part is, else inconclusive."""
     if verdicts and all(v == HOLDS for v in verdicts):

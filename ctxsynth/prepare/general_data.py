@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from ctxsynth.core.chat import validate_messages
-from ctxsynth.core.inputs import require_tracked
+from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.io import InputError, read_json, read_jsonl_numbered, sha256_file
 from ctxsynth.core.settings import coerce
 from ctxsynth.core.text import count_words, stable_int

@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from ctxsynth.core.chat import validate_messages
-from ctxsynth.core.inputs import require_tracked
+from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.io import InputError, read_jsonl_numbered, read_text_utf8, sha256_file
 from ctxsynth.core.settings import coerce
 from ctxsynth.core.text import stable_int

@@ -18,8 +18,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.identity import weights_sha256
-from ctxsynth.core.inputs import require_tracked
 from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import coerce
 from ctxsynth.prepare.fetch import FetchError, default_wheel_cache, download_wheel, extract_member

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ctxsynth.core.inputs import require_tracked
+from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.io import InputError, read_json, read_jsonl_numbered
 from ctxsynth.core.settings import coerce
 from ctxsynth.core.tasks import get_task

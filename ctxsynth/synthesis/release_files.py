@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from ctxsynth.core.inputs import require_tracked
+from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.io import InputError, decode_line, sha256_file
 from ctxsynth.core.tasks import get_task
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ctxsynth.core.inputs import require_tracked
+from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.io import InputError, user_cache_dir
 from ctxsynth.generation import make_backend
 from ctxsynth.generation.base import Backend
