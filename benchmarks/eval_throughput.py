@@ -24,7 +24,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from ctxsynth.core.io import write_jsonl
 from ctxsynth.core.tasks import get_task, templates_version
 from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir
-from ctxsynth.evaluate.run import _prepare, load_benchmark
+from ctxsynth.evaluate.run import load_benchmark, prepare_document
 
 
 def bare_loop(model_dir: str, prepared: dict[str, list[dict]]) -> float:
@@ -64,7 +64,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     prepared = {
         task: [
-            _prepare(doc, get_task(task), tokenizer, args.max_length)
+            prepare_document(doc, get_task(task), tokenizer, args.max_length)
             for doc in load_benchmark(args.benchmark_dir / f"{task}.jsonl", task)[: args.limit]
         ]
         for task in args.tasks

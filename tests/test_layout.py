@@ -138,3 +138,14 @@ def test_each_stage_declares_the_library_code_it_runs():
             if not any(path == dep or dep in path.parents for dep in declared):
                 missing.append(f"{name}: {path.relative_to(ROOT)}")
     assert not missing, "stage imports not declared in dvc.yaml deps:\n" + "\n".join(missing)
+
+
+def test_no_module_imports_another_modules_private_name():
+    """A leading underscore says "this module's own": another module that needs it needs a public name."""
+    offenders = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "stages").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ctxsynth"):
+                private = [alias.name for alias in node.names if alias.name.startswith("_")]
+                offenders += [f"{path.relative_to(ROOT)}: {node.module}.{name}" for name in private]
+    assert not offenders, offenders

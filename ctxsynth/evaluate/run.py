@@ -153,9 +153,9 @@ def evaluate(
             named_template = tokenizer.chat_template
     config = AutoConfig.from_pretrained(model_dir)
     _check_not_stale_gguf(model_dir, config)
-    window = _model_window(config)
+    window = model_window(config)
     specs = {task: get_task(task) for task, _ in sources}
-    overhead = _chat_overhead(tokenizer) if settings.apply_chat_template else 1
+    overhead = chat_overhead(tokenizer) if settings.apply_chat_template else 1
     max_length = settings.max_length
     if max_length is None:
         max_length = window - max(spec.max_new_tokens for spec in specs.values()) - overhead - CHAT_MARGIN
@@ -174,7 +174,7 @@ def evaluate(
         tasks, prepared = [], {}
         for task, path in sources:
             docs = load_benchmark(path, task)[: settings.limit]
-            prepared[task] = [_prepare(doc, specs[task], tokenizer, max_length) for doc in docs]
+            prepared[task] = [prepare_document(doc, specs[task], tokenizer, max_length) for doc in docs]
             data_file = tmp / "data" / f"{task}.jsonl"
             write_jsonl(data_file, prepared[task])
             tasks.append(LmEvalTask(task, data_file, specs[task].max_new_tokens))
@@ -267,7 +267,7 @@ def generation_cache_db(
     return user_cache_dir("lm_eval") / sha256_text("\n".join(parts))[:32]
 
 
-def _prepare(doc: dict, spec, tokenizer, max_length: int) -> dict:
+def prepare_document(doc: dict, spec, tokenizer, max_length: int) -> dict:
     prompt, original, truncated = middle_truncate(tokenizer, spec.render(doc["context"], doc["input"]), max_length)
     kept = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) if truncated else original
     return {
@@ -315,7 +315,7 @@ def _check_not_stale_gguf(model_dir: Path, config) -> None:
         )
 
 
-def _model_window(config) -> int:
+def model_window(config) -> int:
     config = getattr(config, "text_config", None) or config
     for attribute in ("max_position_embeddings", "n_positions", "n_ctx"):
         if getattr(config, attribute, None):
@@ -323,7 +323,7 @@ def _model_window(config) -> int:
     return 2048
 
 
-def _chat_overhead(tokenizer) -> int:
+def chat_overhead(tokenizer) -> int:
     """Tokens the chat template adds around a user message (system prompt, role markers, generation prompt)."""
     if not getattr(tokenizer, "chat_template", None):
         raise InputError(

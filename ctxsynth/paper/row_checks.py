@@ -28,7 +28,7 @@ from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice, chat_
 from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import load_settings
 from ctxsynth.core.tasks import get_task
-from ctxsynth.evaluate.run import CHAT_MARGIN, _chat_overhead, _model_window
+from ctxsynth.evaluate.run import CHAT_MARGIN, chat_overhead, model_window
 from ctxsynth.finetune.settings import accelerate_config_file
 from ctxsynth.paper.environment import cuda_available, missing_engines
 from ctxsynth.paper.eval_cost import evaluation_hours
@@ -114,7 +114,7 @@ def shape_facts(config: dict) -> dict:
     embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings") else 2)
     computed = layers * (2 * hidden * query + 2 * hidden * kv + 3 * hidden * intermediate) + embeddings
     return {
-        "window": _model_window(SimpleNamespace(**text)),
+        "window": model_window(SimpleNamespace(**text)),
         "parameters": config.get("parameters") or computed,
         "embeddings": embeddings,
         "layers": layers,
@@ -144,7 +144,7 @@ def _local_chat_tokens(directory: str, template: str) -> int:
     tokenizer = AutoTokenizer.from_pretrained(directory)
     try:
         apply_chat_template_choice(tokenizer, template, "evaluate.chat_template")
-        return _chat_overhead(tokenizer)
+        return chat_overhead(tokenizer)
     except InputError:  # no template to count: the chat template check reports it
         return CHAT_ALLOWANCE
 
