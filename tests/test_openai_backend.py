@@ -75,3 +75,18 @@ def test_retry_after_accepts_seconds_and_http_dates():
     assert retry_after_seconds("3") == 3.0 and retry_after_seconds(None) is None
     assert 50 <= retry_after_seconds(formatdate(__import__("time").time() + 60, usegmt=True)) <= 60
     assert retry_after_seconds("soon") is None
+
+
+def test_a_key_goes_only_where_its_variable_is_named(monkeypatch):
+    """An unset api_key_env must not fall back to OPENAI_API_KEY: that key would go to whatever base_urls names."""
+    from ctxsynth.generation import _api_key
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key")
+    monkeypatch.delenv("CTXSYNTH_LOCAL_KEY", raising=False)
+    assert _api_key({"api_key_env": "CTXSYNTH_LOCAL_KEY"}) is None
+    monkeypatch.setenv("CTXSYNTH_LOCAL_KEY", "local")
+    assert _api_key({"api_key_env": "CTXSYNTH_LOCAL_KEY"}) == "local"
+    assert _api_key({"api_key_env": "OPENAI_API_KEY"}) == "sk-real-openai-key"  # named: sent
+    from ctxsynth.generation.openai_chat import OpenAIBackend
+
+    assert OpenAIBackend(["http://127.0.0.1:9/v1"], model="m", api_key=None).api_key == "EMPTY"

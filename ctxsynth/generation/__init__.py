@@ -16,7 +16,11 @@ BACKENDS = ("transformers", "vllm", "openai", "openai-batch", "released")
 
 
 def _api_key(options: dict) -> str | None:
-    return options.pop("api_key", None) or os.environ.get(options.pop("api_key_env", None) or "OPENAI_API_KEY")
+    """The key in the variable `api_key_env` names, and no other: falling back to OPENAI_API_KEY would send that key
+    to whatever server base_urls names (a local vLLM, a colleague's endpoint)."""
+    explicit = options.pop("api_key", None)
+    variable = options.pop("api_key_env", None)
+    return explicit or (os.environ.get(variable) if variable else None)
 
 
 def make_backend(

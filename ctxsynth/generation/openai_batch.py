@@ -70,7 +70,7 @@ class OpenAIBatchBackend:
         self.model_id = model_id or model
         # The server decides device and dtype: nothing to add to the cache key beside model_id.
         self.generation_settings: dict = {}
-        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.api_key = api_key or "EMPTY"  # only the key the settings name (generation/__init__.py _api_key)
         self.completion_window, self.poll_interval, self.timeout = completion_window, float(poll_interval), timeout
         self.state_dir = Path(state_dir).expanduser() if state_dir else user_cache_dir("openai_batches")
         self.max_polls = max_polls

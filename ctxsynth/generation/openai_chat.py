@@ -9,7 +9,6 @@ Finished items are yielded one by one, so the caller caches each as soon as it a
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -58,7 +57,7 @@ class OpenAIBackend:
         self.model_id = model_id or model
         # The server decides device and dtype: nothing to add to the cache key beside model_id.
         self.generation_settings: dict = {}
-        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.api_key = api_key or "EMPTY"  # only the key the settings name (generation/__init__.py _api_key)
         self.concurrency, self.timeout = concurrency, timeout
         self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
 
