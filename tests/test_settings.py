@@ -270,6 +270,10 @@ def test_checks_across_keys_name_the_key_to_fix():
         InputError, match=r"field 'finetune\.batch_size': packing with flash_attention_2 needs batch_siz"
     ):
         load("finetune", {"recipe": "paper", "batch_size": 2})
+    with pytest.raises(InputError, match=r"field 'synthesize\.response_prefix': backend openai talks to a chat-comp"):
+        load("synthesize", {"backend": "openai"})  # the default prefix: refused by the preflight, not a traceback
+    with pytest.raises(InputError, match=r"field 'synthesize\.sampling\.repetition_penalty': not an OpenAI Batch"):
+        load("synthesize", {"backend": "openai-batch", "response_prefix": ""})
     with pytest.raises(InputError, match=r"field 'fetch\.model\.stand_in': expected one of llama-3\.1-8b, longal"):
         load("fetch", {"model": {"source": "stand_in", "stand_in": "gpt-2"}})
 

@@ -184,6 +184,23 @@ class SynthesizeSettings:
         for key in ("target_words", "chunk_words", "max_attempts", "batch_size"):
             if getattr(self, key) < 1:
                 raise Invalid(key, f"expected at least 1, got {getattr(self, key)}")
+        if self.backend in ("openai", "openai-batch") and self.response_prefix:
+            raise Invalid(
+                "response_prefix",
+                f"backend {self.backend} talks to a chat-completions API, which cannot continue a prefix: set it "
+                'to "" (the paper\'s protocol)',
+            )
+        penalty = self.sampling.repetition_penalty
+        if (
+            self.backend == "openai-batch"
+            and penalty not in (None, 1.0)
+            and not self.openai_batch.send_repetition_penalty
+        ):
+            raise Invalid(
+                "sampling.repetition_penalty",
+                "not an OpenAI Batch API parameter (every request would be rejected): set it to null, or "
+                "openai_batch.send_repetition_penalty: true for a server that accepts it",
+            )
         if self.backend == "released":
             if self.method != "context_synthesis":
                 raise Invalid("method", "backend released holds synthesized contexts: use method context_synthesis")
