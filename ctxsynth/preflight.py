@@ -17,7 +17,7 @@ from typing import Any
 
 from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.errors import error_line
-from ctxsynth.core.io import InputError, read_text_utf8
+from ctxsynth.core.io import InputError, read_yaml
 from ctxsynth.core.settings import load_settings
 from ctxsynth.evaluate.run import find_sources
 from ctxsynth.evaluate.settings import EvalSettings
@@ -79,7 +79,7 @@ def collect_problems(params_path: Path) -> tuple[list[str], int]:
             problems.append(error_line(error))
             return None
 
-    if attempt(lambda: read_text_utf8(params_path)) is None:
+    if attempt(lambda: read_yaml(params_path) or {}) is None:  # unreadable or not YAML: said once
         return problems, 0
     settings = {
         name: attempt(lambda name=name, cls=cls: load_settings(cls, name, source=params_path))

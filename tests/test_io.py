@@ -53,3 +53,20 @@ def test_non_utf8_input_names_file_line_and_column(tmp_path, name, content, read
     with pytest.raises(InputError) as error:
         read(path)
     assert str(error.value).startswith(f"{path}, {where}")
+
+
+def test_bad_yaml_and_a_duplicated_key_are_one_line_errors(tmp_path):
+    """`ctxsynth preflight` on broken params.yaml: one line naming the file and line, no parser traceback; a key
+    given twice (which DVC refuses) is an error too, not "the last one wins"."""
+    from ctxsynth.core.errors import error_line
+    from ctxsynth.core.io import read_yaml
+
+    broken = tmp_path / "params.yaml"
+    broken.write_text("fetch:\n  model: [unclosed\nmix: {}\n", encoding="utf-8")
+    with pytest.raises(InputError) as error:
+        read_yaml(broken)
+    assert error.value.line == 3 and "not valid YAML" in error_line(error.value)
+    duplicated = tmp_path / "dup.yaml"
+    duplicated.write_text("mix:\n  seed: 1\nfinetune: {}\nmix:\n  seed: 2\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"line 4.*duplicate key 'mix'"):
+        read_yaml(duplicated)

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ctxsynth.core.io import InputError, read_text_utf8
+from ctxsynth.core.io import InputError, read_yaml
 
 MODEL_TEMPLATE = "model"  # the chat template the model's tokenizer ships
 
@@ -74,5 +74,5 @@ def apply_chat_template_choice(tokenizer, name: str, key: str, source: os.PathLi
 def configured_chat_template(section: str = "finetune", source: os.PathLike | str = "params.yaml") -> str:
     """`<section>.chat_template` as params.yaml sets it (`model` when unset), for a stage outside that section that
     must render samples the way it will (mix counts lengths in the format finetune will train in)."""
-    params = yaml.safe_load(read_text_utf8(source)) or {}
+    params = read_yaml(source) or {}
     return (params.get(section) or {}).get("chat_template") or MODEL_TEMPLATE

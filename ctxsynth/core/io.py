@@ -159,9 +159,34 @@ def user_cache_dir(*parts: str) -> Path:
     return Path(root, "ctxsynth", *parts)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML as DVC reads it: a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (DVC refuses the file)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: os.PathLike | str) -> Any:
+    """A YAML file's content; a syntax error or a duplicated key is an InputError naming its line."""
+    try:
+        return yaml.load(read_text_utf8(path), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise InputError(path, f"not valid YAML: {problem}", line=mark.line + 1 if mark else None) from None
+
+
 def load_params(section: str, path: os.PathLike | str = "params.yaml") -> dict:
     """One stage's section of params.yaml (stages read only their own knobs)."""
-    params = yaml.safe_load(read_text_utf8(path)) or {}
+    params = read_yaml(path) or {}
     if section not in params:
         raise InputError(path, "missing params section", field=section)
     return params[section]
