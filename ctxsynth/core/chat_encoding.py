@@ -7,7 +7,8 @@ tokens, and the prompt's tokens stop being a prefix of the conversation's (tests
 LongWriter's pre_tokenize_llama3.py does, the rendered conversation is split into the text around the answers
 (template scaffolding, system and user turns, the generation prompt) and the answers, each is tokenized on its own
 and the ids are concatenated, so every answer's tokens are exactly what the model is asked to generate after its
-prompt. The prompt before the last answer is tokenized whole, as evaluation tokenizes a prompt.
+prompt. A single-turn sample's prompt is one segment, tokenized exactly as evaluation tokenizes a prompt; in a longer
+conversation the earlier answers are segments of their own, as their labels need.
 
 Every assistant turn is trained (LongAlign's rule for multi-turn data): its tokens and the end-of-turn token that
 closes it are the labels; everything else is IGNORE_INDEX. Mix counts lengths with the same function, so the lengths
