@@ -32,6 +32,7 @@ PASSING = {
     "mix.general.source": "HuggingFaceH4/ultrachat_200k",
     "mix.general.revision": "b" * 40,
     "synthesize.backend": "openai",
+    "synthesize.response_prefix": "",  # a chat-completions API continues no prefix (the paper's protocol)
     "synthesize.openai.model": "Qwen/Qwen2.5-72B-Instruct",
 }
 LLAMA_8B_CONFIG = {  # config.json keys of a local LLaMA-3.1-8B-shaped model, no weights needed
