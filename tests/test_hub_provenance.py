@@ -74,18 +74,10 @@ def test_a_hub_model_without_safetensors_is_downloaded_as_bin_and_converted(hub,
     """THUDM/LongAlign-7B-64k-base ships only pytorch_model.bin: the download asks for it, fetch converts it."""
     import huggingface_hub
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_model import tiny_llama
 
     hub.files = ["config.json", "pytorch_model.bin", "tokenizer.model", "tokenizer_config.json"]
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    model = LlamaForCausalLM(config).to(torch.float16)
+    model = tiny_llama("float16", vocab_size=64)
     patterns = []
 
     def snapshot_download(repo_id, revision=None, local_dir=None, allow_patterns=None, **kwargs):

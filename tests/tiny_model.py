@@ -59,3 +59,21 @@ def build_tiny_model(directory: Path | str, seed: int = 0) -> Path:
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def tiny_llama(dtype: str = "float32", vocab_size: int = 300, seed: int = 0):
+    """An in-memory LLaMA of the smallest useful shape (untied head, grouped-query attention), for checkpoint tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).to(getattr(torch, dtype))
