@@ -9,6 +9,7 @@ starts its fake chat server through the same path.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -97,23 +98,15 @@ class ManagedServer:
         if self.process is None:
             return
         process, self.process = self.process, None
-        with _suppress_missing():
+        with contextlib.suppress(ProcessLookupError):  # it exited on its own
             os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            with _suppress_missing():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         print(f"synthesize: stopped the generator's server (exit {process.returncode})", file=sys.stderr)
-
-
-class _suppress_missing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        return kind is ProcessLookupError
 
 
 class ServedBackend:
