@@ -13,7 +13,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "preflight": ("ctxsynth.preflight", "check params.yaml and the files it names before any expensive work"),
+    "preflight": ("ctxsynth.preflight.params", "check params.yaml and the files it names before any expensive work"),
     "inputs": ("ctxsynth.inputs", "check the paper's seeds or LongBench and add them as DVC-tracked inputs"),
     "experiments": ("ctxsynth.paper.experiments", "list, queue and run the paper's experiment groups"),
     "report": ("ctxsynth.paper.report", "collect the experiments' results and render metrics/report.md"),

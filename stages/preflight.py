@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ctxsynth.core.errors import stage_main
 from ctxsynth.core.io import write_json
-from ctxsynth.preflight import SECTIONS, collect_problems, warnings
+from ctxsynth.preflight.params import SECTIONS, collect_problems, warnings
 
 
 @stage_main

@@ -101,7 +101,7 @@ def test_a_tampered_npm_tarball_is_refused(tmp_path):
 
 def test_model_identity_covers_every_shard(tmp_path):
     """Two sharded models that differ only in their last shard have different identities (cache keys)."""
-    from ctxsynth.core.identity import model_identity
+    from ctxsynth.core.hub import model_identity
 
     for name, last in (("a", b"one"), ("b", b"two")):
         directory = tmp_path / name / "model"

@@ -7,8 +7,9 @@ import pytest
 from fixtures import make_squad
 
 from ctxsynth.core.io import InputError
+from ctxsynth.mix.general_source import load_general
 from ctxsynth.mix.niah_training import niah_training_samples
-from ctxsynth.prepare.general_data import build_squad_chat, load_general
+from ctxsynth.prepare.general_data import build_squad_chat
 
 WORDS = [
     f"{a}{b}"

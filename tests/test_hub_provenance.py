@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ctxsynth.core.io import InputError
+from ctxsynth.mix.general_source import load_general
 from ctxsynth.prepare.fetch import FetchError
-from ctxsynth.prepare.general_data import load_general
 from ctxsynth.prepare.model_convert import materialize_model
 
 SHA = "0123456789abcdef0123456789abcdef01234567"

@@ -25,7 +25,7 @@ ORDER = [
     "finetune",
     "evaluate",
     "rehearsal",
-    "preflight",  # before paper: a row's preflight (paper/row_checks.py) runs the params-wide one
+    "preflight",  # before paper: a row's preflight (preflight/rows.py) runs the params-wide one
     "paper",
     "inputs",
     "cli",

@@ -17,8 +17,8 @@ import yaml
 
 from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import load_settings
+from ctxsynth.mix.long_sft import layouts, load_long_sft
 from ctxsynth.mix.settings import MixSettings
-from ctxsynth.prepare.long_sft import layouts, load_long_sft
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path("inputs/long_sft/rehearsal")
@@ -136,7 +136,7 @@ def test_count_picks_the_same_records_whatever_the_hash_seed(in_repository):
     others = {tuple(s["id"] for s in load_long_sft({**ALIGN, "count": 3}, seed=seed)[0]) for seed in range(8)}
     assert len(others) > 1  # the seed chooses
     code = (
-        "from ctxsynth.prepare.long_sft import load_long_sft;"
+        "from ctxsynth.mix.long_sft import load_long_sft;"
         f"print([s['id'] for s in load_long_sft({{**{ALIGN!r}, 'count': 3}}, seed=42)[0]])"
     )
     runs = {

@@ -1,4 +1,4 @@
-"""The memory estimate's activation terms (ctxsynth/paper/memory.py) against measurements on this CPU at the real
+"""The memory estimate's activation terms (ctxsynth/preflight/memory.py) against measurements on this CPU at the real
 students' shapes: what one LLaMA decoder layer saves for its backward, and the peak of the loss path's logits."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from ctxsynth.paper.memory import LOGIT_BYTES, recompute_bytes_per_token
+from ctxsynth.preflight.memory import LOGIT_BYTES, recompute_bytes_per_token
 
 # hidden, intermediate, attention heads, key-value heads
 SHAPES = {"Llama-3.1-8B": (4096, 14336, 32, 8), "LongAlign-7B-64k-base": (4096, 11008, 32, 32)}

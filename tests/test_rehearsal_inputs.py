@@ -16,7 +16,7 @@ from ctxsynth.core.text import count_words, normalize_text
 from ctxsynth.evaluate.run import find_sources, load_benchmark
 from ctxsynth.evaluate.settings import PAPER_TASKS, EvalSettings
 from ctxsynth.finetune.train import load_tokenizer
-from ctxsynth.prepare.general_data import load_general
+from ctxsynth.mix.general_source import load_general
 from ctxsynth.prepare.model_convert import materialize_model
 from ctxsynth.prepare.seeds import load_paper_seeds, select_seeds
 from ctxsynth.rehearsal.fixtures import COMMAND, write_fixtures

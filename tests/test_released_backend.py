@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ctxsynth.core.hub import is_local
 from ctxsynth.core.io import InputError, sha256_file
 from ctxsynth.core.settings import load_settings
 from ctxsynth.mix.assemble import pool_for_variant
-from ctxsynth.preflight import named_inputs, warnings
+from ctxsynth.preflight.params import named_inputs, warnings
 from ctxsynth.prepare.seeds import load_paper_seeds
 from ctxsynth.rehearsal.release_fixtures import NOT_RELEASED, RELEASE_FILE, RESPACED, TASK_ORDER
-from ctxsynth.synthesis.release_files import ReleasedRecord, is_local_source
+from ctxsynth.synthesis.release_files import ReleasedRecord
 from ctxsynth.synthesis.released import match_key, match_release, released_contexts
 from ctxsynth.synthesis.run import run_synthesis
 from ctxsynth.synthesis.settings import ReleasedSettings, SynthesizeSettings
@@ -183,7 +184,7 @@ def test_a_hub_release_is_read_at_its_resolved_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     settings = ReleasedSettings(source="Wenhao97/gpt4o-mini-context-synthesis", revision="main")
-    assert not is_local_source(settings.source)
+    assert not is_local(settings.source)
     records, report = released_contexts([seed(0, "2wikimqa", "Q?", "A")], settings)
     assert calls == [
         ("info", settings.source, "main"),

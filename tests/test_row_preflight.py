@@ -12,8 +12,8 @@ import yaml
 from ctxsynth.core.settings import load_settings
 from ctxsynth.paper import experiments
 from ctxsynth.paper.experiments import load_plan, planned_entries
-from ctxsynth.paper.row_checks import chat_tokens, check_row, model_facts, render, shape_facts, with_overrides
-from ctxsynth.preflight import SECTIONS
+from ctxsynth.preflight.params import SECTIONS
+from ctxsynth.preflight.rows import chat_tokens, check_row, model_facts, render, shape_facts, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = "gpu-g-r"
@@ -177,7 +177,7 @@ def test_more_processes_than_gpus_fails(project):
 
 
 def test_memory_per_device_is_estimated_and_checked(project):
-    # ctxsynth/paper/memory.py, docs/scaling.md: full fine-tuning of LLaMA-3.1-8B under ZeRO-3 on 8 GPUs at 32K
+    # ctxsynth/preflight/memory.py, docs/scaling.md: full fine-tuning of LLaMA-3.1-8B under ZeRO-3 on 8 GPUs at 32K
     # tokens per row is ~77 GiB, most of it the logits of the answer positions (every assistant turn is trained)
     full = check(project)
     assert 65 < float(full.memory.split(" / ")[0]) < 78 and full.problems == []
@@ -208,7 +208,7 @@ def test_evaluation_hours_of_longbench_at_32k():
     from types import SimpleNamespace
 
     from ctxsynth.evaluate.settings import PAPER_TASKS
-    from ctxsynth.paper.eval_cost import evaluation_hours
+    from ctxsynth.preflight.eval_cost import evaluation_hours
     from ctxsynth.prepare.settings import BenchmarkSettings
 
     facts = shape_facts(model_facts()["meta-llama/Llama-3.1-8B"])

@@ -22,7 +22,7 @@ from ctxsynth.core.settings import load_settings
 from ctxsynth.finetune import recipes
 from ctxsynth.finetune.settings import FROM_RECIPE, FinetuneSettings
 from ctxsynth.generation.base import GenerationError
-from ctxsynth.preflight import SECTIONS  # every params section and its settings class
+from ctxsynth.preflight.params import SECTIONS  # every params section and its settings class
 from ctxsynth.prepare import niah
 from ctxsynth.prepare.fetch import FetchError
 from ctxsynth.prepare.settings import BenchmarkSettings

@@ -160,7 +160,7 @@ def test_model_identity_names_content_not_just_a_name(tiny_model_dir, tmp_path):
 
     from tiny_model import build_tiny_model
 
-    from ctxsynth.core.identity import model_identity
+    from ctxsynth.core.hub import model_identity
 
     identity = model_identity(tiny_model_dir)
     assert identity.startswith(tiny_model_dir.name + "@") and "None" not in identity

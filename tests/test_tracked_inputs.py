@@ -23,9 +23,9 @@ from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import load_settings
 from ctxsynth.evaluate.run import find_sources
 from ctxsynth.evaluate.settings import EvalSettings
+from ctxsynth.mix.general_source import load_general
 from ctxsynth.mix.run import build_mix
 from ctxsynth.mix.settings import MixSettings
-from ctxsynth.prepare.general_data import load_general
 from ctxsynth.prepare.model_convert import materialize_model, require_model_path
 from ctxsynth.prepare.seeds import select_seeds
 from ctxsynth.prepare.settings import ModelSource

@@ -14,6 +14,11 @@ from ctxsynth.core.io import InputError, read_yaml
 MODEL_TEMPLATE = "model"  # the chat template the model's tokenizer ships
 
 
+def general_chat_sample(sample_id: str, source: str, messages: list[dict]) -> dict:
+    """A general-data training record: short chat data that the long samples are added to."""
+    return {"id": sample_id, "task": "general", "variant": "general", "source": source, "messages": messages}
+
+
 def validate_messages(path: os.PathLike | str, line: int, messages: Any) -> None:
     """[system?] user, assistant, ..., user, assistant: every assistant turn is a training target."""
     if not isinstance(messages, list) or len(messages) < 2:

@@ -253,7 +253,7 @@ def generation_cache_db(
     generation settings: the base model's identity plus the adapter's weights and config hashes; a fully fine-tuned
     model by its weights (its provenance names the base model it came from, which must not share the base model's
     cache); then `generation_settings(settings)`, so another backend, device, dtype or batch size misses the cache."""
-    from ctxsynth.core.identity import model_identity
+    from ctxsynth.core.hub import model_identity
 
     settings = settings or EvalSettings()
     parts = (

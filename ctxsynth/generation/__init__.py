@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ctxsynth.core.identity import model_identity
+from ctxsynth.core.hub import model_identity
 from ctxsynth.generation.base import Backend
 
 # "released" generates nothing: the synthesize stage reads the paper's own contexts (ctxsynth/synthesis/released.py).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ctxsynth.core.identity import model_identity
+from ctxsynth.core.hub import model_identity
 from ctxsynth.core.text import stable_int
 from ctxsynth.generation.base import Request
 from ctxsynth.generation.batching import ContinuousBatcher, Sampling

@@ -11,10 +11,10 @@ from ctxsynth.core.chat_encoding import TemplateError, end_of_turn_ids, model_ge
 from ctxsynth.core.io import InputError, read_json, read_jsonl
 from ctxsynth.core.tasks import templates_version
 from ctxsynth.mix.assemble import apply_filter, assemble, length_stats, pool_for_variant, require_filter_scores
+from ctxsynth.mix.general_source import load_general, require_general_source
+from ctxsynth.mix.long_sft import load_long_sft, require_long_source
 from ctxsynth.mix.niah_training import niah_training_samples
 from ctxsynth.mix.settings import GENERAL_ONLY, NIAH_VARIANTS, PRIOR_LONG, MixSettings
-from ctxsynth.prepare.general_data import load_general, require_general_source
-from ctxsynth.prepare.long_sft import load_long_sft, require_long_source
 from ctxsynth.prepare.seeds import read_seed_dir
 
 

@@ -11,7 +11,55 @@ from typing import Annotated, Literal
 
 from ctxsynth.core.settings import Invalid
 from ctxsynth.prepare.niah import SUBTASKS
-from ctxsynth.prepare.settings import PRIOR_LONG, GeneralSourceSettings, LongSourceSettings
+
+# --- mix.general (read by ctxsynth.mix.general_source.load_general) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeneralSourceSettings:
+    """`mix.general`: general SFT data added to the long samples (the paper: ShareGPT / UltraChat)."""
+
+    # A chat JSONL / Parquet file (data/general/train.jsonl: the offline SQuAD set) or a hub dataset; null = none.
+    source: str | None = None
+    split: str = "train"  # hub datasets only
+    revision: str | None = None  # hub datasets: the commit to read (null = what the default branch is now, recorded)
+    # hub datasets: the files to read (a repository of several dumps, as ShareGPT's); null = the dataset's default
+    data_files: str | None = None
+    count: int | None = None  # how many general samples (null = all) ...
+    ratio: float | None = None  # ... or this many per long sample (give one of count and ratio)
+
+    def validate(self) -> None:
+        if self.count is not None and self.ratio is not None:
+            raise Invalid("", "give mix.general.count or mix.general.ratio, not both")
+        if self.count is not None and self.count < 0:
+            raise Invalid("count", f"expected >= 0 or null, got {self.count}")
+        if self.ratio is not None and self.ratio < 0:
+            raise Invalid("ratio", f"expected >= 0 or null, got {self.ratio}")
+
+
+# --- mix.long_source (read by ctxsynth.mix.long_sft.load_long_sft) ----------------------------------------------
+
+LONG_SFT_FORMATS = ("longalpaca", "longalign", "longmit")  # the layouts ctxsynth/mix/long_sft.yaml describes
+PRIOR_LONG = "prior_long"  # the mix.variant whose long samples come from mix.long_source
+
+
+@dataclass(frozen=True)
+class LongSourceSettings:
+    """`mix.long_source`: variant prior_long: a prior long-context SFT dataset read in its own layout (the paper's
+    LongAlpaca-12k, LongAlign-10k and LongMIT rows) in place of the seeds and synthesized contexts."""
+
+    # longalpaca (Yukang/LongAlpaca-12k) | longalign (THUDM/LongAlign-10k) | longmit (donmaclean/LongMIT-128K)
+    format: Literal[LONG_SFT_FORMATS] | None = None
+    # A hub dataset id (online) or a .json / .jsonl / .parquet file under inputs/long_sft; null = none.
+    source: str | None = None
+    split: str = "train"  # hub datasets only
+    revision: str | None = None  # hub datasets: the commit to read (null = what the default branch is now, recorded)
+    count: int | None = None  # how many records, chosen by a seeded hash (mix.seed); null = all
+
+    def validate(self) -> None:
+        if self.count is not None and self.count < 0:
+            raise Invalid("count", f"expected >= 0 or null, got {self.count}")
+
 
 # Long samples from the seeds or the synthesized records (ctxsynth.mix.assemble).
 VARIANTS = ("context_synthesis", "human_context", "context_free", "synthesized_context_free")
@@ -19,7 +67,7 @@ GENERAL_ONLY = "none"  # no long samples: the general data alone (the paper's "g
 # The pilot study's training needles (ctxsynth.mix.niah_training): variant -> the `mix.niah` key holding its
 # haystack length in words (needles only: no haystack).
 NIAH_VARIANTS = {"niah_needle_only": None, "niah_short": "short_words", "niah_long": "long_words"}
-# prior_long: the long samples are a prior long-context SFT dataset, `mix.long_source` (ctxsynth.prepare.long_sft).
+# prior_long: the long samples are a prior long-context SFT dataset, `mix.long_source` (ctxsynth.mix.long_sft).
 # Every mix.variant.
 ALL_VARIANTS = (GENERAL_ONLY,) + VARIANTS + tuple(NIAH_VARIANTS) + (PRIOR_LONG,)
 

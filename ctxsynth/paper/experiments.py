@@ -397,11 +397,11 @@ def preflight_group(
     rows: list[str] | None = None,
     gpus: int | None = None,
 ) -> int:
-    """Every run of the group checked with its resolved params (ctxsynth/paper/row_checks.py); a table, then one
+    """Every run of the group checked with its resolved params (ctxsynth/preflight/rows.py); a table, then one
     line per problem naming the row and the key; exit 2 on any problem."""
     from ctxsynth.core.io import read_text_utf8
-    from ctxsynth.paper.environment import cuda_available
-    from ctxsynth.paper.row_checks import check_row, render, with_overrides
+    from ctxsynth.preflight.environment import cuda_available
+    from ctxsynth.preflight.rows import check_row, render, with_overrides
 
     params = yaml.safe_load(read_text_utf8(params_path))
     results = [

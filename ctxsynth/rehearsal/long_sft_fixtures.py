@@ -1,5 +1,5 @@
 """Small stand-ins, in their release layouts, for the prior long SFT datasets of the paper's main table (read by
-mix.variant prior_long through ctxsynth.prepare.long_sft), each under the file name its hub release uses:
+mix.variant prior_long through ctxsynth.mix.long_sft), each under the file name its hub release uses:
 
 - LongAlpaca-12k/LongAlpaca-12k.json: one JSON list (4-space indented) of {instruction, output, input, file};
 - LongAlign-10k/long.jsonl: {messages: [{role, content}, ...]}, two of them multi-turn;

@@ -14,7 +14,6 @@ field; when no usable record remains, the first one is the error.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -23,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from ctxsynth.core.dvc_deps import require_tracked
+from ctxsynth.core.hub import is_local, resolve_revision
 from ctxsynth.core.io import InputError, decode_line, sha256_file
 from ctxsynth.core.tasks import get_task
 
@@ -47,11 +47,6 @@ def layout_fields(name: str) -> dict[str, str | None]:
 
 def layouts_version() -> int:
     return int(_layouts()["version"])
-
-
-def is_local_source(source: str) -> bool:
-    """A path on this machine rather than a hub dataset id ("owner/name"): it exists, or it cannot be a hub id."""
-    return os.path.exists(source) or source.startswith((".", "/", "inputs/")) or source.count("/") != 1
 
 
 @dataclass(frozen=True)
@@ -97,11 +92,9 @@ class Release:
 def hub_release_paths(source: str, revision: str | None, files: list[str]) -> tuple[dict[str, Path], str]:
     """Every file of hub dataset `source` at the commit `revision` resolves to now, and that sha."""
     try:
-        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub import hf_hub_download
 
-        sha = HfApi().dataset_info(source, revision=revision).sha
-        if not sha:
-            raise ValueError("the hub returned no commit sha")
+        sha = resolve_revision(source, revision, "dataset")
         paths = {
             name: Path(hf_hub_download(repo_id=source, filename=name, repo_type="dataset", revision=sha))
             for name in files
@@ -192,7 +185,7 @@ def read_release_file(path: Path, name: str, fields: dict[str, str | None]) -> t
 
 def load_release(settings) -> Release:
     """The release `settings` (`synthesize.released`, a ReleasedSettings) names: files located, checked and read."""
-    if is_local_source(settings.source):
+    if is_local(settings.source):
         paths, resolved = local_release_paths(settings.source, settings.files), None
     else:
         paths, resolved = hub_release_paths(settings.source, settings.revision, settings.files)

@@ -1,10 +1,10 @@
 """The per-row preflight of an experiment group: each row's resolved params checked against what its run will need,
 before anything is queued (`ctxsynth experiments preflight main --scale gpu --gpu-memory-gib 80 --gpus 8`).
 
-Per row, params.yaml with the row's overrides goes through ctxsynth/preflight.py (every section, every named input),
-then through the checks below (check_row); each problem is one line naming the row and the params key.
+Per row, params.yaml with the row's overrides goes through ctxsynth/preflight/params.py (every section, every named
+input), then through the checks below (check_row); each problem is one line naming the row and the params key.
 
-Memory per device and disk per checkpoint come from ctxsynth/paper/memory.py, term by term (docs/scaling.md).
+Memory per device and disk per checkpoint come from ctxsynth/preflight/memory.py, term by term (docs/scaling.md).
 
 Hub models are described by model_facts.yaml (nothing is downloaded); a local model by its own config.json, and its
 tokenizer for the chat template's exact length.
@@ -30,10 +30,10 @@ from ctxsynth.core.settings import load_settings
 from ctxsynth.core.tasks import get_task
 from ctxsynth.evaluate.run import CHAT_MARGIN, chat_overhead, model_window
 from ctxsynth.finetune.settings import accelerate_config_file
-from ctxsynth.paper.environment import cuda_available, missing_engines
-from ctxsynth.paper.eval_cost import evaluation_hours
-from ctxsynth.paper.memory import checkpoint_disk_gb, fitting_max_tokens, memory_estimate
-from ctxsynth.preflight import SECTIONS, collect_problems, warnings
+from ctxsynth.preflight.environment import cuda_available, missing_engines
+from ctxsynth.preflight.eval_cost import evaluation_hours
+from ctxsynth.preflight.memory import checkpoint_disk_gb, fitting_max_tokens, memory_estimate
+from ctxsynth.preflight.params import SECTIONS, collect_problems, warnings
 
 FACTS = Path(__file__).with_name("model_facts.yaml")
 ACCELERATE_CONFIGS = Path("configs/accelerate")
@@ -68,7 +68,7 @@ class RowCheck:
     memory: str = "–"
     disk: str = "–"
     eval_hours: str = "–"
-    engines: list[tuple[str, str]] = field(default_factory=list)  # (key, what is missing here): paper/environment.py
+    engines: list[tuple[str, str]] = field(default_factory=list)  # (key, what is missing here): environment.py
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -175,7 +175,7 @@ def _located(line: str, params_file: str) -> str:
 
 
 def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int | None = None) -> RowCheck:
-    """One row, `params` being params.yaml with its overrides: settings and named inputs (ctxsynth/preflight.py),
+    """One row, `params` being params.yaml with its overrides: settings and named inputs (ctxsynth/preflight/params.py),
     something to score, hub pins (warnings) and the generator, then against the model's facts the chat template,
     the window, the launcher and the memory per device."""
     row = RowCheck(name)

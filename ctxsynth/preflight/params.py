@@ -17,15 +17,15 @@ from typing import Any
 
 from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.errors import error_line
+from ctxsynth.core.hub import is_local
 from ctxsynth.core.io import InputError, read_yaml
 from ctxsynth.core.settings import load_settings
 from ctxsynth.evaluate.run import find_sources
 from ctxsynth.evaluate.settings import EvalSettings
 from ctxsynth.finetune.settings import FinetuneSettings
-from ctxsynth.mix.settings import MixSettings
-from ctxsynth.prepare.long_sft import is_local_long_source
-from ctxsynth.prepare.settings import PRIOR_LONG, BenchmarkSettings, FetchSettings, GeneralSettings, SeedSettings
-from ctxsynth.synthesis.release_files import is_local_source
+from ctxsynth.mix.long_sft import LOCAL_SUFFIXES as LONG_SFT_SUFFIXES
+from ctxsynth.mix.settings import PRIOR_LONG, MixSettings
+from ctxsynth.prepare.settings import BenchmarkSettings, FetchSettings, GeneralSettings, SeedSettings
 from ctxsynth.synthesis.settings import LengthsSettings, SynthesizeSettings
 
 SECTIONS: dict[str, type] = {
@@ -55,7 +55,7 @@ def named_inputs(settings: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         yield "synthesize", "synthesize.generator", synthesize.generator
     if synthesize.verify.judge_model:
         yield "synthesize", "synthesize.verify.judge_model", synthesize.verify.judge_model
-    if synthesize.backend == "released" and is_local_source(synthesize.released.source):  # a hub id is read online
+    if synthesize.backend == "released" and is_local(synthesize.released.source):  # a hub id is read online
         yield "synthesize", "synthesize.released.source", synthesize.released.source
         for index, name in enumerate(synthesize.released.files):
             yield "synthesize", f"synthesize.released.files[{index}]", os.path.join(synthesize.released.source, name)
@@ -63,7 +63,7 @@ def named_inputs(settings: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     if general and (general.endswith(LOCAL_DATA_SUFFIXES) or os.path.exists(general)):
         yield "mix", "mix.general.source", general
     mix = settings["mix"]
-    if mix.variant == PRIOR_LONG and mix.long_source.source and is_local_long_source(mix.long_source.source):
+    if mix.variant == PRIOR_LONG and mix.long_source.source and is_local(mix.long_source.source, LONG_SFT_SUFFIXES):
         yield "mix", "mix.long_source.source", mix.long_source.source  # a hub id is read online
     # evaluate.longbench_dir and its task files: checked by the evaluate stage's own find_sources (below)
 
@@ -123,9 +123,9 @@ def warnings(params_path: Path) -> list[str]:
     hub_data = []  # (key, dataset id, revision, where the commit read is recorded)
     if general.source and not (general.source.endswith(LOCAL_DATA_SUFFIXES) or os.path.exists(general.source)):
         hub_data.append(("mix.general.revision", general.source, general.revision, "metrics/mix.json"))
-    if mix.variant == PRIOR_LONG and long_source.source and not is_local_long_source(long_source.source):
+    if mix.variant == PRIOR_LONG and long_source.source and not is_local(long_source.source, LONG_SFT_SUFFIXES):
         hub_data.append(("mix.long_source.revision", long_source.source, long_source.revision, "metrics/mix.json"))
-    if synthesize.backend == "released" and not is_local_source(released.source):
+    if synthesize.backend == "released" and not is_local(released.source):
         hub_data.append(("synthesize.released.revision", released.source, released.revision, "metrics/synthesize.json"))
     for key, source, revision, recorded_in in hub_data:
         if not re.fullmatch(r"[0-9a-f]{40}", revision or ""):

@@ -65,7 +65,7 @@ def memory_estimate(
     offload_optimizer: bool = False,
     answer_fraction: float = ANSWER_FRACTION,
 ) -> MemoryEstimate:
-    """Bytes per device of one row; `facts` are shape_facts() of the model (row_checks.py)."""
+    """Bytes per device of one row; `facts` are shape_facts() of the model (rows.py)."""
     tokens, hidden, layers, vocab = (
         finetune.max_tokens or facts["window"],
         facts["hidden"],

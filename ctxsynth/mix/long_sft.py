@@ -34,11 +34,11 @@ import yaml
 
 from ctxsynth.core.chat import validate_messages
 from ctxsynth.core.dvc_deps import require_tracked
+from ctxsynth.core.hub import is_local, resolve_revision
 from ctxsynth.core.io import InputError, read_jsonl_numbered, read_text_utf8, sha256_file
 from ctxsynth.core.settings import coerce
 from ctxsynth.core.text import stable_int
-from ctxsynth.prepare.general_data import hub_dataset_revision
-from ctxsynth.prepare.settings import PRIOR_LONG, LongSourceSettings
+from ctxsynth.mix.settings import PRIOR_LONG, LongSourceSettings
 
 RESOURCE = Path(__file__).with_name("long_sft.yaml")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")  # a mix.long_source.source ending so, or an existing path, is local
@@ -51,14 +51,10 @@ def layouts() -> dict:
     return yaml.safe_load(RESOURCE.read_text(encoding="utf-8"))
 
 
-def is_local_long_source(source: str) -> bool:
-    return source.endswith(LOCAL_SUFFIXES) or Path(source).exists()
-
-
 def require_long_source(options: LongSourceSettings) -> None:
     """A local `mix.long_source.source` exists and lies under a dependency of the mix stage (inputs/long_sft), so
     `dvc repro` sees it change; a hub id is resolved when it is read."""
-    if options.source and is_local_long_source(options.source):
+    if options.source and is_local(options.source, LOCAL_SUFFIXES):
         require_tracked(options.source, "mix", KEY)
 
 
@@ -103,7 +99,7 @@ def read_records(options: LongSourceSettings) -> tuple[list[tuple[int, object]],
     """(line, record) pairs of the source, and what identifies what was read (file sha256 or hub commit sha)."""
     source = str(options.source)
     path = Path(source)
-    if is_local_long_source(source):
+    if is_local(source, LOCAL_SUFFIXES):
         require_long_source(options)
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -117,7 +113,7 @@ def read_records(options: LongSourceSettings) -> tuple[list[tuple[int, object]],
     try:  # a hub dataset id, e.g. THUDM/LongAlign-10k (needs the network)
         import datasets
 
-        revision = hub_dataset_revision(source, options.revision)
+        revision = resolve_revision(source, options.revision, "dataset")
         dataset = datasets.load_dataset(source, split=options.split, revision=revision)
     except Exception as error:  # noqa: BLE001 - the message must name the parameter, whatever the cause
         raise InputError(
