@@ -70,10 +70,12 @@ repro: $(INSTALLED)
 test: $(INSTALLED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
-# ruff: lint and format check (pyproject.toml [tool.ruff]); `make format` rewrites.
+# ruff: lint and format check (pyproject.toml [tool.ruff]); `make format` rewrites. mypy: the types of core,
+# generation and finetune (pyproject.toml [tool.mypy]).
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy
 
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .

@@ -73,7 +73,7 @@ def main() -> None:
     sampling = {"max_new_tokens": args.max_new_tokens, "temperature": 0.0}
     if args.fixed_length:  # no early end of turn: both paths generate the same number of tokens
         sampling["min_new_tokens"] = args.max_new_tokens
-    backend = TransformersBackend(args.model, batch_size=args.batch_size)
+    backend = TransformersBackend(args.model, batch_size=args.batch_size, device="auto", dtype="float32")
     requests = build_requests(seeds, get_prompt("context_synthesis"), backend.model_id, sampling, 0, 150, "Context:")
     warm_up = {"max_new_tokens": 4, "temperature": 0.0}
     generate_calls(backend, requests[:2], warm_up, 2)

@@ -39,7 +39,7 @@ def backend(tiny_model_dir):
     row is enlarged so that some rows stop early and free their slot."""
     import torch
 
-    backend = TransformersBackend(tiny_model_dir, batch_size=3, device="cpu")
+    backend = TransformersBackend(tiny_model_dir, batch_size=3, device="cpu", dtype="float32")
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in backend.model.parameters():

@@ -17,6 +17,7 @@ import pytest
 from ctxsynth.evaluate.run import generation_cache_db
 from ctxsynth.evaluate.settings import EvalSettings
 from ctxsynth.generation.cache import GenerationCache, cache_key, stored_key
+from ctxsynth.generation.settings import OpenAIBatchSettings, OpenAISettings, VllmSettings
 from ctxsynth.synthesis.contexts import synthesize_contexts
 from ctxsynth.synthesis.instructions import synthesize_instructions
 from ctxsynth.synthesis.prompts import get_prompt
@@ -198,12 +199,13 @@ def test_backends_report_what_changes_their_outputs(tiny_model_dir):
 
     auto = TransformersBackend(tiny_model_dir, batch_size=2, device="auto", dtype="float32")
     assert auto.generation_settings == {"device": "cpu", "dtype": "float32"}  # auto resolved: shares cpu's keys
-    assert TransformersBackend(tiny_model_dir, device="cpu", dtype="bfloat16").generation_settings == {
+    assert TransformersBackend(tiny_model_dir, batch_size=2, device="cpu", dtype="bfloat16").generation_settings == {
         "device": "cpu",
         "dtype": "bfloat16",
     }
-    assert OpenAIBackend("http://127.0.0.1:1/v1", model="m").generation_settings == {}
-    assert OpenAIBatchBackend("http://127.0.0.1:1/v1", model="m", state_dir="unused").generation_settings == {}
+    assert OpenAIBackend(OpenAISettings(base_urls=["http://127.0.0.1:1/v1"], model="m")).generation_settings == {}
+    batch = OpenAIBatchSettings(base_url="http://127.0.0.1:1/v1", model="m", state_dir="unused")
+    assert OpenAIBatchBackend(batch).generation_settings == {}
 
 
 def test_the_vllm_backend_reports_dtype_and_window(tiny_model_dir, monkeypatch):
@@ -215,5 +217,5 @@ def test_the_vllm_backend_reports_dtype_and_window(tiny_model_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", module)
     from ctxsynth.generation.vllm_backend import VLLMBackend
 
-    backend = VLLMBackend(tiny_model_dir, dtype="bfloat16", max_model_len=4096)
+    backend = VLLMBackend(tiny_model_dir, VllmSettings(dtype="bfloat16", max_model_len=4096))
     assert backend.generation_settings == {"dtype": "bfloat16", "max_model_len": 4096}

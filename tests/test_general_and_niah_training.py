@@ -24,12 +24,12 @@ ESSAYS = " ".join(
 def test_squad_chat_leaves_out_evaluation_and_seed_paragraphs_and_is_deterministic():
     squad = make_squad(articles=4, paragraphs=3)
     samples, report = build_squad_chat(
-        squad, exclude_question_ids={"q0-0-1"}, exclude_paragraphs={"1:2"}, count=None, seed=3
+        squad, exclude_question_ids={"q0-0-1"}, exclude_paragraphs={"1:2"}, count=None, seed=3, max_paragraph_words=400
     )
     used = {s["id"].split(":")[-1].rsplit("-", 1)[0] for s in samples}  # q<article>-<paragraph>
     assert "q0-0" not in used and "q1-2" not in used and len(samples) == 10 == report["samples"]
     assert report["paragraphs_excluded"] == 2
-    again, _ = build_squad_chat(squad, {"q0-0-1"}, {"1:2"}, count=4, seed=3)
+    again, _ = build_squad_chat(squad, {"q0-0-1"}, {"1:2"}, count=4, seed=3, max_paragraph_words=400)
     assert [s["id"] for s in again] == sorted(again_ids := [s["id"] for s in again]) and len(again_ids) == 4
     assert set(again_ids) <= {s["id"] for s in samples}
     user, assistant = samples[0]["messages"]

@@ -70,7 +70,13 @@ def test_retries_until_parsed_and_output_feeds_mix(tmp_path):
     assert by_id["a"]["attempts"] == 2 and by_id["a"]["parse_status"] == "ok"
     assert by_id["b"]["attempts"] == 1 and by_id["a"]["instruction"] == "What is described?"
     assert len(backend.seen) == 3
-    samples = assemble(pool_for_variant("context_synthesis", [], records), "context_synthesis", 2, seed=0)
+    samples = assemble(
+        pool_for_variant("context_synthesis", [], records),
+        "context_synthesis",
+        2,
+        seed=0,
+        summarization_distractors=True,
+    )
     assert len(samples) == 2 and "a flaky context" in samples[0]["messages"][0]["content"]
 
 

@@ -4,6 +4,7 @@ Runs only when llama-cpp-python[server] is installed (it builds from source, abo
 path is given: CTXSYNTH_GGUF=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf pytest tests/test_llama_cpp_server.py
 """
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from ctxsynth.generation.cache import GenerationCache
 from ctxsynth.generation.openai_chat import OpenAIBackend
+from ctxsynth.generation.settings import OpenAISettings
 from ctxsynth.synthesis.contexts import synthesize_contexts
 from ctxsynth.synthesis.prompts import get_prompt
 
@@ -55,14 +57,10 @@ def test_synthesis_through_a_real_llama_cpp_server(tmp_path):
             {"id": f"s{i}", "task": "hotpotqa", "instruction": q, "answer": a}
             for i, (q, a) in enumerate([("Who wrote Hamlet?", "William Shakespeare"), ("When did WW2 end?", "1945")])
         ]
-        generator = OpenAIBackend(
-            [f"http://127.0.0.1:{port}/v1"],
-            model="smollm2",
-            model_id="smollm2-gguf",
-            concurrency=2,
-            timeout=120,
-            max_retries=2,
+        served = OpenAISettings(
+            base_urls=[f"http://127.0.0.1:{port}/v1"], model="smollm2", model_id="smollm2-gguf", concurrency=2
         )
+        generator = OpenAIBackend(dataclasses.replace(served, timeout=120, max_retries=2))
         sampling = {"max_new_tokens": 48, "temperature": 0.0}
         records, stats = synthesize_contexts(
             seeds,

@@ -33,7 +33,7 @@ def contexts_in(sample: dict) -> list[str]:
 
 def test_distractors_come_from_the_same_task_and_never_the_item_itself():
     records = synthesized("hotpotqa", 6) + synthesized("musique", 6)
-    samples = assemble(records, "context_synthesis", num_contexts=4, seed=1)
+    samples = assemble(records, "context_synthesis", num_contexts=4, seed=1, summarization_distractors=True)
     assert len(samples) == 12
     for sample in samples:
         contexts = contexts_in(sample)
@@ -49,7 +49,7 @@ def test_distractors_come_from_the_same_task_and_never_the_item_itself():
 
 def test_prompt_is_the_tasks_template_with_contexts_joined_by_a_blank_line():
     records = synthesized("hotpotqa", 2)
-    sample = assemble(records, "context_synthesis", num_contexts=2, seed=0)[0]
+    sample = assemble(records, "context_synthesis", num_contexts=2, seed=0, summarization_distractors=True)[0]
     ordered = [f"CTX<hotpotqa-{i}>" for i in (0, 1)]
     if sample["relevant_position"] == 1:
         ordered.reverse()
@@ -58,14 +58,19 @@ def test_prompt_is_the_tasks_template_with_contexts_joined_by_a_blank_line():
 
 def test_shuffle_varies_with_seed_and_position_is_not_fixed():
     records = synthesized("hotpotqa", 10)
-    positions = {s["relevant_position"] for s in assemble(records, "context_synthesis", 5, seed=3)}
+    positions = {
+        s["relevant_position"]
+        for s in assemble(records, "context_synthesis", 5, seed=3, summarization_distractors=True)
+    }
     assert len(positions) > 1
-    assert assemble(records, "context_synthesis", 5, seed=3) != assemble(records, "context_synthesis", 5, seed=4)
+    assert assemble(records, "context_synthesis", 5, seed=3, summarization_distractors=True) != assemble(
+        records, "context_synthesis", 5, seed=4, summarization_distractors=True
+    )
 
 
 def test_parse_failures_never_enter_the_mix_and_small_tasks_are_capped():
     pool = pool_for_variant("context_synthesis", [], synthesized("qasper", 3, failed=(1,)))
-    samples = assemble(pool, "context_synthesis", num_contexts=10, seed=0)
+    samples = assemble(pool, "context_synthesis", num_contexts=10, seed=0, summarization_distractors=True)
     assert [s["id"] for s in samples] == ["qasper-0", "qasper-2"]
     assert all(len(contexts_in(s)) == 2 for s in samples)
 
@@ -75,9 +80,13 @@ def test_variants_human_context_and_context_free():
         {"id": "a", "task": "hotpotqa", "instruction": "Q?", "answer": "A", "context": "HUMAN"},
         {"id": "b", "task": "hotpotqa", "instruction": "R?", "answer": "B", "context": None},
     ]
-    human = assemble(pool_for_variant("human_context", seeds, []), "human_context", 3, seed=0)
+    human = assemble(
+        pool_for_variant("human_context", seeds, []), "human_context", 3, seed=0, summarization_distractors=True
+    )
     assert [s["id"] for s in human] == ["a"] and "HUMAN" in human[0]["messages"][0]["content"]
-    free = assemble(pool_for_variant("context_free", seeds, []), "context_free", 3, seed=0)
+    free = assemble(
+        pool_for_variant("context_free", seeds, []), "context_free", 3, seed=0, summarization_distractors=True
+    )
     assert [s["messages"][0]["content"] for s in free] == ["Q?", "R?"]
     with pytest.raises(ValueError, match="unknown mix.variant"):
         pool_for_variant("nonsense", seeds, [])
@@ -85,7 +94,10 @@ def test_variants_human_context_and_context_free():
 
 def test_summarization_distractors_can_be_switched_off():
     records = synthesized("gov_report", 4)
-    assert all(len(contexts_in(s)) == 3 for s in assemble(records, "context_synthesis", 3, seed=0))
+    assert all(
+        len(contexts_in(s)) == 3
+        for s in assemble(records, "context_synthesis", 3, seed=0, summarization_distractors=True)
+    )
     assert all(
         len(contexts_in(s)) == 1
         for s in assemble(records, "context_synthesis", 3, seed=0, summarization_distractors=False)
@@ -100,7 +112,7 @@ from test_mix import synthesized
 from ctxsynth.core.chat_encoding import end_of_turn_ids
 from ctxsynth.mix.assemble import assemble
 records = synthesized("hotpotqa", 8) + synthesized("musique", 8)
-print(json.dumps(assemble(records, "context_synthesis", 5, seed=42)))
+print(json.dumps(assemble(records, "context_synthesis", 5, seed=42, summarization_distractors=True)))
 """
 
 
@@ -126,7 +138,7 @@ def test_length_stats_count_what_finetune_trains_on(tiny_model_dir):
     from ctxsynth.finetune.data import prepare_examples
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    samples = assemble(synthesized("hotpotqa", 3), "context_synthesis", 2, seed=0)
+    samples = assemble(synthesized("hotpotqa", 3), "context_synthesis", 2, seed=0, summarization_distractors=True)
     stats = length_stats(samples, tokenizer, end_of_turn_ids(tokenizer))
     records = [(line, sample) for line, sample in enumerate(samples, start=1)]
     examples = prepare_examples(

@@ -5,6 +5,7 @@ import pytest
 from ctxsynth.generation.base import GenerationError
 from ctxsynth.generation.cache import GenerationCache
 from ctxsynth.generation.openai_chat import OpenAIBackend
+from ctxsynth.generation.settings import OpenAISettings
 from ctxsynth.rehearsal.chat_server import ChatServer
 from ctxsynth.synthesis.contexts import synthesize_contexts
 from ctxsynth.synthesis.prompts import get_prompt
@@ -15,12 +16,10 @@ SEEDS = [
 SAMPLING = {"max_new_tokens": 16, "temperature": 0.0}
 
 
-def backend(urls, **options):
+def backend(urls, **settings):
+    options = {"concurrency": 4, "timeout": 0.5, "max_retries": 4, **settings}
     return OpenAIBackend(
-        urls,
-        model="served-model",
-        model_id="model@1",
-        **{"concurrency": 4, "timeout": 0.5, "max_retries": 4, "backoff_base": 0.01, **options},
+        OpenAISettings(base_urls=urls, model="served-model", model_id="model@1", **options), backoff_base=0.01
     )
 
 
@@ -79,14 +78,15 @@ def test_retry_after_accepts_seconds_and_http_dates():
 
 def test_a_key_goes_only_where_its_variable_is_named(monkeypatch):
     """An unset api_key_env must not fall back to OPENAI_API_KEY: that key would go to whatever base_urls names."""
-    from ctxsynth.generation import _api_key
+    from ctxsynth.generation import api_key, make_backend
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key")
     monkeypatch.delenv("CTXSYNTH_LOCAL_KEY", raising=False)
-    assert _api_key({"api_key_env": "CTXSYNTH_LOCAL_KEY"}) is None
+    assert api_key("CTXSYNTH_LOCAL_KEY") is None
     monkeypatch.setenv("CTXSYNTH_LOCAL_KEY", "local")
-    assert _api_key({"api_key_env": "CTXSYNTH_LOCAL_KEY"}) == "local"
-    assert _api_key({"api_key_env": "OPENAI_API_KEY"}) == "sk-real-openai-key"  # named: sent
-    from ctxsynth.generation.openai_chat import OpenAIBackend
-
-    assert OpenAIBackend(["http://127.0.0.1:9/v1"], model="m", api_key=None).api_key == "EMPTY"
+    assert api_key("CTXSYNTH_LOCAL_KEY") == "local"
+    assert api_key("OPENAI_API_KEY") == "sk-real-openai-key"  # named: sent
+    local = OpenAISettings(base_urls=["http://127.0.0.1:9/v1"], model="m", model_id="m@1", api_key_env="CTXSYNTH_X")
+    monkeypatch.delenv("CTXSYNTH_X", raising=False)
+    built = make_backend("openai", "unused", batch_size=1, device="cpu", dtype="float32", openai=local)
+    assert built.api_key == "EMPTY"  # the unset variable it names, not OPENAI_API_KEY

@@ -5,6 +5,7 @@ import pytest
 from ctxsynth.generation.base import GenerationError, Request
 from ctxsynth.generation.cache import GenerationCache, stored_key
 from ctxsynth.generation.openai_batch import OpenAIBatchBackend
+from ctxsynth.generation.settings import OpenAIBatchSettings
 from ctxsynth.rehearsal.batch_server import BatchServer, question_of
 from ctxsynth.synthesis.contexts import synthesize_contexts
 from ctxsynth.synthesis.prompts import get_prompt
@@ -15,22 +16,10 @@ SEEDS = [
 SAMPLING = {"max_new_tokens": 16, "temperature": 0.7, "top_p": 0.9}
 
 
-def backend(url, tmp_path, **options):
-    return OpenAIBatchBackend(
-        url,
-        model="served-model",
-        model_id="model@1",
-        api_key="test-key",
-        **{
-            "poll_interval": 0.01,
-            "state_dir": tmp_path / "batches",
-            "timeout": 2,
-            "max_retries": 3,
-            "backoff_base": 0.01,
-            "verbose": False,
-            **options,
-        },
-    )
+def backend(url, tmp_path, **settings):
+    options = {"poll_interval": 0.01, "state_dir": str(tmp_path / "batches"), "timeout": 2, "max_retries": 3}
+    settings = OpenAIBatchSettings(base_url=url, model="served-model", model_id="model@1", **{**options, **settings})
+    return OpenAIBatchBackend(settings, api_key="test-key", backoff_base=0.01, verbose=False)
 
 
 def run(generator, tmp_path, seeds=SEEDS):

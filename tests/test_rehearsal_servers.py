@@ -3,6 +3,7 @@
 from ctxsynth.generation.base import Request
 from ctxsynth.generation.openai_batch import OpenAIBatchBackend
 from ctxsynth.generation.openai_chat import OpenAIBackend
+from ctxsynth.generation.settings import OpenAIBatchSettings, OpenAISettings
 from ctxsynth.rehearsal.fake_openai import rehearsal_servers
 from ctxsynth.synthesis.contexts import parse_context
 from ctxsynth.synthesis.instructions import parse_question_answer
@@ -27,14 +28,10 @@ def test_context_synthesis_through_the_fake_batch_api_parses_and_states_the_answ
         for i, (question, answer) in enumerate(PAIRS)
     ]
     with rehearsal_servers(batch_port=0, chat_port=0) as (batch_url, _):
-        backend = OpenAIBatchBackend(
-            batch_url,
-            model="gpt-4o-mini-2024-07-18",
-            api_key="any",
-            poll_interval=0.01,
-            state_dir=tmp_path,
-            verbose=False,
+        settings = OpenAIBatchSettings(
+            base_url=batch_url, model="gpt-4o-mini-2024-07-18", poll_interval=0.01, state_dir=str(tmp_path)
         )
+        backend = OpenAIBatchBackend(settings, api_key="any", verbose=False)
         texts = _generate(backend, requests)
     for i, (_, answer) in enumerate(PAIRS):
         context, status = parse_context(texts[f"k{i}"], prompt.marker)
@@ -45,6 +42,9 @@ def test_instruction_synthesis_through_the_fake_chat_server_parses(tmp_path):
     prompt = get_prompt("instruction_synthesis")
     context = "The harbour of Lessing froze in the winter of 1821 and the ferries stopped for nine weeks."
     with rehearsal_servers(batch_port=0, chat_port=0) as (_, chat_url):
-        texts = _generate(OpenAIBackend(chat_url, model="served"), [Request("k", prompt.messages(context=context))])
+        texts = _generate(
+            OpenAIBackend(OpenAISettings(base_urls=[chat_url], model="served")),
+            [Request("k", prompt.messages(context=context))],
+        )
     question, answer, status = parse_question_answer(texts["k"])
     assert status == "ok" and question and answer in context

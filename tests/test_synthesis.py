@@ -110,12 +110,12 @@ def test_cache_spares_reruns_resumes_after_a_kill_and_distrusts_corrupt_entries(
 
 
 def test_transformers_backend_batches_real_generation(tiny_model_dir, tmp_path):
-    backend = TransformersBackend(tiny_model_dir, batch_size=2)
+    backend = TransformersBackend(tiny_model_dir, batch_size=2, device="cpu", dtype="float32")
     records, stats = run(backend, GenerationCache(tmp_path), sampling={"max_new_tokens": 6, "temperature": 0.0})
     assert stats["generated"] == 5 and stats["generated_tokens"] > 0
     assert all(r["finish_reason"] in {"stop", "length"} and r["generated_tokens"] <= 6 for r in records)
     # Greedy batched output equals one-at-a-time output: left padding does not change the result.
-    single = TransformersBackend(tiny_model_dir, batch_size=1)
+    single = TransformersBackend(tiny_model_dir, batch_size=1, device="cpu", dtype="float32")
     alone, _ = run(single, GenerationCache(tmp_path / "other"), sampling={"max_new_tokens": 6, "temperature": 0.0})
     assert [r["raw_output"] for r in alone] == [r["raw_output"] for r in records]
     assert json.dumps(records[0]["provenance"])  # serializable
@@ -133,10 +133,12 @@ def test_length_histogram_bins_and_shares():
 def test_sampled_output_of_an_item_does_not_depend_on_its_batch(tiny_model_dir, tmp_path):
     sampling = {"max_new_tokens": 8, "temperature": 1.0, "top_p": 0.9, "repetition_penalty": 1.1}
     together, _ = run(
-        TransformersBackend(tiny_model_dir, batch_size=5), GenerationCache(tmp_path / "a"), sampling=sampling
+        TransformersBackend(tiny_model_dir, batch_size=5, device="cpu", dtype="float32"),
+        GenerationCache(tmp_path / "a"),
+        sampling=sampling,
     )
     alone, _ = run(
-        TransformersBackend(tiny_model_dir, batch_size=1),
+        TransformersBackend(tiny_model_dir, batch_size=1, device="cpu", dtype="float32"),
         GenerationCache(tmp_path / "b"),
         seeds=SEEDS[2:3],
         sampling=sampling,
@@ -145,7 +147,7 @@ def test_sampled_output_of_an_item_does_not_depend_on_its_batch(tiny_model_dir, 
     assert len({r["raw_output"] for r in together}) > 1  # really sampled: items differ
     other_seed = synthesize_contexts(
         SEEDS[2:3],
-        TransformersBackend(tiny_model_dir, batch_size=1),
+        TransformersBackend(tiny_model_dir, batch_size=1, device="cpu", dtype="float32"),
         GenerationCache(tmp_path / "c"),
         get_prompt("context_synthesis"),
         sampling,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ctxsynth.generation.base import Request
+from ctxsynth.generation.settings import VllmSettings
 
 
 @dataclass
@@ -50,7 +51,7 @@ def fake_vllm(monkeypatch):
 def test_chat_over_whole_lists_with_per_item_seeds_and_prefix(fake_vllm, tiny_model_dir):
     from ctxsynth.generation.vllm_backend import VLLMBackend
 
-    backend = VLLMBackend(tiny_model_dir, tensor_parallel_size=8, chunk_size=3)
+    backend = VLLMBackend(tiny_model_dir, VllmSettings(tensor_parallel_size=8), chunk_size=3)
     assert backend.llm.tensor_parallel_size == 8
     requests = [
         Request(f"k{i}", [{"role": "user", "content": f"seed {i}"}], "Context:" if i % 2 else "") for i in range(4)
@@ -67,7 +68,7 @@ def test_chat_over_whole_lists_with_per_item_seeds_and_prefix(fake_vllm, tiny_mo
     seeds = [p.seed for p in plain[1]]
     assert len(set(seeds)) == len(seeds) and plain[1][0].max_tokens == 64 and plain[1][0].temperature == 0.8
     # The seed belongs to the item, not to its batch position.
-    again = VLLMBackend(tiny_model_dir, chunk_size=1)
+    again = VLLMBackend(tiny_model_dir, VllmSettings(), chunk_size=1)
     list(again.iter_generate(requests[:1], sampling, seed=7))
     assert again.llm.calls[0][1][0].seed == plain[1][0].seed
 
@@ -77,4 +78,4 @@ def test_missing_vllm_is_a_clear_error(monkeypatch, tiny_model_dir):
     from ctxsynth.generation.vllm_backend import VLLMBackend
 
     with pytest.raises(ImportError, match="pip install '.\\[vllm\\]'"):
-        VLLMBackend(tiny_model_dir)
+        VLLMBackend(tiny_model_dir, VllmSettings())

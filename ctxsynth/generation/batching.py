@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def cache_argument(model) -> str:
@@ -83,7 +84,8 @@ class ContinuousBatcher:
 
         waiting = list(range(len(prompts)))[::-1]  # a stack: pop() takes the next prompt in the caller's order
         active: list[Item] = []
-        cache = mask = None
+        cache: Any = None
+        mask: Any = None  # both set by the first prefill step, which always comes first
         with torch.inference_mode():
             while waiting or active:
                 free = self.batch_size - len(active)

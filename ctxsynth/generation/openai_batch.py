@@ -21,18 +21,19 @@ batch's results have been consumed.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ctxsynth.core.io import atomic_path, dumps, sha256_text, user_cache_dir, write_json
 from ctxsynth.generation.base import GenerationError, Request
 from ctxsynth.generation.http import Retryable, RetryPolicy, http_call
 from ctxsynth.generation.openai_chat import chat_completion_body
+from ctxsynth.generation.settings import OpenAIBatchSettings
 
 ENDPOINT = "/v1/chat/completions"
 PENDING = ("validating", "in_progress", "finalizing", "cancelling")
@@ -47,37 +48,30 @@ class OpenAIBatchBackend:
 
     def __init__(
         self,
-        base_url: str,
-        model: str,
-        model_id: str | None = None,
+        settings: OpenAIBatchSettings,
         api_key: str | None = None,
-        completion_window: str = "24h",
-        poll_interval: float = 30.0,
-        state_dir: os.PathLike | str | None = None,
-        timeout: float = 120.0,
-        max_polls: int | None = None,
-        max_retries: int = 6,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
-        send_repetition_penalty: bool = False,
         verbose: bool = True,
     ):
-        if not base_url:
+        if not settings.base_url:
             raise ValueError("synthesize.openai_batch.base_url is empty")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
+        self.base_url = settings.base_url.rstrip("/")
+        self.model = settings.model
         # The cache key names the model, not the server: the same weights behind another backend share entries.
-        self.model_id = model_id or model
+        self.model_id = settings.model_id or settings.model
         # The server decides device and dtype: nothing to add to the cache key beside model_id.
         self.generation_settings: dict = {}
-        self.api_key = api_key or "EMPTY"  # only the key the settings name (generation/__init__.py _api_key)
-        self.completion_window, self.poll_interval, self.timeout = completion_window, float(poll_interval), timeout
+        self.api_key = api_key or "EMPTY"  # only the key the settings name (generation/__init__.py api_key)
+        self.completion_window, self.timeout = settings.completion_window, settings.timeout
+        self.poll_interval = float(settings.poll_interval)
+        state_dir = settings.state_dir
         self.state_dir = Path(state_dir).expanduser() if state_dir else user_cache_dir("openai_batches")
-        self.max_polls = max_polls
-        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self.max_polls = settings.max_polls
+        self.retry = RetryPolicy(settings.max_retries, backoff_base, backoff_max)
         # OpenAI rejects `repetition_penalty` (every line of the batch would fail after the wait); vLLM-style
         # servers accept it. Sending it is opt-in; a sampling that needs it and is not sent is refused up front.
-        self.send_repetition_penalty = send_repetition_penalty
+        self.send_repetition_penalty = settings.send_repetition_penalty
         self.verbose = verbose
         self.batches: list[dict] = []  # provenance of every batch this backend consumed (id, status, counts)
 
@@ -254,7 +248,7 @@ class OpenAIBatchBackend:
     # ---------------------------------------------------------------------------------------------- the batch
     def submit(self, requests: list[Request], sampling: dict, seed: int, path: Path, scope: str) -> dict:
         data = self.request_lines(requests, sampling, seed)  # validates before anything is uploaded or paid
-        state = {
+        state: dict[str, Any] = {
             "version": STATE_VERSION,
             "scope": scope,
             "base_url": self.base_url,
@@ -268,9 +262,10 @@ class OpenAIBatchBackend:
         input_path = path.with_suffix(".input.jsonl")
         with atomic_path(input_path) as tmp:
             tmp.write_bytes(data)
-        state["input_file_id"] = self.upload(data, input_path.name)
+        input_file_id = self.upload(data, input_path.name)
+        state["input_file_id"] = input_file_id
         write_json(path, state)  # from here on a killed run creates the batch over this upload, not a new one
-        return self.record_batch(path, state, self.create(state["input_file_id"]))
+        return self.record_batch(path, state, self.create(input_file_id))
 
     def resume_creation(self, path: Path, state: dict) -> dict:
         """A run killed between upload and create: adopt the batch if it was created after all, else create it."""
@@ -317,7 +312,9 @@ class OpenAIBatchBackend:
 
     def collect(self, batch: dict, custom_ids: set[str]) -> tuple[dict[str, dict], dict[str, str]]:
         """Results and per-item errors of a finished batch, keyed by custom_id, from its output and error files."""
-        results, errors, seen = {}, {}, set()
+        results: dict[str, dict] = {}
+        errors: dict[str, str] = {}
+        seen: set[str] = set()
         for field in ("output_file_id", "error_file_id"):
             file_id = batch.get(field)
             if not file_id:
@@ -346,7 +343,7 @@ class OpenAIBatchBackend:
                 if result is not None:
                     results[custom_id] = result
                 else:
-                    errors[custom_id] = error
+                    errors[custom_id] = error or "no reason given"
         return results, errors
 
     def iter_generate(self, requests: list[Request], sampling: dict, seed: int) -> Iterator[list[tuple[Request, dict]]]:
@@ -409,7 +406,7 @@ def parse_result(item: dict) -> tuple[dict | None, str | None]:
     response = item.get("response")
     if not isinstance(response, dict):
         return None, "no response"
-    body = response.get("body")
+    body: Any = response.get("body")  # JSON: checked as it is read below
     status_code = response.get("status_code")
     if status_code != 200:
         detail = body.get("error") if isinstance(body, dict) and body.get("error") else body

@@ -14,6 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ctxsynth.generation.base import Request
 from ctxsynth.generation.http import Retryable, RetryPolicy, http_call
+from ctxsynth.generation.settings import OpenAISettings
 
 
 def chat_completion_body(model: str, request: Request, sampling: dict, seed: int) -> dict:
@@ -39,27 +40,25 @@ class OpenAIBackend:
 
     def __init__(
         self,
-        base_urls: list[str] | str,
-        model: str,
-        model_id: str | None = None,
+        settings: OpenAISettings,
+        default_model_id: str | None = None,
         api_key: str | None = None,
-        concurrency: int = 8,
-        timeout: float = 120.0,
-        max_retries: int = 6,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
     ):
-        self.base_urls = [u.rstrip("/") for u in ([base_urls] if isinstance(base_urls, str) else base_urls)]
+        """`default_model_id` names the model in the cache when `settings.model_id` is null (the pipeline's base
+        model, so its entries are shared with the transformers backend); else the served model's name does."""
+        self.base_urls = [url.rstrip("/") for url in settings.base_urls]
         if not self.base_urls:
             raise ValueError("synthesize.openai.base_urls is empty")
-        self.model = model
+        self.model = settings.model
         # The cache key names the model, not the server: the same weights behind another backend share entries.
-        self.model_id = model_id or model
+        self.model_id = settings.model_id or default_model_id or settings.model
         # The server decides device and dtype: nothing to add to the cache key beside model_id.
         self.generation_settings: dict = {}
-        self.api_key = api_key or "EMPTY"  # only the key the settings name (generation/__init__.py _api_key)
-        self.concurrency, self.timeout = concurrency, timeout
-        self.retry = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self.api_key = api_key or "EMPTY"  # only the key the settings name (generation/__init__.py api_key)
+        self.concurrency, self.timeout = settings.concurrency, settings.timeout
+        self.retry = RetryPolicy(settings.max_retries, backoff_base, backoff_max)
 
     @property
     def retries(self) -> int:

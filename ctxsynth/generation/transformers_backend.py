@@ -17,7 +17,7 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model_dir: Path | str, batch_size: int = 16, device: str = "auto", dtype: str = "float32"):
+    def __init__(self, model_dir: Path | str, batch_size: int, device: str, dtype: str):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -29,7 +29,7 @@ class TransformersBackend:
         torch_dtype = getattr(torch, dtype)
         self.model = (
             AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, attn_implementation="sdpa")
-            .to(self.device)
+            .to(self.device)  # type: ignore[arg-type]  # transformers types `to` for a model, not a device
             .eval()
         )
         self.batch_size = batch_size
@@ -42,7 +42,8 @@ class TransformersBackend:
         }
 
     def prompt_text(self, request: Request) -> str:
-        prompt = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        # tokenize=False: one string (the return type covers the token-id forms too).
+        prompt = str(self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True))
         return prompt + request.response_prefix
 
     def iter_generate(self, requests: list[Request], sampling: dict, seed: int) -> Iterator[list[tuple[Request, dict]]]:
@@ -62,7 +63,7 @@ class TransformersBackend:
             results = []
             for position, tokens, finish_reason in finished:
                 request = requests[order[position]]
-                text = request.response_prefix + self.tokenizer.decode(tokens, skip_special_tokens=True)
+                text = request.response_prefix + str(self.tokenizer.decode(tokens, skip_special_tokens=True))
                 results.append(
                     (request, {"text": text, "generated_tokens": len(tokens), "finish_reason": finish_reason})
                 )

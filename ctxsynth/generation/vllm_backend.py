@@ -13,20 +13,13 @@ from pathlib import Path
 from ctxsynth.core.hub import model_identity
 from ctxsynth.core.text import stable_int
 from ctxsynth.generation.base import Request
+from ctxsynth.generation.settings import VllmSettings
 
 
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(
-        self,
-        model_dir: Path | str,
-        tensor_parallel_size: int = 1,
-        dtype: str = "auto",
-        max_model_len: int | None = None,
-        gpu_memory_utilization: float = 0.9,
-        chunk_size: int = 1024,
-    ):
+    def __init__(self, model_dir: Path | str, settings: VllmSettings, chunk_size: int = 1024):
         try:
             from vllm import LLM
         except ImportError as error:
@@ -36,15 +29,15 @@ class VLLMBackend:
             ) from error
         self.llm = LLM(
             model=str(model_dir),
-            tensor_parallel_size=int(tensor_parallel_size),
-            dtype=dtype,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=float(gpu_memory_utilization),
+            tensor_parallel_size=int(settings.tensor_parallel_size),
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            gpu_memory_utilization=float(settings.gpu_memory_utilization),
             seed=0,
         )
         self.model_id = model_identity(model_dir)
         # Stored with every cached generation (generation.cache.stored_key): dtype and window change the outputs.
-        self.generation_settings = {"dtype": dtype, "max_model_len": max_model_len}
+        self.generation_settings = {"dtype": settings.dtype, "max_model_len": settings.max_model_len}
         self.chunk_size = int(chunk_size)  # results are yielded (and cached) after every chunk
 
     @staticmethod

@@ -90,7 +90,7 @@ def assemble(
     variant: str,
     num_contexts: int,
     seed: int,
-    summarization_distractors: bool = True,
+    summarization_distractors: bool,
     separator: str = "\n\n",
 ) -> list[dict]:
     """One chat sample per record, in the order of `records` sorted by (task, id)."""

@@ -36,7 +36,7 @@ def build_squad_chat(
     exclude_paragraphs: set[str],
     count: int | None,
     seed: int,
-    max_paragraph_words: int = 400,
+    max_paragraph_words: int,
 ) -> tuple[list[dict], dict]:
     """Up to `count` SQuAD chat samples (one question per paragraph), ranked by a seeded hash of the question id."""
     template = templates()["squad_chat"]["template"]

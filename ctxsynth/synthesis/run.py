@@ -58,9 +58,7 @@ def managed_server(settings: SynthesizeSettings) -> ManagedServer | None:
 def build_backend(settings: SynthesizeSettings, model_dir: Path | str, server: ManagedServer | None = None) -> Backend:
     """The backend `synthesize.backend` names, with its own settings section; with `server`, talking to it only and
     starting it on the first generation that is not cached."""
-    openai = dataclasses.asdict(settings.openai)
-    if server is not None:
-        openai["base_urls"] = [server.url]
+    openai = settings.openai if server is None else dataclasses.replace(settings.openai, base_urls=[server.url])
     backend = make_backend(
         settings.backend,
         generator_dir(settings, model_dir),
@@ -68,8 +66,8 @@ def build_backend(settings: SynthesizeSettings, model_dir: Path | str, server: M
         device=settings.device,
         dtype=settings.dtype,
         openai=openai,
-        vllm=dataclasses.asdict(settings.vllm),
-        openai_batch=dataclasses.asdict(settings.openai_batch),
+        vllm=settings.vllm,
+        openai_batch=settings.openai_batch,
     )
     return backend if server is None else ServedBackend(backend, server)
 
