@@ -1,298 +1,340 @@
-"""The paper's findings (F1 pilot, F2 and F5 main comparison, F3 contexts, F4 generator) as verdict lines."""
+"""The paper's findings as data. ctxsynth/paper/findings.yaml holds one record per finding (its claim, the contrasts
+it rests on, their strata and the direction the paper claims); evaluate() turns a record into estimates, 95%
+intervals (ctxsynth/paper/stats.py) and a verdict against the collected rows. The results are plain JSON values:
+`ctxsynth report` writes them to metrics/findings.json and renders the report's verdicts and the README's findings
+table from that file."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
 from ctxsynth.paper import stats
-from ctxsynth.paper.rows import Row, mean_of
-from ctxsynth.paper.verdicts import (
-    compare,
-    finding,
-    fmt,
-    not_measured,
-    shared_tasks,
-    signed,
-    task_weights,
-)
+from ctxsynth.paper.rows import Row, mean_of, rows_of
+from ctxsynth.paper.sections import labelled_categories, measured_subtasks, niah_by_length
+from ctxsynth.paper.templates import phrase
+from ctxsynth.paper.verdicts import compare, flat_tasks, inequalities, shared_tasks, task_weights
 
-BASE = "base model (no fine-tuning)"
+NOT_MEASURED = "not measured"
+GPU_ONLY = "gpu rows only; not run at this scale"
 
 
-def niah_by_length(cells: list[dict] | None, model: str) -> dict[int, float]:
-    lengths: dict[int, list[float]] = {}
-    for cell in cells or []:
-        if cell["model"] == model:
-            lengths.setdefault(int(cell["length"]), []).append(float(cell["recall"]))
-    return {length: mean_of(values) for length, values in sorted(lengths.items())}
+@lru_cache(maxsize=1)
+def records() -> dict:
+    """findings.yaml: aliases, group_labels and the findings, in the report's order within each group."""
+    text = resources.files("ctxsynth.paper").joinpath("findings.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
 
 
-PILOT_ROWS = (
-    ("SFT1", "sft1-general"),
-    ("SFT2", "sft2-needle-only"),
-    ("SFT3", "sft3-short-haystack"),
-    ("SFT4", "sft4-long-haystack"),
-)
+@dataclass(frozen=True)
+class Scope:
+    """One plan group's collected rows, and what the findings' strata and phrases read of them."""
+
+    rows: dict[str, Row]
+    subtasks: list[str]  # the NIAH subtasks some row scored
+    lengths: list[int]  # the NIAH haystack lengths, from the first row's base model
+    categories: dict[str, list[str]]  # LongBench category (the paper's label) -> the tasks scored in it
+
+    def row(self, key: str) -> Row | None:
+        return self.rows.get(records()["aliases"].get(key, key))
+
+    @property
+    def tasks(self) -> set[str]:
+        return {task for row in self.rows.values() for task in row.tasks()}
 
 
-def pilot_findings(rows: dict[str, Row], by_length: dict, lengths: list[int], subtasks: list[str]) -> list[str]:
-    """F1a-e. Strata are NIAH subtasks, or subtasks at one haystack length (`<task>@<length>`) for claims about a
-    length; the unit is one needle sample (one test document)."""
-    unit = "needle samples"
-    niah = [f"niah_{s}" for s in subtasks]
-    sft = {key: rows.get(name) for key, name in PILOT_ROWS}
+def scope_of(rows: dict[str, Row]) -> Scope:
+    first = next(iter(rows.values()), None)
+    lengths = sorted(niah_by_length(first.niah("base"), "base")) if first else []
+    return Scope(rows, measured_subtasks(rows), lengths, labelled_categories(rows) if rows else {})
 
-    def mean_recall(row: Row) -> float | None:
-        return mean_of([row.score("finetuned", task) for task in niah])
 
-    def at(length: int, sign: float = 1.0) -> dict[str, float]:
-        return {f"{task}@{length}": sign / len(niah) for task in niah}
+@dataclass(frozen=True)
+class Contrast:
+    label: str
+    terms: list[tuple[float, Row, str]]  # (coefficient, row, model variant)
+    weights: dict[str, float]  # stratum -> weight
 
-    def finetuned(*pairs: tuple[float, Row]) -> list[tuple[float, Row, str]]:
-        return [(c, row, "finetuned") for c, row in pairs]
 
-    out = []
-    shortest, longest = (lengths[0], lengths[-1]) if lengths else (None, None)
-    s1 = sft["SFT1"]
-    if s1 is None or len(lengths) < 2:
-        out.append(not_measured("F1a", "needs sft1-general and two haystack lengths"))
-    else:
-        base, general = by_length.get(BASE, {}), by_length.get(s1.name, {})
-        gap = {n: None if None in (base.get(n), general.get(n)) else base[n] - general[n] for n in (shortest, longest)}
-        terms = [(1.0, s1, "base"), (-1.0, s1, "finetuned")]
-        trend, reason = compare(terms, {**at(longest), **at(shortest, -1.0)}, by_length=True)
-        at_longest, _ = compare(terms, at(longest), by_length=True)
-        notes = (
-            [
-                f"At {longest} words alone the gap is {signed(at_longest.value)}, 95% interval "
-                f"[{at_longest.low:+.2f}, {at_longest.high:+.2f}]"
-            ]
-            if at_longest
-            else []
-        )
-        out.append(
-            finding(
-                "F1a",
-                "general data alone falls further below the base model as haystacks grow (the gap widens)",
-                f"base − SFT1 is {signed(gap[shortest])} at {shortest} words, "
-                f"{signed(gap[longest])} at {longest} words",
-                [(f"change of the gap from {shortest} to {longest} words", trend)],
-                reason,
-                [s1],
-                unit,
-                notes=notes,
-            )
-        )
-    for code, claim, better, worse, length in (
-        ("F1b", "needles without surrounding text do worse than needles in a short haystack", "SFT3", "SFT2", None),
-        ("F1c", "a short training haystack generalizes to longer tests", "SFT3", "SFT1", longest),
-    ):
-        a, b = sft[better], sft[worse]
-        if a is None or b is None or not niah:
-            out.append(not_measured(code, f"needs {better} and {worse}"))
-            continue
-        if length is None:
-            weights = task_weights(niah)
-            numbers = f"{better} {fmt(mean_recall(a))} vs {worse} {fmt(mean_recall(b))} (mean recall)"
+# --- strata and parts the records name, resolved from the collected rows ------------------------------------------
+
+
+def _niah_at(scope: Scope, index: int) -> list[str]:
+    return [f"niah_{s}@{scope.lengths[index]}" for s in scope.subtasks] if scope.lengths else []
+
+
+# name -> (scope, the part's rows, the finding's rows) -> strata; an empty list makes the part impossible, except for
+# the task intersections, whose emptiness the comparison itself reports ("no test document was scored by every ...").
+STRATA: dict[str, Callable[[Scope, list[Row], list[Row]], list[str]]] = {
+    "shared": lambda scope, part, finding: shared_tasks(*part),
+    "finding": lambda scope, part, finding: shared_tasks(*finding),
+    "niah": lambda scope, part, finding: [f"niah_{s}" for s in scope.subtasks],
+    "niah@longest": lambda scope, part, finding: _niah_at(scope, -1),
+    "niah@shortest": lambda scope, part, finding: _niah_at(scope, 0),
+}
+MAY_BE_EMPTY = {"shared", "finding"}
+
+
+def strata_weights(spec: dict, scope: Scope, part: list[Row], finding: list[Row]) -> dict[str, float] | None:
+    """{stratum: weight} from a part's strata spec (a resolver's weight is shared equally among its strata); None when
+    a stratum the part needs was not measured."""
+    weights: dict[str, float] = {}
+    for key, weight in spec.items():
+        if key in STRATA:
+            strata = STRATA[key](scope, part, finding)
+            if not strata and key not in MAY_BE_EMPTY:
+                return None
+            weights.update({stratum: weight / len(strata) for stratum in strata})
+        elif key in scope.tasks:
+            weights[key] = float(weight)
         else:
-            weights = at(length)
-            numbers = (
-                f"at {length} words {better} {fmt(by_length.get(a.name, {}).get(length))} vs {worse} "
-                f"{fmt(by_length.get(b.name, {}).get(length))} (the paper: above 90% at 32K)"
-            )
-        estimate, reason = compare(finetuned((1.0, a), (-1.0, b)), weights, by_length=length is not None)
-        out.append(finding(code, claim, numbers, [(f"{better} − {worse}", estimate)], reason, [a, b], unit))
-    s3, s4 = sft["SFT3"], sft["SFT4"]
-    others = [(key, row) for key, row in sft.items() if row is not None and key != "SFT4"]
-    if s4 is None or not others:
-        out.append(not_measured("F1d", "needs SFT4 and another pilot row"))
-    else:
-        compared = [
-            (f"SFT4 − {key}", compare(finetuned((1.0, s4), (-1.0, row)), task_weights(niah))) for key, row in others
-        ]
-        numbers = f"SFT4 {fmt(mean_recall(s4))} vs " + ", ".join(
-            f"{key} {fmt(mean_recall(row))}" for key, row in others
-        )
-        parts = [(label, estimate) for label, (estimate, _) in compared]
-        reason = next((why for _, (_, why) in compared if why), None)
-        rows_compared = [s4] + [row for _, row in others]
-        out.append(
-            finding(
-                "F1d", "the long training haystack is best (mean recall)", numbers, parts, reason, rows_compared, unit
-            )
-        )
-    if s3 is None or s4 is None or "multivalue" not in subtasks or len(subtasks) < 2:
-        out.append(not_measured("F1e", "needs SFT3, SFT4 and the multivalue subtask"))
-    else:
-        gains = {
-            s: (s4.score("finetuned", f"niah_{s}") or 0.0) - (s3.score("finetuned", f"niah_{s}") or 0.0)
-            for s in subtasks
-        }
-        compared = [
-            (
-                f"multivalue gain − {other} gain",
-                compare(finetuned((1.0, s4), (-1.0, s3)), {"niah_multivalue": 1.0, f"niah_{other}": -1.0}),
-            )
-            for other in subtasks
-            if other != "multivalue"
-        ]
-        parts = [(label, estimate) for label, (estimate, _) in compared]
-        reason = next((why for _, (_, why) in compared if why), None)
-        numbers = "gains of SFT4 over SFT3: " + ", ".join(f"{s} {g:+.2f}" for s, g in gains.items())
-        out.append(
-            finding("F1e", "SFT4's largest gain over SFT3 is on multi-value", numbers, parts, reason, [s4, s3], unit)
-        )
-    return out
+            return None
+    return weights
 
 
-def _gap(with_context: Row, without: Row) -> float | None:
-    a, b = with_context.score(), without.score()
-    return None if a is None or b is None else a - b
+def each_against_the_first_by_category(scope: Scope, present: list[str]) -> list[Contrast]:
+    """F4: every row against the first, one contrast per category of the tasks both scored."""
+    first = scope.rows[present[0]]
+    found = []
+    for name in present[1:]:
+        tasks = shared_tasks(first, scope.rows[name])
+        for category, members in (scope.categories or {"": tasks}).items():
+            members = [task for task in members if task in tasks]
+            if members:
+                terms = [(1.0, scope.rows[name], "finetuned"), (-1.0, first, "finetuned")]
+                label = f"{name} − {first.name}" + (f" ({category})" if category else "")
+                found.append(Contrast(label, terms, task_weights(members)))
+    return found
 
 
-def main_findings(rows: dict[str, Row]) -> list[str]:
-    cs, is_, general, human = (
-        rows.get(r) for r in ("context-synthesis", "instruction-synthesis", "general-only", "human-context")
-    )
-    out = []
-    claims = (
-        ("F2a", "context synthesis beats instruction synthesis", cs, is_, 1.0),
-        ("F2b", "context synthesis beats general data alone", cs, general, 1.0),
-        ("F2c", "context synthesis approaches human contexts (at least 90% of human's score)", cs, human, 0.9),
-    )
-    for code, claim, a, b, scale in claims:
-        if a is None or b is None:
-            out.append(not_measured(code, "its rows have not been collected"))
-            continue
-        tasks = shared_tasks(a, b)
-        estimate, reason = compare([(1.0, a, "finetuned"), (-scale, b, "finetuned")], task_weights(tasks))
-        label = f"{a.name} − {scale:g} × {b.name}" if scale != 1.0 else "difference"
-        out.append(
-            finding(
-                code, claim, f"{fmt(a.score())} vs {fmt(b.score())}", [(label, estimate)], reason, [a, b], tasks=tasks
-            )
-        )
-    cf, isnc = rows.get("context-free"), rows.get("instruction-synthesis-no-context")
-    for code, claim, with_context, without in (
-        ("F5a", "the context-synthesis gap (with minus without context) is positive", cs, cf),
-        ("F5b", "the human-context gap is positive", human, cf),
-    ):
-        if with_context is None or without is None:
-            out.append(not_measured(code, "its rows have not been collected"))
-            continue
-        tasks = shared_tasks(with_context, without)
-        estimate, reason = compare(
-            [(1.0, with_context, "finetuned"), (-1.0, without, "finetuned")], task_weights(tasks)
-        )
-        numbers = f"{fmt(with_context.score())} with vs {fmt(without.score())} without"
-        out.append(finding(code, claim, numbers, [("gap", estimate)], reason, [with_context, without], tasks=tasks))
-    if None in (is_, isnc, cf) or (cs is None and human is None):
-        out.append(not_measured("F5c", "its rows have not been collected"))
-    else:
-        parts, reasons, gaps = [], [], [f"instruction synthesis {signed(_gap(is_, isnc))}"]
-        with_context = [(name, row) for name, row in (("context synthesis", cs), ("human context", human)) if row]
-        for name, row in with_context:
-            tasks = shared_tasks(row, cf, is_, isnc)
-            estimate, reason = compare(
-                [(1.0, row, "finetuned"), (-1.0, cf, "finetuned"), (-1.0, is_, "finetuned"), (1.0, isnc, "finetuned")],
-                task_weights(tasks),
-            )
-            parts.append((f"{name} gap − instruction-synthesis gap", estimate))
-            reasons.append(reason)
-            gaps.append(f"{name} {signed(_gap(row, cf))}")
-        is_gap, _ = compare([(1.0, is_, "finetuned"), (-1.0, isnc, "finetuned")], task_weights(shared_tasks(is_, isnc)))
-        notes = (
-            [
-                f"The instruction-synthesis gap itself (the paper: about 0) is {signed(is_gap.value)}, 95% interval "
-                f"[{is_gap.low:+.2f}, {is_gap.high:+.2f}]"
-            ]
-            if is_gap
-            else []
-        )
-        numbers = "gaps " + ", ".join(gaps)
-        out.append(
-            finding(
-                "F5c",
-                "instructions written from a context depend on it less than seeds do (the "
-                "instruction-synthesis gap is below the context-synthesis and human gaps)",
-                numbers,
-                parts,
-                next((r for r in reasons if r), None),
-                [row for _, row in with_context] + [is_, isnc, cf],
-                notes=notes,
-            )
-        )
-    return out
+EXPANSIONS = {"each_against_the_first_by_category": each_against_the_first_by_category}
 
 
-def contexts_finding(rows: dict[str, Row]) -> str:
-    """F3 rests on n10 − n1 (more contexts help); the steps n1 → n5 → n10 are shown beside it, so a tie in a step
-    reads as the inconclusive step it is, never as support."""
-    ns = [rows[r] for r in ("n1", "n5", "n10") if r in rows]
-    if len(ns) < 2:
-        return not_measured("F3", "needs at least n1 and n10")
-    low, high = ns[0], ns[-1]
-    tasks = shared_tasks(*ns)
-
-    def diff(a: Row, b: Row):
-        return compare([(1.0, a, "finetuned"), (-1.0, b, "finetuned")], task_weights(tasks))
-
-    estimate, reason = diff(high, low)
-    notes = []
-    if len(ns) == 3:
-        steps = []
-        for a, b in ((ns[1], ns[0]), (ns[2], ns[1])):
-            step, _ = diff(a, b)
-            value = None if None in (a.score(), b.score()) else a.score() - b.score()
-            steps.append(
-                f"{b.name} → {a.name} {signed(value)}"
-                + (f" [{step.low:+.2f}, {step.high:+.2f}], {step.verdict()}" if step else "")
-                + (" (a tie)" if value is not None and abs(value) < 0.005 else "")
-            )
-        notes.append("Steps: " + "; ".join(steps))
-    numbers = "n = " + " / ".join(r.name[1:] for r in ns) + " gives " + " / ".join(fmt(r.score()) for r in ns)
-    return finding(
-        "F3",
-        "more contexts help a little",
-        numbers,
-        [(f"{high.name} − {low.name}", estimate)],
-        reason,
-        ns,
-        tasks=tasks,
-        notes=notes,
-    )
+def contrast_of(spec: dict, scope: Scope, context: dict) -> Contrast | None:
+    """A part or aside of a record as a contrast of collected rows; None when a row or a stratum is missing."""
+    terms = []
+    for coefficient, key, *variant in spec["terms"]:
+        row = scope.row(phrase(str(key), context))
+        if row is None:
+            return None
+        terms.append((float(coefficient), row, variant[0] if variant else "finetuned"))
+    finding = [scope.row(key) for key in context["present"]]
+    weights = strata_weights(spec.get("strata") or {"shared": 1}, scope, [row for _, row, _ in terms], finding)
+    return None if weights is None else Contrast(phrase(spec["label"], context), terms, weights)
 
 
-def generator_finding(rows: dict[str, Row], categories: dict[str, list[str]] | None = None) -> str:
-    """F4 is an equivalence claim per LongBench category (within about one point): each generator against the first,
-    one contrast per category (categories: category -> its tasks; None: the overall score). Holds when every
-    interval lies inside [-1, 1], contradicted when one lies wholly outside it, inconclusive otherwise."""
-    if len(rows) < 2:
-        return not_measured(
-            "F4",
-            "one generator at this scale: the package registries carry one instruction model, SmolLM2-135M-Instruct "
-            "(a Q4_1 GGUF), and the same weights run another way (llama.cpp, nf4) would compare arithmetic, not "
-            "generators; set `synthesize.generator` to a second local model, or run the gpu rows",
-        )
-    names = list(rows)
-    first = rows[names[0]]
-    parts, reason = [], None
-    for name in names[1:]:
-        tasks = shared_tasks(first, rows[name])
-        groups = {c: [t for t in ts if t in tasks] for c, ts in (categories or {"": tasks}).items()}
-        for category, members in groups.items():
-            if not members:
-                continue
-            terms = [(1.0, rows[name], "finetuned"), (-1.0, first, "finetuned")]
-            estimate, why = compare(terms, task_weights(members))
-            reason = reason or why
-            parts.append((f"{name} − {first.name}" + (f" ({category})" if category else ""), estimate))
+def contrasts_of(record: dict, scope: Scope, context: dict) -> list[Contrast] | None:
+    """The parts a verdict rests on; None when a part that is not optional cannot be formed."""
+    specs = record.get("parts") or []
+    if isinstance(specs, dict):
+        return EXPANSIONS[specs["expand"]](scope, context["present"])
+    found = []
+    for spec in specs:
+        contrast = contrast_of(spec, scope, context)
+        if contrast is None and not spec.get("optional"):
+            return None
+        found += [contrast] if contrast else []
+    return found
 
-    def within_one_point(estimate: stats.Estimate) -> str:
-        if -1.0 <= estimate.low and estimate.high <= 1.0:
+
+# --- evaluation ---------------------------------------------------------------------------------------------------
+
+
+def judge(estimate: stats.Estimate, record: dict) -> str:
+    """The verdict of one part: the interval against the direction the paper claims."""
+    if record.get("direction") == "equivalent":
+        margin = record["margin"]
+        if -margin <= estimate.low and estimate.high <= margin:
             return stats.HOLDS
-        return stats.CONTRADICTED if estimate.low > 1.0 or estimate.high < -1.0 else stats.INCONCLUSIVE
+        return stats.CONTRADICTED if estimate.low > margin or estimate.high < -margin else stats.INCONCLUSIVE
+    return estimate.verdict(-1 if record.get("direction") == "negative" else 1)
 
-    numbers = " / ".join(f"{n} {fmt(rows[n].score())}" for n in names)
-    claim = "the generator matters little (every difference within ±1 point" + (
-        ", per category)" if categories else ")"
+
+def judged(contrast: Contrast, record: dict) -> tuple[dict, stats.Estimate | None, str | None]:
+    estimate, reason = compare(contrast.terms, contrast.weights)
+    part = {
+        "label": contrast.label,
+        "terms": [[c, row.name, variant] for c, row, variant in contrast.terms],
+        "strata": contrast.weights,
+        "estimate": estimate.value if estimate else None,
+        "low": estimate.low if estimate else None,
+        "high": estimate.high if estimate else None,
+        "verdict": judge(estimate, record) if estimate else None,
+    }
+    return part, estimate, reason
+
+
+def template_context(scope: Scope, present: list[str]) -> dict:
+    """What a record's phrases read: the rows present, the group's NIAH layout and categories, the collected means."""
+
+    def row_value(key: str, value: Callable[[Row], float | None]) -> float | None:
+        row = scope.row(key)
+        return None if row is None else value(row)
+
+    def recall_at(key: str, length: int, variant: str = "finetuned") -> float | None:
+        return row_value(key, lambda row: niah_by_length(row.niah(variant), variant).get(length))
+
+    niah = [f"niah_{s}" for s in scope.subtasks]
+    return {
+        "present": present,
+        "row_names": list(scope.rows),
+        "subtasks": scope.subtasks,
+        "lengths": scope.lengths,
+        "shortest": scope.lengths[0] if scope.lengths else None,
+        "longest": scope.lengths[-1] if scope.lengths else None,
+        "categories": scope.categories,
+        "overall": lambda key: row_value(key, Row.score),
+        "task_score": lambda key, task, variant="finetuned": row_value(key, lambda row: row.score(variant, task)),
+        "mean_recall": lambda key: row_value(key, lambda row: mean_of([row.score("finetuned", t) for t in niah])),
+        "recall_at": recall_at,
+        "minus": lambda a, b: None if a is None or b is None else a - b,
+        "parts": [],
+        "asides": [],
+    }
+
+
+def blank(record: dict, context: dict | None) -> dict:
+    """Every field of a finding, as for one not measured (context None: the record's strings are not templates)."""
+
+    def text(key: str) -> str | None:
+        value = record.get(key)
+        return value if value is None or context is None else phrase(value, context)
+
+    return {
+        "code": record["code"],
+        "group": record["group"],
+        "claim": text("claim"),
+        "short_claim": text("short"),
+        "direction": record.get("direction"),
+        "what": record.get("what"),
+        "verdict": NOT_MEASURED,
+        "reason": None,
+        "estimate": None,
+        "low": None,
+        "high": None,
+        "parts": [],
+        "asides": [],
+        "numbers": None,
+        "notes": [],
+        "unit": record.get("unit", "test documents"),
+        "rows": [],
+        "documents": None,
+        "task_count": None,
+        "unpaired": None,
+        "seeds": [],
+        "test_documents": None,
+        "cells_per_subtask": None,
+        "flat_tasks": [],
+        "scored_tasks": [],
+        "unequal": [],
+    }
+
+
+def requirements_met(record: dict, scope: Scope, present: list[str]) -> bool:
+    rows = record.get("rows") or []
+    needs = record.get("requires") or {"rows": [] if rows == "all" else rows}
+    return (
+        all(scope.row(key) is not None for key in needs.get("rows", []))
+        and len(present) >= needs.get("present", 0)
+        and len(scope.lengths) >= needs.get("lengths", 0)
+        and all(subtask in scope.subtasks for subtask in needs.get("subtasks", []))
     )
-    return finding("F4", claim, numbers, parts, reason, list(rows.values()), judge=within_one_point)
+
+
+def evidence(estimate: stats.Estimate) -> dict:
+    """How many paired documents, tasks and seeds an interval rests on."""
+    return {
+        "documents": estimate.documents,
+        "task_count": len({stratum.split("@")[0] for stratum, _ in estimate.strata}),
+        "seeds": [[name, count] for name, count in estimate.seeds],
+        "unpaired": estimate.unpaired,
+    }
+
+
+def collected_size(rows: list[Row]) -> dict:
+    """What the rows were scored on, for a finding without an interval."""
+    documents = [row.test_documents() for row in rows if row.test_documents()]
+    cells = None
+    if not documents and any(row.niah("finetuned") for row in rows):
+        cells = min(row.cells_per_subtask() for row in rows if row.niah("finetuned"))
+    return {
+        "test_documents": min(documents) if documents else None,
+        "cells_per_subtask": cells,
+        "seeds": [[row.name, row.seeds] for row in rows],
+    }
+
+
+def asides_of(record: dict, scope: Scope, context: dict) -> list[dict]:
+    """The contrasts shown beside a verdict; one whose rows were not all collected is left out."""
+    shown = []
+    for spec in record.get("asides") or []:
+        collected = all(scope.row(key) is not None for key in spec.get("requires", []))
+        aside = contrast_of(spec, scope, context) if collected else None
+        if aside is not None:
+            shown.append(judged(aside, record)[0])
+    return shown
+
+
+def evaluate(record: dict, scope: Scope) -> dict:
+    """A record against one group's collected rows: its parts' estimates and intervals, the verdict (every part
+    combined: stats.combine), the evidence, and what else differs between the compared rows."""
+    rows_spec = record.get("rows") or []
+    present = list(scope.rows) if rows_spec == "all" else [key for key in rows_spec if scope.row(key) is not None]
+    context = template_context(scope, present)
+    contrasts = contrasts_of(record, scope, context) if requirements_met(record, scope, present) else None
+    result = blank(record, context)
+    if not contrasts:
+        return {**result, "reason": phrase(record.get("missing", "no part of it can be compared"), context)}
+    parts = [judged(contrast, record) for contrast in contrasts]
+    asides = asides_of(record, scope, context)
+    context.update(parts=[part for part, _, _ in parts], asides=asides)
+    rows = [scope.row(key) for key in present]
+    reason = next((why for _, _, why in parts if why), None)
+    if reason is None:
+        first = parts[0][0]
+        verdict = stats.combine([part["verdict"] for part, _, _ in parts])
+        result.update(verdict=verdict, estimate=first["estimate"], low=first["low"], high=first["high"])
+        result.update(evidence(parts[0][1]))
+    else:
+        result.update(verdict=stats.INCONCLUSIVE, reason=reason, **collected_size(rows))
+    scored = shared_tasks(*rows) if record.get("flat_tasks") else []
+    notes = [phrase(note, context) for note in record.get("notes") or []]
+    result.update(
+        parts=context["parts"],
+        asides=asides,
+        numbers=phrase(record["numbers"], context),
+        notes=[note for note in notes if note],
+        rows=[row.name for row in rows],
+        flat_tasks=flat_tasks(rows, scored),
+        scored_tasks=scored,
+        unequal=inequalities(rows),
+    )
+    return result
+
+
+def group_findings(results: dict, group: str, meta: dict) -> list[dict]:
+    """The findings of one plan group: evaluated, or not measured (a gpu-only group, or one not run yet)."""
+    listed = [record for record in records()["findings"] if record["group"] == group]
+    if meta.get("cpu_rows") == 0:
+        code = (meta.get("finding") or "").split(",")[0].strip() or group
+        unmeasured = listed or [{"code": f"{code} ({group})", "group": group}]
+        context = template_context(scope_of({}), [])
+        return [{**blank(record, context), "reason": GPU_ONLY} for record in unmeasured]
+    rows = rows_of(results, group)
+    if not rows:
+        what = records()["group_labels"].get(group, group)
+        code = (meta.get("finding") or group).replace(", ", " / ")
+        record = {"code": code, "group": group, "claim": meta.get("title"), "what": what}
+        return [{**blank(record, None), "reason": f"run `make paper-{group}`"}]
+    scope = scope_of(rows)
+    return [evaluate(record, scope) for record in listed]
+
+
+def evaluate_all(results: dict) -> list[dict]:
+    """Every finding, groups in the plan's order (the results file is written with sorted keys)."""
+    groups = sorted(results["groups"].items(), key=lambda item: item[1].get("order", 0))
+    return [finding for group, meta in groups for finding in group_findings(results, group, meta)]

@@ -7,6 +7,10 @@ Verdicts are computed from the collected numbers each time; nothing here knows w
 follows a 95% interval from ctxsynth/paper/stats.py (a paired bootstrap over test documents within each task, and over
 training seeds where a row has several): holds, contradicted or inconclusive. A comparison that involves a row
 collected without per-document scores is inconclusive, whatever its means say.
+
+The findings (ctxsynth/paper/findings.yaml, evaluated by ctxsynth/paper/findings.py) are written to
+metrics/findings.json; the report's verdicts and the README's findings table (between its findings markers) are
+rendered from that file, the report's text from the template ctxsynth/paper/report.md.j2.
 """
 
 from __future__ import annotations
@@ -16,289 +20,86 @@ import json
 from pathlib import Path
 
 from ctxsynth.core.io import write_json
-from ctxsynth.paper import figures, stats
+from ctxsynth.paper import figures, stats, templates
 from ctxsynth.paper.experiments import run_history
-from ctxsynth.paper.findings import BASE, contexts_finding, main_findings, niah_by_length, pilot_findings
-from ctxsynth.paper.rows import Row, mean_of, per_document, rows_of
-from ctxsynth.paper.sections import generator_section, gpu_only_section, paper_reference
-from ctxsynth.paper.verdicts import compare, fmt, interval, not_measured, shared_tasks, table, task_weights
+from ctxsynth.paper.findings import evaluate_all
+from ctxsynth.paper.rows import per_document, rows_of
+from ctxsynth.paper.sections import (
+    gpu_only_section,
+    main_section,
+    paper_reference,
+    pilot_section,
+    simple_section,
+)
+
+__all__ = ["main", "paper_reference", "render", "rows_of"]
 
 RESULTS = Path("metrics/results.json")
 REPORT = Path("metrics/report.md")
+FINDINGS = Path("metrics/findings.json")
 FIGURES = Path("metrics/figures")
-MAIN_LABELS = {
-    "general-only": "general data only",
-    "instruction-synthesis": "+ instruction synthesis",
-    "instruction-synthesis-no-context": "+ instruction synthesis, context removed",
-    "context-synthesis": "+ context synthesis",
-    "human-context": "+ human context",
-    "context-free": "+ seeds, context removed",
-    "longalpaca": "+ LongAlpaca-12k",
-    "longalign": "+ LongAlign-10k",
-    "longmit": "+ LongMIT",
-}
-GPU_ONLY = "gpu rows only"  # a row of the paper's table that this scale has no data or model for
-COHERENCE = (
-    ("instruction synthesis", "instruction-synthesis", "instruction-synthesis-no-context"),
-    ("context synthesis", "context-synthesis", "context-free"),
-    ("human context", "human-context", "context-free"),
-)
+README = Path("README.md")
+TABLE_START, TABLE_END = "<!-- findings:start -->", "<!-- findings:end -->"
 
 
-def pilot_section(results: dict, figures_dir: Path) -> tuple[str, list[str]]:
-    rows = rows_of(results, "pilot")
-    if not rows:
-        return "", [not_measured("F1", "run `make paper-pilot`", "pilot")]
-    first = next(iter(rows.values()))
-    subtasks = [
-        s for s in figures.SUBTASK_ORDER if any(r.score("finetuned", f"niah_{s}") is not None for r in rows.values())
-    ]
-    models = [(BASE, first, "base")] + [(name, row, "finetuned") for name, row in rows.items()]
-    lengths = sorted(niah_by_length(first.niah("base"), "base"))
-    body, by_length = [], {}
-    for label, row, model in models:
-        per_length = niah_by_length(row.niah(model), model)
-        by_length[label] = per_length
-        per_task = [row.score(model, f"niah_{s}") for s in subtasks]
-        estimate = stats.score(row.documents(model)) if row.has_documents else None
-        body.append(
-            [label]
-            + [fmt(v) for v in per_task]
-            + [fmt(mean_of(per_task)), interval(estimate)]
-            + [fmt(per_length.get(n)) for n in lengths]
-        )
-    header = ["training data"] + subtasks + ["mean", "mean: 95% interval"] + [f"{n} words" for n in lengths]
-    text = [table(header, body), ""]
-    counts = first.runs[0].get("test_documents") or {}
-    if counts:
-        text += [
-            "Test samples per subtask: "
-            + ", ".join(f"{task} {n}" for task, n in sorted(counts.items()))
-            + (f"; {first.seeds} seeds per row" if first.seeds > 1 else "")
-            + ". One sample moves a subtask's recall by up to "
-            + f"{100 / min(counts.values()):.2f} points.",
-            "",
-        ]
-    if any(not run.get("per_document") and per_document(run) for row in rows.values() for run in row.runs):
-        text += [
-            "Rows collected without per-document scores take each sample's recall from their heatmap cells, which "
-            "hold one test sample each.",
-            "",
-        ]
-    elif not counts and first.niah("base"):
-        text += [
-            f"Each subtask has {first.cells_per_subtask('base')} heatmap cells (haystack length x needle depth); how "
-            "many test samples each cell holds was not collected for these rows, so the table has no intervals.",
-            "",
-        ]
-    base_mean = mean_of([first.score("base", f"niah_{s}") for s in subtasks])
-    if base_mean is not None and base_mean >= 90:
-        text += [
-            f"The base model already retrieves at these lengths (mean recall {base_mean:.2f}), so here a "
-            "training set can mostly preserve retrieval, not teach it (the paper tested haystacks up to 32K tokens).",
-            "",
-        ]
-    for label, row, model in models:
-        slug = "base" if model == "base" else label
-        title = f"NIAH recall, {label}" + (f" (mean of {row.seeds} seeds)" if row.seeds > 1 else "")
-        path = figures.niah_heatmaps(
-            row.niah(model), model, title, figures_dir / f"niah_{slug}.png", counts=row.cell_counts(model)
-        )
-        if path:
-            text.append(f"![NIAH heatmap, {label}](figures/{path.name})")
-    return "\n".join(text), pilot_findings(rows, by_length, lengths, subtasks)
-
-
-def _series_with_errors(labelled: list[tuple[str, Row, str]]) -> tuple[dict, dict]:
-    """Per-task and overall scores, and their 95% intervals where per-document scores exist, for the bar figures."""
-    series, errors = {}, {}
-    for label, row, model in labelled:
-        tasks = row.tasks(model)
-        series[label] = {**{t: row.score(model, t) or 0.0 for t in tasks}, figures.OVERALL: row.score(model) or 0.0}
-        if row.has_documents:
-            documents = row.documents(model)
-            bars = {t: stats.score(documents, [t]) for t in tasks}
-            bars[figures.OVERALL] = stats.score(documents, tasks)
-            errors[label] = {t: (e.low, e.high) for t, e in bars.items() if e is not None}
-    return series, errors
-
-
-def main_section(results: dict, figures_dir: Path) -> tuple[str, list[str]]:
-    rows = rows_of(results, "main")
-    if not rows:
-        return "", [not_measured("F2 / F5", "run `make paper-main`", "main comparison")]
-    reference = paper_reference()["main"]
-    tasks = sorted({t for row in rows.values() for t in row.tasks()})
-    first = next(iter(rows.values()))
-    seeded = any(row.seeds > 1 for row in rows.values())
-    labelled = [(BASE, first, "base")] + [(MAIN_LABELS.get(r, r), row, "finetuned") for r, row in rows.items()]
-    body = []
-    for label, row, model in labelled:
-        paper = reference["rows"].get(row.name) if model == "finetuned" else None
-        estimate = stats.score(row.documents(model)) if row.has_documents else None
-        spread = row.seed_range(model)
-        trained = model == "finetuned"
-        seed_cell = f"{row.seeds} ({fmt(spread[0])}–{fmt(spread[1])})" if spread and trained else str(row.seeds)
-        body.append(
-            [label]
-            + [fmt(row.score(model, t)) for t in tasks]
-            + [fmt(row.score(model)), interval(estimate)]
-            + ([seed_cell if trained else "–"] if seeded else [])
-            + [(row.field("mix", key) if trained else None) or "–" for key in ("long_samples", "trained_tasks")]
-            + ([fmt(v) for v in paper] if paper else ["–"] * len(reference["columns"]))
-        )
-    ours_cells = len(tasks) + 2 + (1 if seeded else 0) + 2
-    for name, paper in reference["rows"].items():  # the paper's rows this scale cannot build (prior hub datasets)
-        if name not in rows:
-            body.append([f"{MAIN_LABELS.get(name, name)} ({GPU_ONLY})"] + ["–"] * ours_cells + [fmt(v) for v in paper])
-    header = (
-        ["training data"]
-        + tasks
-        + ["ours: overall", "ours: 95% interval"]
-        + (["seeds (range)"] if seeded else [])
-        + ["long samples", "tasks trained"]
-        + [f"paper: {c}" for c in reference["columns"]]
-    )
-    text = [table(header, body), ""]
-    if any(name not in rows for name in reference["rows"]):
-        text += [
-            f"Rows marked *{GPU_ONLY}* train on hub datasets (LongAlpaca-12k, LongAlign-10k, LongMIT) that this scale "
-            "does not read; they are rows of the `main` (LLaMA3.1-8B) and `main-llama2` (LLaMA2-7B-64K) groups at the "
-            "gpu scale, rehearsed on fixtures in each dataset's layout (docs/paper-scale.md).",
-            "",
-        ]
-    gaps = []
-    for label, with_context, without in COHERENCE:
-        a, b = rows.get(with_context), rows.get(without)
-        value = None if a is None or b is None or None in (a.score(), b.score()) else a.score() - b.score()
-        estimate = (
-            compare([(1.0, a, "finetuned"), (-1.0, b, "finetuned")], task_weights(shared_tasks(a, b)))[0]
-            if a and b
-            else None
-        )
-        gaps.append((label, a, b, value, estimate))
-    text += [
-        "Coherence (F5): the same pairs fine-tuned with and without their context.",
-        "",
-        table(
-            ["data", "with context", "without context", "gap", "gap: 95% interval"],
-            [
-                [label, fmt(a.score() if a else None), fmt(b.score() if b else None), fmt(g), interval(e)]
-                for label, a, b, g, e in gaps
-            ],
-        ),
-        "",
-    ]
-    series, errors = _series_with_errors(labelled)
-    path = figures.task_bars(
-        series, "Per-task and overall scores, main comparison (CPU scale)", figures_dir / "tasks_main.png", errors
-    )
-    if path:
-        text.append(f"![per-task scores](figures/{path.name})")
-    return "\n".join(text), main_findings(rows)
-
-
-def simple_section(results: dict, group: str, figures_dir: Path) -> tuple[str, list[str]]:
+def section_of(results: dict, group: str, meta: dict, figures_dir: Path) -> dict:
+    """A plan group's section: its heading, the paper's claims, how long it ran here, and what it shows."""
+    claims = paper_reference()["claims"]
+    codes = (meta["finding"] or "").replace(" ", "").split(",")
+    runs = results.get("runs", {}).get(group)
+    heading = {
+        "finding": meta["finding"],
+        "title": meta["title"],
+        "claims": [claims[code] for code in codes if code in claims],
+        "took": run_history(runs) if runs else [],
+    }
+    if meta.get("cpu_rows") == 0:
+        return {**heading, **gpu_only_section(group)}
     rows = rows_of(results, group)
-    reference = paper_reference().get(group) or {}
-    finding_code = results["groups"][group]["finding"]
     if not rows:
-        return "", [not_measured(finding_code, f"run `make paper-{group}`", group)]
-    body = []
-    for name, row in rows.items():
-        estimate = stats.score(row.documents()) if row.has_documents else None
-        body.append(
-            [name, fmt(row.score()), interval(estimate), str(row.seeds), fmt(row.score("base"))]
-            + [fmt(v) for v in (reference.get("rows") or {}).get(name, [None] * len(reference.get("columns", [])))]
-        )
-    header = ["row", "ours: overall", "ours: 95% interval", "seeds", "ours: base"] + [
-        f"paper: {c}" for c in reference.get("columns", [])
-    ]
-    series, errors = _series_with_errors([(name, row, "finetuned") for name, row in rows.items()])
-    path = figures.task_bars(
-        series, f"Per-task and overall scores, {group}", figures_dir / f"tasks_{group}.png", errors
+        return {**heading, "kind": "not_run"}
+    if group == "pilot":
+        return {**heading, **pilot_section(rows, figures_dir)}
+    if group == "main":
+        return {**heading, **main_section(rows, figures_dir)}
+    return {**heading, **simple_section(rows, group, figures_dir)}
+
+
+def render_report(results: dict, findings: list[dict], figures_dir: Path = FIGURES) -> str:
+    """The report from the collected results (its tables and figures) and the evaluated findings (its verdicts)."""
+    # Sections in the plan's order, also when rendered from the file (written with sorted keys).
+    groups = sorted(results["groups"].items(), key=lambda item: item[1].get("order", 0))
+    sections = [section_of(results, group, meta, figures_dir) for group, meta in groups]
+    lengths = results.get("context_lengths")
+    histogram = figures.length_histogram(lengths, figures_dir / "context_lengths.png") if lengths else None
+    return templates.render(
+        "report.md.j2",
+        source=paper_reference()["source"],
+        scales=results["scales"],
+        without=sorted({e["group"] for e in results["experiments"].values() if not per_document(e)}),
+        sections=sections,
+        context_lengths=histogram.name if histogram else None,
+        replicates=stats.REPLICATES,
+        findings=findings,
     )
-    if group == "generator":
-        text, findings = generator_section(rows)
-        return "\n".join([text, ""] + ([f"![per-task scores](figures/{path.name})"] if path else [])), findings
-    text = [table(header, body), ""] + ([f"![per-task scores](figures/{path.name})"] if path else [])
-    return "\n".join(text), [contexts_finding(rows)] if group == "contexts" else []
 
 
 def render(results: dict, figures_dir: Path = FIGURES) -> str:
-    reference = paper_reference()
-    parts = [
-        "# Paper findings at our scale",
-        "",
-        "Generated by `ctxsynth report` from `metrics/results.json` (collected from `dvc exp show`). "
-        "Numbers labelled *paper* are the paper's own (" + reference["source"] + "); ours are labelled by scale.",
-        "",
-        "Scales:",
-    ]
-    parts += [f"- **{scale}**: {text}" for scale, text in results["scales"].items()]
-    experiments = list(results["experiments"].values())
-    without = sorted({e["group"] for e in experiments if not per_document(e)})
-    if without:
-        parts += [
-            "",
-            f"Rows of {', '.join(without)} were collected without per-document scores (before collect read them, or "
-            "their predictions are no longer in the DVC cache): they have no intervals, and every finding that "
-            "compares them is inconclusive until the group is rerun.",
-        ]
-    # Sections in the plan's order, also when rendered from the file (written with sorted keys).
-    results["groups"] = dict(sorted(results["groups"].items(), key=lambda item: item[1].get("order", 0)))
-    for group, meta in results["groups"].items():
-        runs = results.get("runs", {}).get(group)
-        if runs:
-            meta = {
-                **meta,
-                "took": "; ".join(
-                    f"{run['wall_seconds'] / 60:.0f} min for {len(run['rows'])} rows "
-                    f"({run['scale']} scale, {run['finished']})"
-                    for run in run_history(runs)
-                ),
-            }
-        results["groups"][group] = meta
-    sections = {"pilot": pilot_section, "main": main_section}
-    verdicts = []
-    for group, meta in results["groups"].items():
-        if meta.get("cpu_rows") == 0:
-            text, findings = gpu_only_section(group, meta)
-        elif group in sections:
-            text, findings = sections[group](results, figures_dir)
-        else:
-            text, findings = simple_section(results, group, figures_dir)
-        verdicts += findings
-        parts += ["", f"## {meta['finding']}: {meta['title']}", ""]
-        parts += [
-            f"Paper: {paper_reference()['claims'][f]}"
-            for f in (meta["finding"] or "").replace(" ", "").split(",")
-            if f in reference["claims"]
-        ]
-        if meta.get("took"):
-            parts += ["", f"Run time here: {meta['took']}."]
-        parts += ["", text or "_No experiment of this group has been run at the CPU scale yet._"]
-    if results.get("context_lengths"):
-        path = figures.length_histogram(results["context_lengths"], figures_dir / "context_lengths.png")
-        parts += [
-            "",
-            "## Synthesized context lengths against evaluation contexts (the paper's Figure 5)",
-            "",
-            f"![context lengths](figures/{path.name})",
-        ]
-    parts += [
-        "",
-        "## Which findings hold at this scale",
-        "",
-        f"Each verdict reads a 95% interval of the difference the finding rests on, from a paired bootstrap "
-        f"(`ctxsynth/paper/stats.py`, {stats.REPLICATES:,} replicates, fixed seed): test documents are redrawn "
-        "within each task, the same documents for every compared row, and training seeds are redrawn too where a "
-        "row has several. **holds**: the interval excludes 0 on the paper's side; **contradicted**: it excludes 0 "
-        "on the other side; **inconclusive**: it includes 0 (a tie always does). Each line gives the difference, its "
-        "interval, the paired documents and seeds, and what else differs between the compared rows.",
-        "",
-    ] + verdicts
-    return "\n".join(parts) + "\n"
+    return render_report(results, evaluate_all(results), figures_dir)
+
+
+def findings_table(findings: list[dict]) -> str:
+    """The README's findings table (what goes between its markers)."""
+    return templates.render("findings_table.md.j2", findings=findings)
+
+
+def with_findings_table(readme: str, findings: list[dict]) -> str:
+    """The README with the table between its findings markers rendered anew from the findings."""
+    head, start, rest = readme.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not start or not end:
+        raise ValueError(f"the README has no {TABLE_START} ... {TABLE_END} markers")
+    return head + start + "\n" + findings_table(findings) + end + tail
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,8 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         results = collect(args.plan, stored=stored)
         write_json(RESULTS, results)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(render(results), encoding="utf-8")
-    print(f"report: {REPORT} ({len(results['experiments'])} experiments)")
+    write_json(FINDINGS, evaluate_all(results))
+    findings = json.loads(FINDINGS.read_text(encoding="utf-8"))  # what the report and the README show: the file
+    REPORT.write_text(render_report(results, findings), encoding="utf-8")
+    if README.is_file():
+        README.write_text(with_findings_table(README.read_text(encoding="utf-8"), findings), encoding="utf-8")
+    print(
+        f"report: {REPORT}, {FINDINGS} and the findings table of {README} ({len(results['experiments'])} experiments)"
+    )
     return 0
 
 
