@@ -1,6 +1,7 @@
 """The `ctxsynth` command: what is not a DVC stage. Stages run through `dvc repro` / `dvc exp run`.
 
 ctxsynth preflight                          # check params.yaml and every file it names, in seconds
+ctxsynth params [mix.general]               # every knob: its value here, its default, what it means
 ctxsynth inputs seeds DIR --revision REV    # the paper's seeds (or LongBench) as a checked, DVC-tracked input
 ctxsynth experiments list                   # the paper's experiment groups and their rows
 ctxsynth experiments run main --scale cpu   # queue a group as DVC experiments, run it, wait
@@ -14,6 +15,7 @@ import sys
 
 COMMANDS = {
     "preflight": ("ctxsynth.preflight.params", "check params.yaml and the files it names before any expensive work"),
+    "params": ("ctxsynth.params", "every knob with its value in params.yaml, its default and what it means"),
     "inputs": ("ctxsynth.inputs", "check the paper's seeds or LongBench and add them as DVC-tracked inputs"),
     "experiments": ("ctxsynth.paper.experiments", "list, queue and run the paper's experiment groups"),
     "report": ("ctxsynth.paper.report", "collect the experiments' results and render metrics/report.md"),

@@ -27,3 +27,9 @@ def paper_seeds_dir():
 def isolated_user_cache(tmp_path_factory, monkeypatch):
     """Keep tests out of ~/.cache/ctxsynth: generation caches, wheels and lm-eval caches go to a temp dir."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
+@pytest.fixture
+def in_repository(monkeypatch):
+    """The repository as working directory: its dvc.yaml decides which input paths each stage may read."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])

@@ -27,6 +27,7 @@ ORDER = [
     "rehearsal",
     "preflight",  # before paper: a row's preflight (preflight/rows.py) runs the params-wide one
     "paper",
+    "params",
     "inputs",
     "cli",
 ]

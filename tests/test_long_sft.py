@@ -28,12 +28,6 @@ MIT = {"format": "longmit", "source": str(FIXTURES / "LongMIT-128K/train.jsonl")
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-@pytest.fixture
-def in_repository(monkeypatch):
-    """The repository as working directory: its dvc.yaml declares inputs/long_sft for the mix stage."""
-    monkeypatch.chdir(ROOT)
-
-
 def raw_records(options: dict) -> list[dict]:
     path = ROOT / options["source"]
     if path.suffix == ".json":

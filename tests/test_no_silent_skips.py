@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fixtures import make_hotpot, make_squad
+from helpers import write_jsonl
 
 from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import load_settings
@@ -25,12 +26,6 @@ EMPTY_RESERVED = {"ids": [], "questions": [], "paragraphs": []}
 @pytest.fixture(autouse=True)
 def outside_the_pipeline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no dvc.yaml here: a library call checks that named files exist only
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def paper_dir(root: Path) -> Path:

@@ -31,12 +31,6 @@ THUDM_FIELDS = ["input", "context", "answers", "length", "dataset", "language", 
 EMPTY_RESERVED = {"ids": [], "questions": [], "paragraphs": []}
 
 
-@pytest.fixture
-def in_repository(monkeypatch):
-    """The repository as working directory: its dvc.yaml decides which input paths each stage may read."""
-    monkeypatch.chdir(ROOT)
-
-
 def files(directory: Path) -> dict[str, bytes]:
     paths = [path for path in directory.rglob("*") if path.is_file()]
     return {path.relative_to(directory).as_posix(): path.read_bytes() for path in paths}

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_stage
 
 from ctxsynth.core.hub import is_local
 from ctxsynth.core.io import InputError, sha256_file
@@ -32,11 +31,6 @@ FIXTURE = "inputs/released/rehearsal"
 SEEDS = "inputs/seeds/rehearsal"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 EMPTY_RESERVED = {"ids": [], "questions": [], "paragraphs": []}
-
-
-@pytest.fixture
-def in_repository(monkeypatch):
-    monkeypatch.chdir(ROOT)
 
 
 def seed(index: int, task: str, instruction: str, answer: str) -> dict:
@@ -272,18 +266,6 @@ def test_preflight_warns_about_a_hub_release_not_pinned_to_a_commit(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the stage chain
-
-
-def run_stage(workdir: Path, hash_seed: str, *args: str) -> None:
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / args[0]), *args[1:]],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def run_chain(workdir: Path, model: Path, hash_seed: str) -> None:

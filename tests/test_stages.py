@@ -1,7 +1,6 @@
 """The stage scripts chained on hand-made data and the tiny model, as DVC runs them (cwd = repository root)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fixtures import ESSAYS, make_hotpot, make_squad
+from helpers import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,18 +54,6 @@ def params(tmp: Path) -> dict:
         },
         "lengths": {"bin_words": 20, "tasks": ["squad_long", "hotpotqa_long"]},
     }
-
-
-def run_stage(workdir: Path, hash_seed: str, *args: str) -> None:
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / args[0]), *args[1:]],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def run_chain(workdir: Path, model: Path, hash_seed: str, settings: dict) -> None:

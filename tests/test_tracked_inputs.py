@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import write_jsonl
 
 from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import load_settings
@@ -60,12 +61,6 @@ def pipeline_dir(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def assert_untracked(error: pytest.ExceptionInfo, key: str, where: str) -> None:

@@ -462,7 +462,7 @@ def _servers_for(scale: str):
     return rehearsal_servers()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("list", "queue", "run", "preflight"))
     parser.add_argument("group", nargs="?")
@@ -478,24 +478,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-gib", type=float, default=80.0, help="preflight: memory of one device")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="preflight: the base params")
     parser.add_argument("--gpus", type=int, help="preflight: GPUs per machine (default: the launcher config's)")
-    args = parser.parse_args(argv)
-    plan = load_plan(args.plan)
-    if args.action == "list":
-        numbers = reference_numbers()
-        for group, spec in plan["groups"].items():
-            print(f"{group} ({spec.get('finding', '')}): {spec.get('title', '')}")
-            for scale in SCALES:
-                for entry in planned_entries(plan, group, scale):
-                    produces = numbers.get((group, entry["row"])) if scale == "gpu" else None
-                    print(
-                        f"  {entry['name']}: {len(entry['overrides'])} overrides"
-                        + (f"; paper: {', '.join(produces)}" if produces else "")
-                    )
-        return 0
-    if not args.group:
-        parser.error("name a group: " + ", ".join(plan["groups"]))
-    if args.action == "preflight":
-        return preflight_group(plan, args.group, args.scale, args.params, args.gpu_memory_gib, args.rows, args.gpus)
+    return parser, parser.parse_args(argv)
+
+
+def list_groups(plan: dict) -> None:
+    numbers = reference_numbers()
+    for group, spec in plan["groups"].items():
+        print(f"{group} ({spec.get('finding', '')}): {spec.get('title', '')}")
+        for scale in SCALES:
+            for entry in planned_entries(plan, group, scale):
+                produces = numbers.get((group, entry["row"])) if scale == "gpu" else None
+                print(
+                    f"  {entry['name']}: {len(entry['overrides'])} overrides"
+                    + (f"; paper: {', '.join(produces)}" if produces else "")
+                )
+
+
+def check_runnable(plan: dict, args: argparse.Namespace) -> None:
+    """Before anything is queued: rehearsal substitutions, rows at this scale, and (for `run`) the DVC cache that
+    queued rows start from."""
     if args.scale == REHEARSAL:
         problems = check_substitutions(plan, args.group)
         if problems:
@@ -513,9 +514,10 @@ def main(argv: list[str] | None = None) -> int:
                 "`make repro` (or `dvc repro`) once first; queued rows start from the committed pipeline's outputs",
                 field="outs",
             )
-    names = queue_group(plan, args.group, args.scale, args.dry_run, args.rows, args.keep_finished)
-    if args.action == "queue" or args.dry_run:
-        return 0
+
+
+def run_queued(names: list[str], args: argparse.Namespace) -> int:
+    """Start the queue's workers, wait for the group's runs, record them; the failed ones' log tails are printed."""
     started = time.time()
     with _servers_for(args.scale):
         environment = worker_environment(args.jobs)
@@ -527,6 +529,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--- {name}: {outcome[name]}; last lines of `dvc queue logs {name}`:")
         print("\n".join(_dvc("queue", "logs", name, check=False).stdout.splitlines()[-25:]))
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, args = parse_arguments(argv)
+    plan = load_plan(args.plan)
+    if args.action == "list":
+        list_groups(plan)
+        return 0
+    if not args.group:
+        parser.error("name a group: " + ", ".join(plan["groups"]))
+    if args.action == "preflight":
+        return preflight_group(plan, args.group, args.scale, args.params, args.gpu_memory_gib, args.rows, args.gpus)
+    check_runnable(plan, args)
+    names = queue_group(plan, args.group, args.scale, args.dry_run, args.rows, args.keep_finished)
+    if args.action == "queue" or args.dry_run:
+        return 0
+    return run_queued(names, args)
 
 
 if __name__ == "__main__":

@@ -179,33 +179,59 @@ def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int |
     something to score, hub pins (warnings) and the generator, then against the model's facts the chat template,
     the window, the launcher and the memory per device."""
     row = RowCheck(name)
+    settings, failed, checked = _check_settings_and_inputs(row, params)
+    if settings is None:
+        row.inputs = "settings invalid"
+        return row
+    evaluate, finetune = settings["evaluate"], settings["finetune"]
+    _check_engines(row, settings)
+    tasks = [*evaluate.tasks, *(evaluate.longbench_tasks if evaluate.longbench_dir else [])]
+    if not tasks:
+        row.problem("evaluate.tasks", "empty and evaluate.longbench_dir is unset: nothing to score")
+        failed += 1
+    row.inputs = f"FAIL ({failed})" if failed else f"ok ({checked} files)" if checked else "ok"
+    _check_generator(row, settings["synthesize"], bool(settings["seed"].sources))
+    facts = _student_facts(row, settings["fetch"].model)
+    if facts is None:
+        return row
+    _check_chat(row, facts, finetune, evaluate)
+    _check_window(row, facts, finetune, evaluate, tasks)
+    _check_launcher(row, facts, finetune, gpu_memory_gib, gpus)
+    row.eval_hours = f"{evaluation_hours(facts, evaluate, settings['benchmark'], tasks):.1f}"
+    return row
+
+
+def _check_settings_and_inputs(row: RowCheck, params: dict) -> tuple[dict | None, int, int]:
+    """Every section through its settings class and every named input (the params-wide preflight, on the row's
+    params): the settings by section (None when one does not load; its problem is named), the number of problems
+    and of input files checked."""
     with tempfile.TemporaryDirectory(prefix="ctxsynth-row-") as scratch:
         path = Path(scratch) / "params.yaml"
         path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
         problems, checked = collect_problems(path)
-        row.problems += [f"{name}: {_located(line, str(path))}" for line in problems]
+        row.problems += [f"{row.name}: {_located(line, str(path))}" for line in problems]
         try:
             settings = {section: load_settings(cls, section, source=path) for section, cls in SECTIONS.items()}
         except InputError:  # collect_problems has named the key
-            row.inputs = "settings invalid"
-            return row
+            return None, len(problems), checked
         skip = "warning: finetune.chat_template"  # a disagreement is a problem here (_check_chat)
-        row.warnings += [f"{name}: {line}" for line in warnings(path) if not line.startswith(skip)]
-    synthesize = settings["synthesize"]
-    evaluate, model = settings["evaluate"], settings["fetch"].model
+        row.warnings += [f"{row.name}: {line}" for line in warnings(path) if not line.startswith(skip)]
+    return settings, len(problems), checked
+
+
+def _check_engines(row: RowCheck, settings: dict) -> None:
     row.engines = missing_engines(settings, ACCELERATE_CONFIGS)
     if row.engines and cuda_available():  # this is the machine the row will run on
         for key, message in row.engines:
             row.problem(key, message)
-    tasks = [*evaluate.tasks, *(evaluate.longbench_tasks if evaluate.longbench_dir else [])]
-    if not tasks:
-        row.problem("evaluate.tasks", "empty and evaluate.longbench_dir is unset: nothing to score")
-    failed = len(problems) + (not tasks)
-    row.inputs = f"FAIL ({failed})" if failed else f"ok ({checked} files)" if checked else "ok"
-    _check_generator(row, synthesize, bool(settings["seed"].sources))
 
+
+def _student_facts(row: RowCheck, model) -> dict | None:
+    """The shapes of the model the row fine-tunes: a hub model's from model_facts.yaml, a stand-in's from its spec,
+    a local one's from its config.json; None (with the reason, as a problem or warning) where none are known."""
+    directory = None
     if model.source == "hub":
-        directory, known = None, model_facts().get(model.id)
+        known = model_facts().get(model.id)
         facts = shape_facts(known) if known else None
         if known and known.get("checkpoint") not in CHECKPOINT_FORMATS:
             row.problem(
@@ -217,7 +243,6 @@ def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int |
         from ctxsynth.prepare.stand_in_specs import stand_in_specs
 
         specs = stand_in_specs()
-        directory = None
         facts = shape_facts({**specs["shape"], **specs["stand_ins"][model.stand_in]["config"], "chat_template": False})
     else:
         directory = Path(model.path if model.source == "path" else "data/model")
@@ -225,18 +250,14 @@ def check_row(name: str, params: dict, gpu_memory_gib: float = 80.0, gpus: int |
     if facts is None:
         if model.source == "hub":
             row.problem("fetch.model.id", f"{model.id} is not in {FACTS.name}: add its config.json values there")
-        elif model.source == "path" and directory.is_dir():
+        elif model.source == "path" and directory is not None and directory.is_dir():
             row.problem("fetch.model.path", f"no config.json in {directory}")
         elif model.source == "registry":
             row.warn("fetch.model", "data/model is not fetched yet: window, chat template and memory not checked")
-        return row
+        return None
     label = model.id if model.source == "hub" else f"stand-in {model.stand_in}" if directory is None else str(directory)
     facts["label"], facts["directory"] = label, directory
-    _check_chat(row, facts, settings["finetune"], evaluate)
-    _check_window(row, facts, settings["finetune"], evaluate, tasks)
-    _check_launcher(row, facts, settings["finetune"], gpu_memory_gib, gpus)
-    row.eval_hours = f"{evaluation_hours(facts, evaluate, settings['benchmark'], tasks):.1f}"
-    return row
+    return facts
 
 
 def _check_chat(row: RowCheck, facts: dict, finetune, evaluate) -> None:
