@@ -70,3 +70,46 @@ def test_bad_yaml_and_a_duplicated_key_are_one_line_errors(tmp_path):
     duplicated.write_text("mix:\n  seed: 1\nfinetune: {}\nmix:\n  seed: 2\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"line 4.*duplicate key 'mix'"):
         read_yaml(duplicated)
+
+
+def test_a_byte_order_mark_is_read_not_refused(tmp_path):
+    """Windows editors write a UTF-8 byte-order mark; it is not content, and not malformed JSON."""
+    lines, whole = tmp_path / "seeds.jsonl", tmp_path / "reserved.json"
+    lines.write_bytes(b'\xef\xbb\xbf{"instruction": "a", "answer": "b"}\n')
+    whole.write_bytes(b'\xef\xbb\xbf{"ids": []}\n')
+    assert read_jsonl(lines, required=("instruction", "answer")) == [{"instruction": "a", "answer": "b"}]
+    assert read_json(whole) == {"ids": []}
+
+
+def test_a_cut_off_line_is_named_at_its_end(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"instruction": "a", "answer": "b"}\n{"instruction": "c", "answer": ["d"\n')
+    with pytest.raises(InputError) as error:
+        read_jsonl(path)
+    message = str(error.value)
+    assert error.value.line == 2 and "cut off" in message and message.endswith("column 36)"), message
+    path.write_text('{"instruction": "c",, "answer": "d"}\n')  # a bad character inside the line: its column
+    with pytest.raises(InputError, match=r"line 1: malformed JSON \(Expecting property name .* at column 21\)"):
+        read_jsonl(path)
+
+
+def test_an_unknown_params_section_is_named_with_a_suggestion(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from ctxsynth.preflight.params import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text("mixx: {variant: none}\n" + (Path(__file__).parents[1] / "params.yaml").read_text())
+    monkeypatch.chdir(Path(__file__).parents[1])
+    assert main(["--params", str(params)]) == 2
+    assert "field 'mixx': unknown section (did you mean 'mix'?" in capsys.readouterr().err
+
+
+def test_an_unknown_task_is_named_without_stray_quotes(tmp_path):
+    from ctxsynth.prepare.seeds import load_jsonl_seeds
+
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"instruction": "q", "answer": "a", "task": "nope"}\n')
+    with pytest.raises(InputError) as error:
+        load_jsonl_seeds(path, None)
+    assert str(error.value).startswith(f"{path}, line 1, field 'task': unknown task 'nope'; known tasks:"), error.value

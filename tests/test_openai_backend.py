@@ -50,7 +50,7 @@ def test_base_urls_are_used_round_robin(tmp_path):
 
 def test_exhausted_retries_are_a_clear_error_and_finished_items_are_kept(tmp_path):
     with ChatServer(fail_matching="Question 11?") as server:
-        with pytest.raises(GenerationError, match="failed after 3 attempts: .*HTTP 500"):
+        with pytest.raises(GenerationError, match=r"s11 \(request \w+\) failed after 3 attempts: .*HTTP 500"):
             run(backend([server.url], max_retries=2, concurrency=1), tmp_path)
     # What finished before the failure is cached: a rerun against a healthy server asks only for the rest.
     with ChatServer() as server:
@@ -90,3 +90,25 @@ def test_a_key_goes_only_where_its_variable_is_named(monkeypatch):
     monkeypatch.delenv("CTXSYNTH_X", raising=False)
     built = make_backend("openai", "unused", batch_size=1, device="cpu", dtype="float32", openai=local)
     assert built.api_key == "EMPTY"  # the unset variable it names, not OPENAI_API_KEY
+
+
+def test_the_synthesize_metrics_count_the_retries(tmp_path, tiny_model_dir):
+    from ctxsynth.core.settings import load_settings
+    from ctxsynth.synthesis.run import run_synthesis
+    from ctxsynth.synthesis.settings import SynthesizeSettings
+
+    faults = ["429", "500", "drop"]
+    with ChatServer(faults=faults) as server:
+        settings = load_settings(
+            SynthesizeSettings,
+            "synthesize",
+            {
+                "backend": "openai",
+                "response_prefix": "",
+                "cache_dir": str(tmp_path / "cache"),
+                "openai": {"base_urls": [server.url], "model": "served-model", "model_id": "model@1"},
+                "verify": {"enabled": False},
+            },
+        )
+        records, metrics = run_synthesis(SEEDS, tiny_model_dir, settings)
+    assert len(records) == 12 and metrics["run"]["http_retries"] == len(faults)

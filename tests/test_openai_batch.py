@@ -132,7 +132,7 @@ def test_failed_and_missing_items_raise_after_the_successes_are_cached(tmp_path,
         with pytest.raises(
             GenerationError,
             match=r"2 of 12 requests failed \(1 with errors, 1 missing from the "
-            r"output\); first errors: \w+: HTTP 400: bad_item: invalid prompt",
+            r"output\); first errors: s\d+ \(request \w+\): HTTP 400: bad_item: invalid prompt",
         ):
             run(backend(server.url, tmp_path), tmp_path)
     assert state_files(tmp_path) == []

@@ -245,3 +245,19 @@ def test_dvc_status_sees_an_edited_input_file_and_names_the_stages_that_read_it(
     changed = changed_deps(tmp_path)
     for kind in KINDS:
         assert {stage for stage, deps in changed.items() if f"inputs/{kind}" in deps} == READERS[kind], kind
+
+
+def test_a_link_inside_a_dependency_to_a_file_outside_is_named_as_a_link(tmp_path, monkeypatch):
+    """A symlink under inputs/seeds passes the path check but DVC hashes the link's target's content only through the
+    link; a file outside the deps that it points to is named as the link it is, with what to do."""
+    from ctxsynth.core.dvc_deps import require_tracked
+
+    (tmp_path / "dvc.yaml").write_text("stages:\n  seed:\n    cmd: x\n    deps: [inputs/seeds]\n")
+    outside = write_jsonl(tmp_path / "elsewhere" / "mine.jsonl", [{"instruction": "q", "answer": "a"}])
+    (tmp_path / "inputs" / "seeds").mkdir(parents=True)
+    (tmp_path / "inputs" / "seeds" / "mine.jsonl").symlink_to(outside)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as error:
+        require_tracked("inputs/seeds/mine.jsonl", "seed", "seed.sources[0].path", pipeline=tmp_path / "dvc.yaml")
+    assert "is a link to" in str(error.value) and "copy the file itself there" in str(error.value)
+    assert "move it under" not in str(error.value)

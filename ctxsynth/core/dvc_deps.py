@@ -83,6 +83,14 @@ def require_tracked(
             if dep.is_dir() and dep.relative_to(pipeline.resolve().parent).parts[0] == "inputs"
         )
         where = " or ".join(roots) if roots else "a directory listed in its deps"
+        inside = path.absolute().parent.resolve() / path.name  # the link itself, not its target
+        if any(inside == dep or dep in inside.parents for dep in deps):  # under a dep, but a link leads out of it
+            raise InputError(
+                source,
+                f"{str(path)!r} is a link to {str(resolved)!r}, outside the deps of stage {stage!r} in dvc.yaml: DVC "
+                "would not see the file it points to change; copy the file itself there",
+                field=key,
+            )
         raise InputError(
             source,
             f"{str(path)!r} is not a dependency of stage {stage!r} in dvc.yaml, so `dvc repro` would not see it "

@@ -49,7 +49,7 @@ def read_jsonl_numbered(
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise InputError(path, f"malformed JSON ({error.msg} at column {error.colno})", line=number) from None
+                raise InputError(path, malformed_json(error, line), line=number) from None
             if not isinstance(record, dict):
                 raise InputError(path, f"expected a JSON object, got {type(record).__name__}", line=number)
             for field in required:
@@ -64,10 +64,19 @@ def read_jsonl_numbered(
     return records
 
 
+def malformed_json(error: json.JSONDecodeError, line: str) -> str:
+    """What is wrong with one JSON line and where: a line that stops early is said to be cut off, at its end."""
+    content = line.rstrip("\r\n")
+    if error.pos >= len(content.rstrip()):
+        return f"malformed JSON (cut off: {error.msg} at the end of the line, column {len(content) + 1})"
+    return f"malformed JSON ({error.msg} at column {error.colno})"
+
+
 def decode_line(path: os.PathLike | str, raw: bytes, number: int) -> str:
-    """One line as UTF-8, or an InputError naming the file, the line and the column of the first bad byte."""
+    """One line as UTF-8 (a byte-order mark opening the file is read, not refused), or an InputError naming the file,
+    the line and the column of the first bad byte."""
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
     except UnicodeDecodeError as error:
         byte = raw[error.start : error.start + 1].hex()
         raise InputError(path, f"not UTF-8 (byte 0x{byte} at column {error.start + 1})", line=number) from None
@@ -81,7 +90,7 @@ def read_text_utf8(path: os.PathLike | str) -> str:
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark, as some Windows editors write, is not content
     except UnicodeDecodeError as error:
         line_start = data.rfind(b"\n", 0, error.start) + 1
         byte = data[error.start : error.start + 1].hex()

@@ -18,6 +18,12 @@ class Request:
     key: str
     messages: list[dict]
     response_prefix: str = ""
+    # What a person knows the item by (the seed's id), for error messages; not part of the cache key.
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} (request {self.key[:12]})" if self.label else f"request {self.key[:12]}"
 
 
 class GenerationError(StageError):

@@ -390,7 +390,7 @@ class OpenAIBatchBackend:
         failed = [k for k in by_key if k not in results]
         if failed:
             missing = [k for k in failed if k not in errors]
-            examples = "; ".join([f"{k[:12]}: {errors[k]}" for k in failed if k in errors][:3])
+            examples = "; ".join([f"{by_key[k].name}: {errors[k]}" for k in failed if k in errors][:3])
             raise GenerationError(
                 f"batch {batch.get('id')}: {len(failed)} of {len(by_key)} requests failed "
                 f"({len(failed) - len(missing)} with errors, {len(missing)} missing from the output)"

@@ -95,7 +95,7 @@ class OpenAIBackend:
             except Retryable as error:
                 raise Retryable(f"{url}: {error}", error.retry_after) from None
 
-        return self.retry.run(f"request {request.key[:12]}", attempt_once)
+        return self.retry.run(request.name, attempt_once)
 
     def iter_generate(self, requests: list[Request], sampling: dict, seed: int) -> Iterator[list[tuple[Request, dict]]]:
         """Yield finished items as they arrive; after a final failure, keep what is in flight, then raise."""

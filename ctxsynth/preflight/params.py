@@ -8,6 +8,7 @@ Unlike a stage, which stops at its first bad input, preflight lists every proble
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import sys
@@ -23,6 +24,7 @@ from ctxsynth.core.settings import load_settings
 from ctxsynth.evaluate.run import find_sources
 from ctxsynth.evaluate.settings import EvalSettings
 from ctxsynth.finetune.settings import FinetuneSettings
+from ctxsynth.mix.general_source import LOCAL_SUFFIXES as GENERAL_SUFFIXES
 from ctxsynth.mix.long_sft import LOCAL_SUFFIXES as LONG_SFT_SUFFIXES
 from ctxsynth.mix.settings import PRIOR_LONG, MixSettings
 from ctxsynth.prepare.settings import BenchmarkSettings, FetchSettings, GeneralSettings, SeedSettings
@@ -39,7 +41,6 @@ SECTIONS: dict[str, type] = {
     "finetune": FinetuneSettings,
     "evaluate": EvalSettings,
 }
-LOCAL_DATA_SUFFIXES = (".jsonl", ".parquet")  # what the mix stage reads as a file rather than a hub dataset id
 
 
 def named_inputs(settings: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
@@ -60,7 +61,7 @@ def named_inputs(settings: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         for index, name in enumerate(synthesize.released.files):
             yield "synthesize", f"synthesize.released.files[{index}]", os.path.join(synthesize.released.source, name)
     general = settings["mix"].general.source
-    if general and (general.endswith(LOCAL_DATA_SUFFIXES) or os.path.exists(general)):
+    if general and is_local(general, GENERAL_SUFFIXES):
         yield "mix", "mix.general.source", general
     mix = settings["mix"]
     if mix.variant == PRIOR_LONG and mix.long_source.source and is_local(mix.long_source.source, LONG_SFT_SUFFIXES):
@@ -79,8 +80,15 @@ def collect_problems(params_path: Path) -> tuple[list[str], int]:
             problems.append(error_line(error))
             return None
 
-    if attempt(lambda: read_yaml(params_path) or {}) is None:  # unreadable or not YAML: said once
+    params = attempt(lambda: read_yaml(params_path) or {})
+    if params is None:  # unreadable or not YAML: said once
         return problems, 0
+    for section in params if isinstance(params, dict) else ():
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            unknown = InputError(params_path, f"unknown section ({hint}known: {', '.join(SECTIONS)})", field=section)
+            problems.append(error_line(unknown))
     settings = {
         name: attempt(lambda name=name, cls=cls: load_settings(cls, name, source=params_path))
         for name, cls in SECTIONS.items()
@@ -121,7 +129,7 @@ def warnings(params_path: Path) -> list[str]:
     mix = load_settings(MixSettings, "mix", source=params_path)
     general, long_source, released = mix.general, mix.long_source, synthesize.released
     hub_data = []  # (key, dataset id, revision, where the commit read is recorded)
-    if general.source and not (general.source.endswith(LOCAL_DATA_SUFFIXES) or os.path.exists(general.source)):
+    if general.source and not is_local(general.source, GENERAL_SUFFIXES):
         hub_data.append(("mix.general.revision", general.source, general.revision, "metrics/mix.json"))
     if mix.variant == PRIOR_LONG and long_source.source and not is_local(long_source.source, LONG_SFT_SUFFIXES):
         hub_data.append(("mix.long_source.revision", long_source.source, long_source.revision, "metrics/mix.json"))

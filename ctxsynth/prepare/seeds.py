@@ -37,7 +37,7 @@ def _task_name(name: str, where: str) -> str:
     try:
         return get_task(name).name
     except KeyError as error:
-        raise InputError(where, str(error), field="task") from None
+        raise InputError(where, str(error.args[0]), field="task") from None
 
 
 def _string_field(record: dict, field: str, path: Path, line: int) -> str:

@@ -51,7 +51,8 @@ def build_requests(
             seed=seed,
             prompt_version=prompt.version,
         )
-        requests.append(Request(key=key, messages=messages, response_prefix=response_prefix))
+        label = str(record.get("id", ""))  # named in errors: a seed id, not a hash
+        requests.append(Request(key=key, messages=messages, response_prefix=response_prefix, label=label))
     return requests
 
 

@@ -158,6 +158,9 @@ def run_synthesis(
         if server is not None:  # before fine-tuning needs the GPUs back, whatever happened
             server.stop()
     metrics = {**summarize(records), "method": settings.method, "run": stats}
+    retries = getattr(backend, "retries", None)  # HTTP backends: 429s, 5xx, timeouts and dropped connections retried
+    if retries is not None:
+        metrics["run"] = {**stats, "http_retries": retries}
     if server is not None:  # the command as params name it: the rendered one holds this machine's paths
         metrics["server"] = {"command": settings.openai.serve.command, "started": server.started}
     if settings.backend == "openai-batch":

@@ -55,7 +55,7 @@ def answerability_scores(records: list[dict], backend, cache: GenerationCache, s
             seed=seed,
             prompt_version=ANSWERABILITY_PROMPT_VERSION,
         )
-        requests.append(Request(key=key, messages=messages))
+        requests.append(Request(key=key, messages=messages, label=str(record.get("id", ""))))
         budgets[key] = sampling
     scores: dict[str, float] = {}
     # One pass per generation budget, since a batch shares its sampling settings.
