@@ -486,9 +486,9 @@ def test_longbench_layout_fixture_end_to_end(tiny_model_dir, benchmark_dir, tmp_
     calls = []
     original_run = LmEvalRunner.run
 
-    def spy(self, model_dir, tasks, **kwargs):
-        calls.append(({task.name: task.max_gen_toks for task in tasks}, kwargs["apply_chat_template"]))
-        return original_run(self, model_dir, tasks, **kwargs)
+    def spy(self, model_dir, tasks, settings, **kwargs):
+        calls.append(({task.name: task.max_gen_toks for task in tasks}, settings.apply_chat_template))
+        return original_run(self, model_dir, tasks, settings, **kwargs)
 
     monkeypatch.setattr(LmEvalRunner, "run", spy)
     settings = EvalSettings(

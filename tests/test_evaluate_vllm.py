@@ -50,11 +50,10 @@ def test_vllm_gets_the_lora_adapter_window_and_middle_truncation(fake_vllm, tmp_
     adapter = write_adapter(tmp_path / "adapter", rank=24)
     lm_runner, tasks = runner(tmp_path)
     with pytest.raises(Built):
-        lm_runner.run(
-            tmp_path / "model", tasks, adapter_dir=adapter, batch_size=4, dtype="auto", max_length=8192, backend="vllm"
-        )
+        settings = EvalSettings(backend="vllm", batch_size=4, dtype="auto")
+        lm_runner.run(tmp_path / "model", tasks, settings, adapter_dir=adapter, max_length=8192)
     with pytest.raises(Built):
-        lm_runner.run(tmp_path / "model", tasks, adapter_dir=None, max_length=4096, backend="vllm")
+        lm_runner.run(tmp_path / "model", tasks, EvalSettings(backend="vllm"), adapter_dir=None, max_length=4096)
     assert fake_vllm == [
         {
             "pretrained": str(tmp_path / "model"),
@@ -81,9 +80,9 @@ def test_vllm_missing_or_unknown_backend_is_a_clear_error(tmp_path, monkeypatch)
     monkeypatch.setattr(lm_eval_runner.importlib.util, "find_spec", lambda name: None)
     lm_runner, tasks = runner(tmp_path)
     with pytest.raises(RuntimeError, match="vllm package is not installed.*evaluate.backend: hf"):
-        lm_runner.run(tmp_path / "model", tasks, max_length=4096, backend="vllm")
+        lm_runner.run(tmp_path / "model", tasks, EvalSettings(backend="vllm"), max_length=4096)
     with pytest.raises(ValueError, match="unknown backend"):
-        lm_runner.run(tmp_path / "model", tasks, max_length=4096, backend="tgi")
+        lm_runner.run(tmp_path / "model", tasks, EvalSettings(backend="tgi"), max_length=4096)
     with pytest.raises(InputError) as error:
         EvalSettings.from_params({"backend": "tgi"})
     assert error.value.field == "evaluate.backend"

@@ -19,6 +19,7 @@ import yaml
 from ctxsynth.core.errors import StageError, run_reporting_errors, stage_main
 from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import load_settings
+from ctxsynth.core.settings_docs import knobs
 from ctxsynth.finetune import recipes
 from ctxsynth.finetune.settings import FROM_RECIPE, FinetuneSettings
 from ctxsynth.generation.base import GenerationError
@@ -102,6 +103,83 @@ def test_dataclass_defaults_are_the_shipped_values(section):
 
     defaults = dataclasses.asdict(SECTIONS[section]())
     assert collapse(leaf_keys(defaults, section)) == collapse(leaf_keys(shipped()[section], section))
+
+
+def params_comments() -> dict[str, str]:
+    """Dotted key -> the comment on its line in params.yaml (keys with one)."""
+    found, stack = {}, []
+    for line in (ROOT / "params.yaml").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^(\s*)([A-Za-z_0-9]+):(.*)$", line)
+        if match:
+            stack = stack[: len(match[1]) // 2] + [match[2]]
+            if "#" in match[3]:
+                found[".".join(stack)] = match[3].split("#", 1)[1].strip()
+    return found
+
+
+def word_runs(text: str, length: int = 4) -> set[tuple[str, ...]]:
+    words = re.findall(r"[\w'.]+", text.lower())
+    return {tuple(words[i : i + length]) for i in range(len(words) - length + 1)}
+
+
+def test_params_yaml_says_why_not_what_a_key_means():
+    """What a key means lives beside its field in the settings class (`ctxsynth params` prints it); a comment in
+    params.yaml that repeats four words of it in a row is the copy that drifts."""
+    meanings = {knob.key: knob.meaning for section, cls in SECTIONS.items() for knob in knobs(cls, section)}
+    comments = params_comments()
+    assert comments, "params.yaml has no comments to check: the parser above is broken"
+    copied = [key for key, comment in comments.items() if word_runs(comment) & word_runs(meanings.get(key, ""))]
+    assert not copied, f"params.yaml comments repeating their settings field's comment: {copied}"
+
+
+# Parameters whose default coincides with a settings default by name and value but is not that setting.
+NOT_SETTINGS = {
+    "build_stand_in(seed)": "the random weights' seed of a rehearsal student, not synthesize.seed",
+    "build_tiny_base_llama(seed)": "the random weights' seed of the tiny test model, not synthesize.seed",
+}
+
+
+def test_no_function_repeats_a_settings_default():
+    """A default lives in its settings dataclass only: a backend, runner or builder takes the settings object, or
+    the value from its caller, never a default of its own that must be kept equal to the dataclass's (None, "not
+    given", is not a default of a setting)."""
+    defaults = {
+        (knob.key.rsplit(".", 1)[-1], repr(knob.default))
+        for section, cls in SECTIONS.items()
+        for knob in knobs(cls, section)
+        if knob.default is not None
+    }
+    repeated = []
+    for path in (ROOT / "ctxsynth").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            positional = node.args.posonlyargs + node.args.args
+            pairs = list(zip(positional[len(positional) - len(node.args.defaults) :], node.args.defaults))
+            pairs += [(arg, d) for arg, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            for arg, default in pairs:
+                try:
+                    value = ast.literal_eval(default)
+                except ValueError:
+                    continue
+                name = f"{node.name}({arg.arg})"
+                if (arg.arg, repr(value)) in defaults and name not in NOT_SETTINGS:
+                    repeated.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}={value!r}")
+    assert not repeated, "defaults written a second time, outside their settings class:\n" + "\n".join(repeated)
+
+
+def test_ctxsynth_params_shows_value_default_and_meaning(tmp_path, capsys):
+    from ctxsynth.params import main
+
+    assert main(["mix.num_contexts"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("mix.num_contexts = 3\n") and "the relevant context plus n-1" in shown
+    changed = tmp_path / "params.yaml"
+    changed.write_text(yaml.safe_dump({**shipped(), "mix": {**shipped()["mix"], "num_contexts": 10}}))
+    assert main(["--changed", "--params", str(changed), "mix"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "mix.num_contexts = 10   (default 3)"
+    with pytest.raises(InputError, match="no knob is named 'mix.nope'"):
+        main(["mix.nope"])
 
 
 def test_documented_differences():

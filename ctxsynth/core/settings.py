@@ -25,11 +25,14 @@ import difflib
 import os
 import types
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from ctxsynth.core.io import InputError, load_params
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # every settings class is a dataclass
 
 
 class Invalid(ValueError):
@@ -113,46 +116,74 @@ def convert(hint: Any, value: Any, path: str, source: os.PathLike | str = "param
     if get_origin(hint) is Annotated:
         hint, *extras = get_args(hint)
         noun = next((extra for extra in extras if isinstance(extra, str)), None)
-    origin, args = get_origin(hint), get_args(hint)
+    origin = get_origin(hint)
     if hint is Any:
         return value
     if origin in (Union, types.UnionType):
-        options = [arg for arg in args if arg is not type(None)]
-        if value is None:
-            if len(options) < len(args):
-                return None
-            raise InputError(source, f"expected {describe(hint)}, got null", field=path)
-        if len(options) == 1:
-            return convert(options[0], value, path, source)
-        for option in options:
-            try:
-                return convert(option, value, path, source)
-            except InputError:
-                continue
-        raise InputError(source, f"expected {describe(hint)}, got {_show(value)}", field=path)
+        return _convert_union(hint, value, path, source)
     if origin is Literal:
-        if any(value == allowed and type(value) is type(allowed) for allowed in args):
-            return value
-        what = noun or path.rsplit(".", 1)[-1].split("[", 1)[0].replace("_", " ")
-        allowed = ", ".join(repr(arg) for arg in args)
-        raise InputError(source, f"unknown {what} {_show(value, kind=False)}; expected one of {allowed}", field=path)
-    if dataclasses.is_dataclass(hint):
+        return _convert_literal(hint, value, path, source, noun)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_mapping(hint, value, path, source)
     if origin in (list, tuple) or hint in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise InputError(source, f"expected {describe(hint)}, got {_show(value)}", field=path)
-        item = args[0] if args else Any
-        items = [convert(item, element, f"{path}[{index}]", source) for index, element in enumerate(value)]
-        return tuple(items) if (origin or hint) is tuple else items
+        return _convert_sequence(hint, value, path, source)
     if origin in (dict, Mapping) or hint in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise InputError(source, f"expected {describe(hint)}, got {_show(value)}", field=path)
-        key_hint, item_hint = args if args else (Any, Any)
-        converted = {}
-        for key, element in value.items():
-            where = join(path, str(key))
-            converted[convert(key_hint, key, where, source)] = convert(item_hint, element, where, source)
-        return converted
+        return _convert_mapping(hint, value, path, source)
+    return _convert_scalar(hint, value, path, source)
+
+
+def _convert_union(hint: Any, value: Any, path: str, source: os.PathLike | str) -> Any:
+    """`X | None` takes null; otherwise the first option that accepts the value wins."""
+    args = get_args(hint)
+    options = [arg for arg in args if arg is not type(None)]
+    if value is None:
+        if len(options) < len(args):
+            return None
+        raise InputError(source, f"expected {describe(hint)}, got null", field=path)
+    if len(options) == 1:
+        return convert(options[0], value, path, source)
+    for option in options:
+        try:
+            return convert(option, value, path, source)
+        except InputError:
+            continue
+    raise InputError(source, f"expected {describe(hint)}, got {_show(value)}", field=path)
+
+
+def _convert_literal(hint: Any, value: Any, path: str, source: os.PathLike | str, noun: str | None) -> Any:
+    """One of the allowed values, of the same type too (True is not 1); the error names the value by `noun` or by
+    the key."""
+    args = get_args(hint)
+    if any(value == allowed and type(value) is type(allowed) for allowed in args):
+        return value
+    what = noun or path.rsplit(".", 1)[-1].split("[", 1)[0].replace("_", " ")
+    allowed = ", ".join(repr(arg) for arg in args)
+    raise InputError(source, f"unknown {what} {_show(value, kind=False)}; expected one of {allowed}", field=path)
+
+
+def _convert_sequence(hint: Any, value: Any, path: str, source: os.PathLike | str) -> list | tuple:
+    if not isinstance(value, (list, tuple)):
+        raise InputError(source, f"expected {describe(hint)}, got {_show(value)}", field=path)
+    origin, args = get_origin(hint), get_args(hint)
+    item = args[0] if args else Any
+    items = [convert(item, element, f"{path}[{index}]", source) for index, element in enumerate(value)]
+    return tuple(items) if (origin or hint) is tuple else items
+
+
+def _convert_mapping(hint: Any, value: Any, path: str, source: os.PathLike | str) -> dict:
+    if not isinstance(value, Mapping):
+        raise InputError(source, f"expected {describe(hint)}, got {_show(value)}", field=path)
+    args = get_args(hint)
+    key_hint, item_hint = args if args else (Any, Any)
+    converted = {}
+    for key, element in value.items():
+        where = join(path, str(key))
+        converted[convert(key_hint, key, where, source)] = convert(item_hint, element, where, source)
+    return converted
+
+
+def _convert_scalar(hint: Any, value: Any, path: str, source: os.PathLike | str) -> Any:
+    """bool, int, float or str, checked, not converted: a bool is no int; an int passes as a float, as written."""
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -204,8 +235,9 @@ def _show(value: Any, kind: bool = True) -> str:
         text = text[:57] + "..."
     if not kind:
         return text
-    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
-    return f"{text} ({kind.get(type(value), type(value).__name__)})"
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    kinds[dict] = "a mapping"
+    return f"{text} ({kinds.get(type(value), type(value).__name__)})"
 
 
 def defaults(cls: type) -> dict[str, Any]:
@@ -219,7 +251,8 @@ def defaults(cls: type) -> dict[str, Any]:
             value = field.default_factory()
         else:
             continue
-        result[field.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        nested = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        result[field.name] = dataclasses.asdict(value) if nested else value
     return result
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from ctxsynth.core.progress import interactive, stage_progress
+from ctxsynth.evaluate.settings import BACKENDS, EvalSettings
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,6 @@ def attention_implementation(model) -> str | None:
     return getattr(base.config, "_attn_implementation", None)
 
 
-BACKENDS = ("hf", "vllm")
 
 
 def vllm_model_args(
@@ -153,7 +153,7 @@ def _hf_model(
     batch_size: int,
     max_length: int,
     label: str,
-    merge_adapter: bool = True,
+    merge_adapter: bool,
 ):
     from lm_eval.models import huggingface
 
@@ -206,38 +206,36 @@ class LmEvalRunner:
         self,
         model_dir: Path,
         tasks: list[LmEvalTask],
+        settings: EvalSettings,
         *,
-        adapter_dir: Path | None = None,
-        batch_size: int = 1,
-        device: str = "auto",
-        dtype: str = "auto",
         max_length: int,
-        apply_chat_template: bool = True,
+        adapter_dir: Path | None = None,
         cache_db: Path | None = None,
-        backend: str = "hf",
         label: str | None = None,
         chat_template: str | None = None,
-        merge_adapter: bool = True,
     ) -> dict[str, dict]:
-        """Greedy generation + scoring; returns {task: {"score": mean in [0, 1], "samples": [{doc, prediction,
-        score}, ...]}} with samples in the prepared file's order. `chat_template` (a Jinja template) replaces the
-        tokenizer's own, for a base model fine-tuned in a named chat format. `merge_adapter` (hf backend) folds a LoRA
-        adapter into the weights before generating."""
+        """Greedy generation + scoring with `settings`' backend, device, dtype, batch size, chat template switch and
+        adapter merging; returns {task: {"score": mean in [0, 1], "samples": [{doc, prediction, score}, ...]}} with
+        samples in the prepared file's order. `chat_template` (a Jinja template) replaces the tokenizer's own, for a
+        base model fine-tuned in a named chat format."""
         import lm_eval
 
+        backend = settings.backend
         if backend == "vllm":
-            lm = _vllm_model(model_dir, adapter_dir, dtype=dtype, batch_size=batch_size, max_length=max_length)
+            lm = _vllm_model(
+                model_dir, adapter_dir, dtype=settings.dtype, batch_size=settings.batch_size, max_length=max_length
+            )
         elif backend == "hf":
             label = label or f"evaluate {Path(adapter_dir or model_dir).name}"
             lm = _hf_model(
                 model_dir,
                 adapter_dir,
-                device=device,
-                dtype=dtype,
-                batch_size=batch_size,
+                device=settings.device,
+                dtype=settings.dtype,
+                batch_size=settings.batch_size,
                 max_length=max_length,
                 label=label,
-                merge_adapter=merge_adapter,
+                merge_adapter=settings.merge_adapter,
             )
         else:
             raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -248,7 +246,7 @@ class LmEvalRunner:
                 model=lm,
                 tasks=[task.lm_eval_name for task in tasks],
                 task_manager=self.task_manager,
-                apply_chat_template=bool(apply_chat_template),
+                apply_chat_template=bool(settings.apply_chat_template),
                 log_samples=True,
                 bootstrap_iters=0,
                 use_cache=str(cache_db) if cache_db else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
 from ctxsynth.core.dvc_deps import require_tracked
@@ -25,7 +26,7 @@ from ctxsynth.core.io import (
     write_jsonl,
 )
 from ctxsynth.core.scoring import delta, niah_heatmap, summarize
-from ctxsynth.core.tasks import get_task, templates_version
+from ctxsynth.core.tasks import TaskSpec, get_task, templates_version
 from ctxsynth.core.versions import library_versions
 from ctxsynth.evaluate.lm_eval_runner import LmEvalRunner, LmEvalTask, render_task_dir, resolve_device, resolve_dtype
 from ctxsynth.evaluate.settings import EvalSettings
@@ -125,11 +126,34 @@ def evaluate(
     """Score base and base + adapter; write eval.json, predictions.jsonl and the NIAH heatmap rows (recall x100
     per model x subtask x length x depth, the paper's Figure 2); return the eval.json content."""
     sources = find_sources(benchmark_dir, settings)  # every input file checked before anything is loaded
-
-    from transformers import AutoConfig, AutoTokenizer
-
     model_dir = Path(model_dir)
-    finetuned = None  # (model, adapter): a LoRA adapter on the base model, or a fully fine-tuned model
+    variants = models_to_score(model_dir, adapter_dir, settings)
+    tokenizer, named_template = load_eval_tokenizer(model_dir, settings)
+    window = model_window(load_checked_config(model_dir))
+    specs = {task: get_task(task) for task, _ in sources}
+    max_length = prompt_budget(settings, specs, window, tokenizer)
+    with tempfile.TemporaryDirectory(prefix="ctxsynth-eval-", dir=work_dir) as tmp:
+        work = Path(tmp)
+        tasks = write_task_data(sources, specs, tokenizer, max_length, settings.limit, work)
+        runner = LmEvalRunner(render_task_dir(tasks, work / "tasks", templates_version(), cache_dir=work / "hf_cache"))
+        report, predictions = score_variants(
+            runner, tasks, variants, specs, model_dir, window, named_template, settings
+        )
+    report["delta"] = delta(report["base"], report["finetuned"])
+    write_jsonl(predictions_path, predictions)
+    if niah_plot_path is not None:
+        write_json(niah_plot_path, niah_heatmap(predictions))
+    report["versions"] = library_versions()  # the scores depend on them (tokenizers, kernels)
+    write_json(metrics_path, report)
+    return report
+
+
+def models_to_score(
+    model_dir: Path, adapter_dir: Path | None, settings: EvalSettings
+) -> list[tuple[str, Path, Path | None]]:
+    """(variant, model, adapter) to score: the base model (score_base) and the fine-tuned one, a LoRA adapter on the
+    base model or a fully fine-tuned model; an InputError where that leaves nothing."""
+    finetuned = None  # (model, adapter)
     if adapter_dir is not None and (Path(adapter_dir) / "adapter_config.json").is_file():
         finetuned = (model_dir, Path(adapter_dir))
     elif adapter_dir is not None and (Path(adapter_dir) / "config.json").is_file():
@@ -138,23 +162,41 @@ def evaluate(
         log.warning(
             "no adapter or model at %s (no adapter_config.json / config.json): scoring the base model only", adapter_dir
         )
-    variants = ([("base", model_dir, None)] if settings.score_base else []) + (
-        [("finetuned", *finetuned)] if finetuned else []
-    )
+    variants: list[tuple[str, Path, Path | None]] = [("base", model_dir, None)] if settings.score_base else []
+    if finetuned:
+        variants.append(("finetuned", *finetuned))
     if not variants:
         raise InputError(
             "params.yaml", "nothing to score: score_base is false and there is no adapter", field="evaluate.score_base"
         )
+    return variants
+
+
+def load_eval_tokenizer(model_dir: Path, settings: EvalSettings) -> tuple[Any, str | None]:
+    """(the base model's tokenizer with the chat format `evaluate.chat_template` names, that format's template when
+    it is a named one of core/chat_templates.yaml: lm-eval gets it too; None for the model's own)."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    named_template = None  # a chat format of core/chat_templates.yaml, for a base model: lm-eval gets it too
+    named_template = None
     if settings.apply_chat_template:
         if apply_chat_template_choice(tokenizer, settings.chat_template, "evaluate.chat_template") != MODEL_TEMPLATE:
             named_template = tokenizer.chat_template
+    return tokenizer, named_template
+
+
+def load_checked_config(model_dir: Path):
+    """The base model's config, refused where it would make lm-eval fail to load the model."""
+    from transformers import AutoConfig
+
     config = AutoConfig.from_pretrained(model_dir)
     _check_not_stale_gguf(model_dir, config)
-    window = model_window(config)
-    specs = {task: get_task(task) for task, _ in sources}
+    return config
+
+
+def prompt_budget(settings: EvalSettings, specs: dict[str, TaskSpec], window: int, tokenizer) -> int:
+    """Tokens a prompt is truncated to: evaluate.max_length, or what the model window leaves beside the chat
+    template and the longest answer; an InputError where a task's prompt and answer would not fit the window."""
     overhead = chat_overhead(tokenizer) if settings.apply_chat_template else 1
     max_length = settings.max_length
     if max_length is None:
@@ -167,67 +209,70 @@ def evaluate(
                 f"{spec.max_new_tokens} new tokens exceed the model window ({window})",
                 field="evaluate.max_length",
             )
+    return max_length
 
-    with tempfile.TemporaryDirectory(prefix="ctxsynth-eval-", dir=work_dir) as tmp:
-        tmp = Path(tmp)
-        (tmp / "data").mkdir()
-        tasks, prepared = [], {}
-        for task, path in sources:
-            docs = load_benchmark(path, task)[: settings.limit]
-            prepared[task] = [prepare_document(doc, specs[task], tokenizer, max_length) for doc in docs]
-            data_file = tmp / "data" / f"{task}.jsonl"
-            write_jsonl(data_file, prepared[task])
-            tasks.append(LmEvalTask(task, data_file, specs[task].max_new_tokens))
-            log.info(
-                "%s: %d docs from %s (%d truncated to %d tokens)",
+
+def write_task_data(
+    sources: list[tuple[str, Path]],
+    specs: dict[str, TaskSpec],
+    tokenizer,
+    max_length: int,
+    limit: int | None,
+    work: Path,
+) -> list[LmEvalTask]:
+    """Each task's first `limit` docs, rendered and middle-truncated, as lm-eval data files under `work`/data."""
+    (work / "data").mkdir()
+    tasks = []
+    for task, path in sources:
+        docs = load_benchmark(path, task)[:limit]
+        prepared = [prepare_document(doc, specs[task], tokenizer, max_length) for doc in docs]
+        data_file = work / "data" / f"{task}.jsonl"
+        write_jsonl(data_file, prepared)
+        tasks.append(LmEvalTask(task, data_file, specs[task].max_new_tokens))
+        truncated = sum(doc["truncated"] for doc in prepared)
+        log.info("%s: %d docs from %s (%d truncated to %d tokens)", task, len(docs), path, truncated, max_length)
+        if task.startswith("niah_") and truncated:
+            log.warning(
+                "%s: haystacks longer than evaluate.max_length (%d tokens) lose their middle, and with "
+                "it any needle there: keep benchmark.niah.lengths below it or raise max_length",
                 task,
-                len(docs),
-                path,
-                sum(doc["truncated"] for doc in prepared[task]),
                 max_length,
             )
-            if task.startswith("niah_") and any(doc["truncated"] for doc in prepared[task]):
-                log.warning(
-                    "%s: haystacks longer than evaluate.max_length (%d tokens) lose their middle, and with "
-                    "it any needle there: keep benchmark.niah.lengths below it or raise max_length",
-                    task,
-                    max_length,
-                )
-        runner = LmEvalRunner(render_task_dir(tasks, tmp / "tasks", templates_version(), cache_dir=tmp / "hf_cache"))
-        report: dict = {"base": None, "finetuned": None, "delta": None}
-        predictions = []
-        for variant, model, adapter in variants:
-            cache_db = (
-                generation_cache_db(model, adapter, full=model != model_dir, settings=settings)
-                if settings.cache
-                else None
-            )
-            outputs = runner.run(
-                model,
-                tasks,
-                adapter_dir=adapter,
-                batch_size=settings.batch_size,
-                cache_db=cache_db,
-                device=settings.device,
-                dtype=settings.dtype,
-                max_length=window,
-                apply_chat_template=settings.apply_chat_template,
-                backend=settings.backend,
-                label=f"evaluate {variant}",
-                chat_template=named_template,
-                merge_adapter=settings.merge_adapter,
-            )
-            scores = {task: 100.0 * output["score"] for task, output in outputs.items()}
-            report[variant] = summarize(scores, {task: spec.category for task, spec in specs.items()})
-            for task, output in outputs.items():
-                predictions += [_prediction_record(variant, task, sample) for sample in output["samples"]]
-    report["delta"] = delta(report["base"], report["finetuned"])
-    write_jsonl(predictions_path, predictions)
-    if niah_plot_path is not None:
-        write_json(niah_plot_path, niah_heatmap(predictions))
-    report["versions"] = library_versions()  # the scores depend on them (tokenizers, kernels)
-    write_json(metrics_path, report)
-    return report
+    return tasks
+
+
+def score_variants(
+    runner: LmEvalRunner,
+    tasks: list[LmEvalTask],
+    variants: list[tuple[str, Path, Path | None]],
+    specs: dict[str, TaskSpec],
+    model_dir: Path,
+    window: int,
+    named_template: str | None,
+    settings: EvalSettings,
+) -> tuple[dict, list[dict]]:
+    """(the report's per-variant summaries, x100; every scored prediction): each variant through lm-eval."""
+    report: dict = {"base": None, "finetuned": None, "delta": None}
+    predictions = []
+    for variant, model, adapter in variants:
+        cache_db = (
+            generation_cache_db(model, adapter, full=model != model_dir, settings=settings) if settings.cache else None
+        )
+        outputs = runner.run(
+            model,
+            tasks,
+            settings,
+            max_length=window,
+            adapter_dir=adapter,
+            cache_db=cache_db,
+            label=f"evaluate {variant}",
+            chat_template=named_template,
+        )
+        scores = {task: 100.0 * output["score"] for task, output in outputs.items()}
+        report[variant] = summarize(scores, {task: spec.category for task, spec in specs.items()})
+        for task, output in outputs.items():
+            predictions += [_prediction_record(variant, task, sample) for sample in output["samples"]]
+    return report, predictions
 
 
 def generation_settings(settings: EvalSettings) -> dict:

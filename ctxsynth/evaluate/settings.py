@@ -12,7 +12,8 @@ from typing import Literal
 
 from ctxsynth.core.settings import Invalid, load_settings
 from ctxsynth.core.tasks import get_task
-from ctxsynth.evaluate.lm_eval_runner import BACKENDS
+
+BACKENDS = ("hf", "vllm")  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model (ctxsynth/evaluate/lm_eval_runner.py)
 
 # LongBench's English tasks the paper reports (THUDM's file names).
 PAPER_TASKS = ("narrativeqa", "qasper", "hotpotqa", "2wikimqa", "musique", "gov_report", "qmsum", "multi_news")

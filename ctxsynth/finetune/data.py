@@ -12,14 +12,17 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from ctxsynth.core.chat import validate_messages
 from ctxsynth.core.chat_encoding import IGNORE_INDEX, TemplateError, encode_chat
 from ctxsynth.core.io import InputError, read_jsonl_numbered
 
-OVERLENGTH_MODES = ("truncate_middle", "drop")
+Overlength = Literal["truncate_middle", "drop"]
+OVERLENGTH_MODES: tuple[str, ...] = get_args(Overlength)
 # token: every answer token weighs the same; sample (LongAlign): each sample's answer tokens together weigh one sample
-LOSS_WEIGHTINGS = ("token", "sample")
+LossWeighting = Literal["token", "sample"]
+LOSS_WEIGHTINGS: tuple[str, ...] = get_args(LossWeighting)
 # A prompt cut below this many tokens has lost its instruction scaffolding: drop the sample instead.
 MIN_PROMPT_TOKENS = 16
 
@@ -166,13 +169,13 @@ class PadCollator:
     def __call__(self, features: Sequence[Example | dict]) -> dict:
         import torch
 
-        features = [_as_feature(feature) for feature in features]
-        width = max(len(feature["input_ids"]) for feature in features)
-        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(features), width), dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-        loss_weights = torch.zeros((len(features), width), dtype=torch.float32)
-        for row, feature in enumerate(features):
+        rows = [_as_feature(feature) for feature in features]
+        width = max(len(feature["input_ids"]) for feature in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        loss_weights = torch.zeros((len(rows), width), dtype=torch.float32)
+        for row, feature in enumerate(rows):
             length = len(feature["input_ids"])
             input_ids[row, :length] = torch.tensor(feature["input_ids"], dtype=torch.long)
             attention_mask[row, :length] = 1
@@ -184,5 +187,5 @@ class PadCollator:
             "labels": labels,
             "loss_weights": loss_weights,
             "real_tokens": attention_mask.sum(),
-            "num_samples": torch.tensor(len(features)),
+            "num_samples": torch.tensor(len(rows)),
         }

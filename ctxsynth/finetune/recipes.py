@@ -33,13 +33,14 @@ def load_recipes() -> dict[str, dict]:
 def recipe_values(name: str, source: os.PathLike | str = "params.yaml") -> dict[str, Any]:
     recipes = load_recipes()
     chain: list[str] = []
-    while name is not None:
-        if name not in recipes:
-            raise InputError(source, f"unknown recipe {name!r} (known: {', '.join(recipes)})", field="finetune.recipe")
-        if name in chain:
-            raise InputError(f"ctxsynth/{RECIPES_RESOURCE}", f"recipe cycle {' -> '.join(chain + [name])}", field=name)
-        chain.append(name)
-        name = recipes[name].get("extends")
+    link: str | None = name  # then each recipe's `extends`, up to the one that extends none
+    while link is not None:
+        if link not in recipes:
+            raise InputError(source, f"unknown recipe {link!r} (known: {', '.join(recipes)})", field="finetune.recipe")
+        if link in chain:
+            raise InputError(f"ctxsynth/{RECIPES_RESOURCE}", f"recipe cycle {' -> '.join(chain + [link])}", field=link)
+        chain.append(link)
+        link = recipes[link].get("extends")
     values: dict[str, Any] = {}
     for link in reversed(chain):
         values.update(recipes[link]["values"])

@@ -16,17 +16,21 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
 from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import Invalid, check, convert, load_settings
 from ctxsynth.finetune import recipes as finetune_recipes
-from ctxsynth.finetune.data import LOSS_WEIGHTINGS, OVERLENGTH_MODES
+from ctxsynth.finetune.data import LossWeighting, Overlength
 
-METHODS = ("lora", "full")
-QUANTIZATION_MODES = ("none", "nf4")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-LAUNCHERS = ("none", "accelerate")
+Method = Literal["lora", "full"]
+Quantization = Literal["none", "nf4"]
+ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
+Launcher = Literal["none", "accelerate"]
+METHODS: tuple[str, ...] = get_args(Method)
+QUANTIZATION_MODES: tuple[str, ...] = get_args(Quantization)
+DTYPES: tuple[str, ...] = get_args(ComputeDtype)
+LAUNCHERS: tuple[str, ...] = get_args(Launcher)
 # Keys that change how a run is logged or saved, not what it computes: a change keeps the checkpoints resumable.
 NOT_IN_RUN_KEY = ("logging_steps", "save_steps")
 
@@ -46,9 +50,9 @@ class FinetuneSettings:
     """Resolved fine-tuning settings. Building one without a value for a recipe-driven key takes the recipe's."""
 
     recipe: str = finetune_recipes.DEFAULT_RECIPE  # cpu (LoRA fp32) | qlora (nf4, CUDA) | paper (full FT, packing)
-    method: Literal[METHODS] = FROM_RECIPE  # lora | full (every weight trained; the output is a whole model)
-    quantization: Literal[QUANTIZATION_MODES] = FROM_RECIPE  # none | nf4 (QLoRA: bitsandbytes, double quantization)
-    compute_dtype: Literal[DTYPES] = FROM_RECIPE  # auto = float32 on CPU, bfloat16 on CUDA
+    method: Method = FROM_RECIPE  # lora | full (every weight trained; the output is a whole model)
+    quantization: Quantization = FROM_RECIPE  # none | nf4 (QLoRA: bitsandbytes, double quantization)
+    compute_dtype: ComputeDtype = FROM_RECIPE  # auto = float32 on CPU, bfloat16 on CUDA
     lora_r: int = FROM_RECIPE  # LoRA rank
     lora_alpha: int = FROM_RECIPE  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = FROM_RECIPE  # dropout on the LoRA input
@@ -66,14 +70,14 @@ class FinetuneSettings:
     batch_size: int = FROM_RECIPE  # sequences per device per step
     grad_accum: int = FROM_RECIPE  # gradient accumulation steps
     max_tokens: int = FROM_RECIPE  # per sequence; 0 = no limit (not with packing)
-    overlength: Literal[OVERLENGTH_MODES] = FROM_RECIPE  # truncate_middle (keep question and answer) | drop
+    overlength: Overlength = FROM_RECIPE  # truncate_middle (keep question and answer) | drop
     packing: bool = FROM_RECIPE  # concatenate samples up to max_tokens, attention kept inside each sample
-    loss_weighting: Literal[LOSS_WEIGHTINGS] = FROM_RECIPE  # token | sample (LongAlign)
+    loss_weighting: LossWeighting = FROM_RECIPE  # token | sample (LongAlign)
     gradient_checkpointing: bool = FROM_RECIPE  # recompute activations in the backward pass: less memory
     answer_logits_only: bool = FROM_RECIPE  # project only the answer positions onto the vocabulary (same loss)
     attn_implementation: str = FROM_RECIPE  # sdpa; flash_attention_2 on GPU for packing without a materialized mask
     save_steps: int = FROM_RECIPE  # checkpoint every N steps for resume; 0 = never
-    launcher: Literal[LAUNCHERS] = "none"  # none | accelerate (relaunch with configs/accelerate/<accelerate_config>)
+    launcher: Launcher = "none"  # none | accelerate (relaunch with configs/accelerate/<accelerate_config>)
     accelerate_config: str = "single_gpu"  # single_gpu | multi_gpu_ddp | fsdp | deepspeed_zero3, or a .yaml path
     # model: the tokenizer's own chat template; or a format of core/chat_templates.yaml (longalign) for a base
     # model that has none. Evaluate the result with the same evaluate.chat_template.

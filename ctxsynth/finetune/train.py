@@ -16,16 +16,26 @@ import resource
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
 from ctxsynth.core.chat_encoding import end_of_turn_ids, model_generation_config
 from ctxsynth.core.io import InputError, sha256_file, write_json
-from ctxsynth.finetune.data import PadCollator, PreparedData, load_chat_records, prepare_examples
-from ctxsynth.finetune.packing import PackedCollator, pack_examples
+from ctxsynth.finetune.data import Example, PadCollator, PreparedData, load_chat_records, prepare_examples
+from ctxsynth.finetune.errors import FinetuneError
+from ctxsynth.finetune.live_log import LiveLog, peak_memory_mb
+from ctxsynth.finetune.loss import answer_only_loss
+from ctxsynth.finetune.packing import Pack, PackedCollator, pack_examples
 from ctxsynth.finetune.settings import FinetuneSettings
-from ctxsynth.finetune.trainer import FinetuneError, LiveLog, answer_only_loss, make_trainer_classes, peak_memory_mb
+
+if TYPE_CHECKING:  # transformers' Trainer takes seconds to import: a run imports it (trainer.py) when it starts
+    import torch
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import TrainOutput
+
+    from ctxsynth.finetune.trainer import CountingTrainer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,43 @@ def resolve_optim(name: str, device: str) -> str:
         log.warning("optim %s needs CUDA (paged optimizer states): using adamw_torch on %s", name, device)
         return "adamw_torch"
     return name
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes: the device, the dtype autocast computes in, the optimizer."""
+
+    device: str
+    compute_dtype: torch.dtype
+    optim: str
+
+
+def resolve_runtime(params: FinetuneSettings) -> Runtime:
+    """`finetune.compute_dtype` and `finetune.optim` resolved for the device there is (CUDA, else the CPU)."""
+    device = resolve_device()
+    return Runtime(device, resolve_dtype(params.compute_dtype, device), resolve_optim(params.optim, device))
+
+
+@dataclass
+class TrainingData:
+    """The training set as the run sees it: the prepared examples, the dataset and collator, the counts."""
+
+    prepared: PreparedData
+    dataset: list[Pack] | list[Example]  # packs of samples with `finetune.packing`, else the samples
+    collator: PackedCollator | PadCollator
+    counts: dict[str, int]  # samples used, truncated, dropped, ... (and packed_sequences)
+
+
+@dataclass
+class TrainingRun:
+    """What trainer.train() leaves, finished or stopped early: the trainer, its output, the logged losses."""
+
+    trainer: CountingTrainer
+    output: TrainOutput
+    losses: list[float]
+    train_time: float  # seconds in trainer.train()
+    trainable_params: int
+    total_params: int
 
 
 def load_tokenizer(model_dir: os.PathLike | str, chat_template: str = MODEL_TEMPLATE) -> tuple[Any, str]:
@@ -276,111 +323,19 @@ def train(
     the same key resumes from its last one. `stop_after_steps` ends the run early without writing outputs, as a kill
     would (for tests).
     """
-    import torch
-    import transformers
-    from transformers import PrinterCallback, TrainerCallback
-
     started = time.perf_counter()
-    params.check()
     model_dir, train_path, adapter_dir = Path(model_dir), Path(train_path), Path(adapter_dir)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(model_dir, "not a model directory (no config.json)")
-    records = load_chat_records(train_path)  # validate the input before loading anything heavy
-    device = resolve_device()
-    compute_dtype = resolve_dtype(params.compute_dtype, device)
-    optim = resolve_optim(params.optim, device)
+    records = read_training_records(params, model_dir, train_path)  # every input checked before anything heavy
+    runtime = resolve_runtime(params)
     tokenizer, chat_format = load_tokenizer(model_dir, params.chat_template)
-    data: PreparedData = prepare_examples(
-        records,
-        tokenizer,
-        max_tokens=params.max_tokens or None,
-        overlength=params.overlength,
-        end_ids=end_of_turn_ids(tokenizer, model_generation_config(model_dir)),
-        path=train_path,
-    )
-    counts = data.counts()
-    log.info(
-        "%d samples: %d used, %d truncated, %d dropped (max_tokens=%d)",
-        data.total,
-        len(data.examples),
-        len(data.truncated),
-        len(data.dropped),
-        params.max_tokens,
-    )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if params.packing:
-        dataset = pack_examples(data.examples, params.max_tokens)
-        collator = PackedCollator(pad_id, params.loss_weighting)
-        counts["packed_sequences"] = len(dataset)
-        log.info(
-            "packed %d samples into %d sequences of <= %d tokens", len(data.examples), len(dataset), params.max_tokens
-        )
-    else:
-        dataset, collator = data.examples, PadCollator(pad_id, params.loss_weighting)
-    fingerprint = _model_fingerprint(model_dir)
-    train_sha = sha256_file(train_path)
-    run_dir = None
-    if checkpoint_dir is not None and params.save_steps > 0:
-        run_dir = Path(checkpoint_dir) / params.run_key(fingerprint, train_sha)
-    resume_from = _last_checkpoint(run_dir) if run_dir is not None else None
-    if resume_from:
-        log.info("resuming from %s", resume_from)
-
-    CountingTrainer, StepLogger = make_trainer_classes()
-    logger_cb = StepLogger(LiveLog(live_dir) if live_dir is not None else None)
-    callbacks: list = [logger_cb]
-    if stop_after_steps is not None:
-
-        class StopEarly(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                control.should_training_stop = state.global_step >= stop_after_steps
-                return control
-
-        callbacks.append(StopEarly())
+    data = training_data(records, tokenizer, params, model_dir, train_path)
+    fingerprint, train_sha = _model_fingerprint(model_dir), sha256_file(train_path)
+    run_dir, resume_from = checkpoint_location(checkpoint_dir, params, fingerprint, train_sha)
     adapter_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ctxsynth-finetune-") as scratch:
-        # TrainingArguments first: under accelerate + DeepSpeed ZeRO-3 it registers the DeepSpeed config with
-        # transformers, and only then does from_pretrained load each rank's shard instead of the whole model.
-        args = training_arguments(params, str(run_dir or scratch), run_dir is not None, device, compute_dtype, optim)
-        model = load_model(model_dir, params, device)
-        trainable, total = count_parameters(model)
-        trainer = CountingTrainer(
-            model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks
-        )
-        trainer.answer_logits_only = params.answer_logits_only
-        trainer.remove_callback(PrinterCallback)  # StepLogger logs each step once, through logging
-        train_started = time.perf_counter()
-        output = trainer.train(resume_from_checkpoint=resume_from)
-        train_time = time.perf_counter() - train_started
-        losses = [row["loss"] for row in logger_cb.history]
-        trained_tokens = int(trainer.state.num_input_tokens_seen)
-        summary = {
-            **counts,
-            "final_loss": losses[-1] if losses else None,
-            "first_loss": losses[0] if losses else None,
-            "mean_loss": float(output.training_loss),
-            "steps": int(output.global_step),
-            "resumed_from_step": int(Path(resume_from).name.split("-")[-1]) if resume_from else 0,
-            "epochs": float(trainer.state.epoch or 0.0),
-            "samples_seen": trainer.samples_seen,
-            "trained_tokens": trained_tokens,
-            "target_tokens": trainer.target_tokens,
-            "tokens_per_second": trained_tokens / train_time if train_time else 0.0,
-            "seconds_per_step": train_time / max(int(output.global_step), 1),
-            "train_time_s": train_time,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-            "peak_cuda_mb": peak_memory_mb() if device == "cuda" else None,
-            "device": device,
-            "world_size": trainer.args.world_size,
-            "method": params.method,
-            "quantization": params.quantization,
-            "compute_dtype": str(compute_dtype).removeprefix("torch."),
-            "optim": optim,
-            "trainable_params": int(trainable),
-            "total_params": int(total),
-            "params": params.as_dict(),
-        }
-        if stop_after_steps is not None and output.global_step < trainer.state.max_steps:
+        run = fit(model_dir, params, runtime, data, run_dir, scratch, resume_from, live_dir, stop_after_steps)
+        summary = {**data.counts, **run_summary(run, params, runtime, resume_from)}
+        if stop_after_steps is not None and run.output.global_step < run.trainer.state.max_steps:
             return summary  # an interrupted run: checkpoints only, like a kill
         provenance = {
             "chat_template": chat_format,
@@ -389,23 +344,174 @@ def train(
             "train_data": str(train_path),
             "train_data_sha256": train_sha,
             "params": params.as_dict(),
-            "counts": counts,
-            "truncated_ids": data.truncated,
-            "dropped_ids": data.dropped,
+            "counts": data.counts,
+            "truncated_ids": data.prepared.truncated,
+            "dropped_ids": data.prepared.dropped,
             "steps": summary["steps"],
             "final_loss": summary["final_loss"],
-            "device": device,
-            "versions": {
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "peft": __import__("peft").__version__,
-            },
+            "device": runtime.device,
+            "versions": training_versions(),
         }
-        _save_output(trainer, tokenizer, params, adapter_dir, provenance)
-        if run_dir is not None and trainer.is_world_process_zero():
-            for stale in Path(checkpoint_dir).iterdir():  # finished: its checkpoints and abandoned runs' go
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        _save_output(run.trainer, tokenizer, params, adapter_dir, provenance)
+        if run_dir is not None and run.trainer.is_world_process_zero():
+            _remove_checkpoints(run_dir.parent)  # finished: its checkpoints and abandoned runs' go
     summary["wall_time_s"] = time.perf_counter() - started
-    if metrics_path is not None and trainer.is_world_process_zero():
+    if metrics_path is not None and run.trainer.is_world_process_zero():
         write_json(metrics_path, summary)
     return summary
+
+
+def read_training_records(params: FinetuneSettings, model_dir: Path, train_path: Path) -> list[tuple[int, dict]]:
+    """The training records (line number, record), validated, once the settings and the model directory are."""
+    params.check()
+    if not (model_dir / "config.json").is_file():
+        raise InputError(model_dir, "not a model directory (no config.json)")
+    return load_chat_records(train_path)
+
+
+def training_data(
+    records: list[tuple[int, dict]], tokenizer, params: FinetuneSettings, model_dir: Path, train_path: Path
+) -> TrainingData:
+    """The records prepared and batched as the run trains on them, with their counts."""
+    prepared = prepare_training_data(records, tokenizer, params, model_dir, train_path)
+    dataset, collator = training_batches(prepared, tokenizer, params)
+    counts = prepared.counts() | ({"packed_sequences": len(dataset)} if params.packing else {})
+    return TrainingData(prepared, dataset, collator, counts)
+
+
+def prepare_training_data(
+    records: list[tuple[int, dict]], tokenizer, params: FinetuneSettings, model_dir: Path, train_path: Path
+) -> PreparedData:
+    """The records as token ids with answer-only labels, over-long ones cut or dropped (`finetune.overlength`)."""
+    data = prepare_examples(
+        records,
+        tokenizer,
+        max_tokens=params.max_tokens or None,
+        overlength=params.overlength,
+        end_ids=end_of_turn_ids(tokenizer, model_generation_config(model_dir)),
+        path=train_path,
+    )
+    log.info(
+        "%d samples: %d used, %d truncated, %d dropped (max_tokens=%d)",
+        data.total,
+        len(data.examples),
+        len(data.truncated),
+        len(data.dropped),
+        params.max_tokens,
+    )
+    return data
+
+
+def training_batches(
+    data: PreparedData, tokenizer, params: FinetuneSettings
+) -> tuple[list[Pack] | list[Example], PackedCollator | PadCollator]:
+    """(dataset, collator): samples packed into sequences of up to max_tokens (`finetune.packing`), or one sample a
+    row, padded."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if not params.packing:
+        return data.examples, PadCollator(pad_id, params.loss_weighting)
+    packs = pack_examples(data.examples, params.max_tokens)
+    log.info("packed %d samples into %d sequences of <= %d tokens", len(data.examples), len(packs), params.max_tokens)
+    return packs, PackedCollator(pad_id, params.loss_weighting)
+
+
+def checkpoint_location(
+    checkpoint_dir: os.PathLike | str | None, params: FinetuneSettings, fingerprint: dict[str, str], train_sha: str
+) -> tuple[Path | None, str | None]:
+    """(where this run keeps its checkpoints, <checkpoint_dir>/<run key>, or None when it keeps none; the last
+    checkpoint there, which the run resumes from, or None)."""
+    if checkpoint_dir is None or params.save_steps <= 0:
+        return None, None
+    run_dir = Path(checkpoint_dir) / params.run_key(fingerprint, train_sha)
+    resume_from = _last_checkpoint(run_dir)
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    return run_dir, resume_from
+
+
+def fit(
+    model_dir: Path,
+    params: FinetuneSettings,
+    runtime: Runtime,
+    data: TrainingData,
+    run_dir: Path | None,
+    scratch: str,
+    resume_from: str | None,
+    live_dir: os.PathLike | str | None,
+    stop_after_steps: int | None,
+) -> TrainingRun:
+    """Load the model and train it with transformers' Trainer, checkpointing to `run_dir` (to `scratch`, without
+    checkpoints, when None) and resuming from `resume_from`."""
+    from transformers import PrinterCallback
+
+    from ctxsynth.finetune.trainer import CountingTrainer, StepLogger, StopEarly
+
+    step_logger = StepLogger(LiveLog(live_dir) if live_dir is not None else None)
+    callbacks: list[TrainerCallback] = [step_logger]
+    if stop_after_steps is not None:
+        callbacks.append(StopEarly(stop_after_steps))
+    # TrainingArguments first: under accelerate + DeepSpeed ZeRO-3 it registers the DeepSpeed config with
+    # transformers, and only then does from_pretrained load each rank's shard instead of the whole model.
+    args = training_arguments(
+        params, str(run_dir or scratch), run_dir is not None, runtime.device, runtime.compute_dtype, runtime.optim
+    )
+    model = load_model(model_dir, params, runtime.device)
+    trainable, total = count_parameters(model)
+    trainer = CountingTrainer(
+        model=model, args=args, train_dataset=data.dataset, data_collator=data.collator, callbacks=callbacks
+    )
+    trainer.answer_logits_only = params.answer_logits_only
+    trainer.remove_callback(PrinterCallback)  # StepLogger logs each step once, through logging
+    train_started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    train_time = time.perf_counter() - train_started
+    losses = [row["loss"] for row in step_logger.history]
+    return TrainingRun(trainer, output, losses, train_time, int(trainable), int(total))
+
+
+def run_summary(run: TrainingRun, params: FinetuneSettings, runtime: Runtime, resume_from: str | None) -> dict:
+    """The metrics summary of a run, less the sample counts and the wall time."""
+    trainer, output = run.trainer, run.output
+    trained_tokens = int(trainer.state.num_input_tokens_seen)
+    return {
+        "final_loss": run.losses[-1] if run.losses else None,
+        "first_loss": run.losses[0] if run.losses else None,
+        "mean_loss": float(output.training_loss),
+        "steps": int(output.global_step),
+        "resumed_from_step": int(Path(resume_from).name.split("-")[-1]) if resume_from else 0,
+        "epochs": float(trainer.state.epoch or 0.0),
+        "samples_seen": trainer.samples_seen,
+        "trained_tokens": trained_tokens,
+        "target_tokens": trainer.target_tokens,
+        "tokens_per_second": trained_tokens / run.train_time if run.train_time else 0.0,
+        "seconds_per_step": run.train_time / max(int(output.global_step), 1),
+        "train_time_s": run.train_time,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "peak_cuda_mb": peak_memory_mb() if runtime.device == "cuda" else None,
+        "device": runtime.device,
+        "world_size": trainer.args.world_size,
+        "method": params.method,
+        "quantization": params.quantization,
+        "compute_dtype": str(runtime.compute_dtype).removeprefix("torch."),
+        "optim": runtime.optim,
+        "trainable_params": run.trainable_params,
+        "total_params": run.total_params,
+        "params": params.as_dict(),
+    }
+
+
+def training_versions() -> dict[str, str]:
+    """The versions of the libraries that computed the weights, for the provenance."""
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def _remove_checkpoints(checkpoint_dir: Path) -> None:
+    for stale in checkpoint_dir.iterdir():
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()

@@ -13,7 +13,7 @@ settings and measured coefficients (bf16 training, gradient checkpointing per de
     recomputed layer     tokens x 2 B x (10 hidden + 2 kv + 4 intermediate): what one decoder layer saves for its
                          backward, counted with saved-tensor hooks on this CPU at LLaMA-3.1-8B and LLaMA-2-7B shapes
                          (tests/test_memory.py: 201,352 and 187,016 B/token, the formula within 0.5 %).
-    logits               positions x vocab x 14 B: the peak of the loss path (trainer.answer_only_loss) measured on
+    logits               positions x vocab x 14 B: the peak of the loss path (loss.py answer_only_loss) measured on
                          this CPU at LLaMA-3.1's vocabulary (tests/test_memory.py: 14.1): bf16 logits 2, their fp32
                          cast 4, the answer positions' fp32 copy 4, log-softmax's fp32 output 4, the backward's
                          fp32 gradients reusing the freed ones. Every assistant turn is trained, so a packed

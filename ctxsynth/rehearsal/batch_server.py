@@ -8,6 +8,7 @@ in a shuffled order, so a client that matched them by position would get them wr
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import threading
@@ -60,61 +61,7 @@ class BatchServer(LocalServer):
         self.batch_inputs: dict[str, list[dict]] = {}  # batch id -> parsed request lines, in input order
         self.output_order: dict[str, list[str]] = {}  # batch id -> custom_ids in the order written
         self.counts = {"uploads": 0, "creates": 0, "polls": 0, "downloads": 0, "lists": 0}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def reply(self, status: int, body: bytes = b"", content_type: str = "application/json"):
-                self.send_response(status)
-                if status == 429:
-                    self.send_header("Retry-After", "0")
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def reply_json(self, status: int, data):
-                self.reply(status, json.dumps(data).encode())
-
-            def handle_route(self, route: str, work):
-                with server.lock:
-                    fault = server.faults[route].pop(0) if server.faults.get(route) else None
-                if fault in ("500", "429"):
-                    return self.reply(int(fault))
-                status, data = work()
-                if fault == "500-after":
-                    return self.reply(500)
-                if isinstance(data, bytes):
-                    return self.reply(status, data, "application/octet-stream")
-                return self.reply_json(status, data)
-
-            def do_POST(self):
-                if server.authorization and self.headers.get("Authorization") != server.authorization:
-                    return self.reply_json(401, {"error": {"message": "bad key"}})
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.path == "/v1/files":
-                    return self.handle_route("POST /files", lambda: server.upload(self.headers["Content-Type"], body))
-                if self.path == "/v1/batches":
-                    return self.handle_route("POST /batches", lambda: server.create(json.loads(body)))
-                return self.reply_json(404, {"error": {"message": f"no route {self.path}"}})
-
-            def do_GET(self):
-                if server.authorization and self.headers.get("Authorization") != server.authorization:
-                    return self.reply_json(401, {"error": {"message": "bad key"}})
-                url = urllib.parse.urlsplit(self.path)
-                parts = url.path.strip("/").split("/")
-                if parts == ["v1", "batches"]:
-                    query = dict(urllib.parse.parse_qsl(url.query))
-                    return self.handle_route("GET /batches", lambda: server.list_batches(query))
-                if len(parts) == 3 and parts[:2] == ["v1", "batches"]:
-                    return self.handle_route("GET /batches/", lambda: server.poll(parts[2]))
-                if len(parts) == 4 and parts[:2] == ["v1", "files"] and parts[3] == "content":
-                    return self.handle_route("GET /content", lambda: server.content(parts[2]))
-                return self.reply_json(404, {"error": {"message": f"no route {self.path}"}})
-
-        self._listen(Handler, port, poll_interval=0.02)
+        self._listen(functools.partial(BatchRequestHandler, fake=self), port, poll_interval=0.02)
 
     # --------------------------------------------------------------------------------------------- endpoints
     def upload(self, content_type: str, body: bytes):
@@ -205,7 +152,7 @@ class BatchServer(LocalServer):
 
     # ------------------------------------------------------------------------------------------------ results
     def finish(self, batch: dict) -> None:
-        lines = self.batch_inputs[batch["id"]]
+        """End `batch` the way `terminal` says: its result files written, its request counts and status set."""
         if self.terminal == "failed":
             batch["status"] = "failed"
             batch["errors"] = {
@@ -215,54 +162,39 @@ class BatchServer(LocalServer):
                 ],
             }
             return
+        lines = self.batch_inputs[batch["id"]]
         if self.terminal in ("expired", "cancelled"):
             lines = lines[: len(lines) // 2]
+        outputs, errors = self.result_lines(lines)
+        self.random.shuffle(outputs)
+        if self.duplicate_output and outputs:
+            outputs.insert(1, outputs[0])
+        self.output_order[batch["id"]] = [o["custom_id"] for o in outputs]
+        self.write_result_files(batch, outputs, errors)
+        succeeded = sum(o["response"]["status_code"] == 200 for o in outputs)
+        batch["request_counts"] = {
+            "total": len(self.batch_inputs[batch["id"]]),
+            "completed": succeeded,
+            "failed": len(lines) - succeeded,
+        }
+        batch["status"] = self.terminal
+
+    def result_lines(self, lines: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(output lines, error lines) for the request lines, in input order: an item matching `omit_matching` gets
+        none, one matching `error_matching` an error line (among the outputs with `errors_in_output`)."""
         outputs, errors = [], []
         for number, line in enumerate(lines):
             question = question_of(line["body"])
             if self.omit_matching and self.omit_matching in question:
                 continue
             if self.error_matching and self.error_matching in question:
-                (outputs if self.errors_in_output else errors).append(
-                    {
-                        "id": f"batch_req_{number}",
-                        "custom_id": line["custom_id"],
-                        "response": {
-                            "status_code": 400,
-                            "request_id": f"req_{number}",
-                            "body": {"error": {"message": f"invalid prompt: {question}", "code": "bad_item"}},
-                        },
-                        "error": None,
-                    }
-                )
+                (outputs if self.errors_in_output else errors).append(error_line(number, line, question))
                 continue
-            outputs.append(
-                {
-                    "id": f"batch_req_{number}",
-                    "custom_id": line["custom_id"],
-                    "error": None,
-                    "response": {
-                        "status_code": 200,
-                        "request_id": f"req_{number}",
-                        "body": {
-                            "object": "chat.completion",
-                            "model": line["body"]["model"],
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": self.reply(line["body"])},
-                                }
-                            ],
-                            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-                        },
-                    },
-                }
-            )
-        self.random.shuffle(outputs)
-        if self.duplicate_output and outputs:
-            outputs.insert(1, outputs[0])
-        self.output_order[batch["id"]] = [o["custom_id"] for o in outputs]
+            outputs.append(completion_line(number, line, self.reply(line["body"])))
+        return outputs, errors
+
+    def write_result_files(self, batch: dict, outputs: list[dict], errors: list[dict]) -> None:
+        """The batch's output and error files, each only where it has lines, as the API writes them."""
         for field, items in (("output_file_id", outputs), ("error_file_id", errors)):
             if items:
                 file_id = f"file-{field.split('_')[0]}-{batch['id']}"
@@ -272,13 +204,107 @@ class BatchServer(LocalServer):
                     "content": "".join(json.dumps(o) + "\n" for o in items).encode(),
                 }
                 batch[field] = file_id
-        succeeded = sum(o["response"]["status_code"] == 200 for o in outputs)
-        batch["request_counts"] = {
-            "total": len(self.batch_inputs[batch["id"]]),
-            "completed": succeeded,
-            "failed": len(lines) - succeeded,
-        }
-        batch["status"] = self.terminal
 
     def requests_of(self, batch_id: str) -> list[dict]:
         return self.batch_inputs[batch_id]
+
+
+def error_line(number: int, line: dict, question: str) -> dict:
+    """The result line of an item the API refused (HTTP 400 inside the batch)."""
+    return {
+        "id": f"batch_req_{number}",
+        "custom_id": line["custom_id"],
+        "response": {
+            "status_code": 400,
+            "request_id": f"req_{number}",
+            "body": {"error": {"message": f"invalid prompt: {question}", "code": "bad_item"}},
+        },
+        "error": None,
+    }
+
+
+def completion_line(number: int, line: dict, content: str) -> dict:
+    """The result line of an item answered with `content`, a chat completion as the API returns it."""
+    return {
+        "id": f"batch_req_{number}",
+        "custom_id": line["custom_id"],
+        "error": None,
+        "response": {
+            "status_code": 200,
+            "request_id": f"req_{number}",
+            "body": {
+                "object": "chat.completion",
+                "model": line["body"]["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            },
+        },
+    }
+
+
+class BatchRequestHandler(BaseHTTPRequestHandler):
+    """One HTTP request to the fake Batch API: checks the key, routes it to `fake` (the BatchServer whose state it
+    reads and changes) and applies the route's next fault."""
+
+    def __init__(self, *args, fake: BatchServer, **kwargs):
+        self.fake = fake  # before the base __init__, which handles the request
+        super().__init__(*args, **kwargs)
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status: int, body: bytes = b"", content_type: str = "application/json"):
+        self.send_response(status)
+        if status == 429:
+            self.send_header("Retry-After", "0")
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def reply_json(self, status: int, data):
+        self.reply(status, json.dumps(data).encode())
+
+    def handle_route(self, route: str, work):
+        with self.fake.lock:
+            fault = self.fake.faults[route].pop(0) if self.fake.faults.get(route) else None
+        if fault in ("500", "429"):
+            return self.reply(int(fault))
+        status, data = work()
+        if fault == "500-after":
+            return self.reply(500)
+        if isinstance(data, bytes):
+            return self.reply(status, data, "application/octet-stream")
+        return self.reply_json(status, data)
+
+    def do_POST(self):
+        fake = self.fake
+        if fake.authorization and self.headers.get("Authorization") != fake.authorization:
+            return self.reply_json(401, {"error": {"message": "bad key"}})
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/v1/files":
+            return self.handle_route("POST /files", lambda: fake.upload(self.headers["Content-Type"], body))
+        if self.path == "/v1/batches":
+            return self.handle_route("POST /batches", lambda: fake.create(json.loads(body)))
+        return self.reply_json(404, {"error": {"message": f"no route {self.path}"}})
+
+    def do_GET(self):
+        fake = self.fake
+        if fake.authorization and self.headers.get("Authorization") != fake.authorization:
+            return self.reply_json(401, {"error": {"message": "bad key"}})
+        url = urllib.parse.urlsplit(self.path)
+        parts = url.path.strip("/").split("/")
+        if parts == ["v1", "batches"]:
+            query = dict(urllib.parse.parse_qsl(url.query))
+            return self.handle_route("GET /batches", lambda: fake.list_batches(query))
+        if len(parts) == 3 and parts[:2] == ["v1", "batches"]:
+            return self.handle_route("GET /batches/", lambda: fake.poll(parts[2]))
+        if len(parts) == 4 and parts[:2] == ["v1", "files"] and parts[3] == "content":
+            return self.handle_route("GET /content", lambda: fake.content(parts[2]))
+        return self.reply_json(404, {"error": {"message": f"no route {self.path}"}})

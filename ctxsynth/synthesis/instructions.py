@@ -52,39 +52,16 @@ def synthesize_instructions(
     pending = list(with_context)
     totals = {"generated": 0, "from_cache": 0, "generated_tokens": 0}
     for attempt in range(max_attempts):
-        requests = []
-        for record in pending:
-            messages = prompt.messages(context=chunks[record["id"]])
-            key = cache_key(
-                model=backend.model_id,
-                messages=messages,
-                response_prefix=response_prefix,
-                sampling=sampling,
-                seed=seed,
-                prompt_version=prompt.version,
-                attempt=attempt,
-            )
-            requests.append(Request(key=key, messages=messages, response_prefix=response_prefix))
+        requests = [
+            attempt_request(prompt, chunks[record["id"]], backend, sampling, seed, attempt, response_prefix)
+            for record in pending
+        ]
         generations, stats = generate_cached(
             requests, backend, cache, sampling, seed, progress, label=f"instruction synthesis, attempt {attempt + 1}"
         )
         for name in totals:
             totals[name] += stats[name]
-        still_failing = []
-        for record, request in zip(pending, requests):
-            generation = generations[request.key]
-            question, answer, status = parse_question_answer(generation["text"])
-            results[record["id"]] = {
-                "question": question,
-                "answer": answer,
-                "status": status,
-                "attempts": attempt + 1,
-                "generation": generation,
-                "key": request.key,
-            }
-            if status != "ok":
-                still_failing.append(record)
-        pending = still_failing
+        pending = record_attempt(pending, requests, generations, attempt, results)
         if not pending:
             break
     provenance = run_provenance(
@@ -97,31 +74,73 @@ def synthesize_instructions(
         response_prefix=response_prefix,
     )
     settings = generation_settings(backend)
-    records = []
-    for record in with_context:
-        result = results[record["id"]]
-        chunk = chunks[record["id"]]
-        records.append(
-            {
-                "id": record["id"],
-                "task": record["task"],
-                "instruction": result["question"],
-                "answer": result["answer"],
-                "context": chunk,
-                "parse_status": result["status"],
-                "attempts": result["attempts"],
-                "raw_output": result["generation"]["text"],
-                "finish_reason": result["generation"]["finish_reason"],
-                "generated_tokens": result["generation"]["generated_tokens"],
-                "words": count_words(chunk),
-                "seed_instruction": record["instruction"],
-                "seed_answer": record["answer"],
-                "provenance": {
-                    **provenance,
-                    "cache_key": stored_key(result["key"], settings),
-                    **batch_provenance(result["generation"]),
-                },
-            }
-        )
+    records = [
+        instruction_record(record, results[record["id"]], chunks[record["id"]], provenance, settings)
+        for record in with_context
+    ]
     stats = {**totals, "skipped_without_context": len(seeds) - len(with_context)}
     return records, stats
+
+
+def attempt_request(
+    prompt: PromptSpec, chunk: str, backend, sampling: dict, seed: int, attempt: int, response_prefix: str
+) -> Request:
+    """The generation request for one context chunk; the attempt is in the cache key, so a retry is a new entry."""
+    messages = prompt.messages(context=chunk)
+    key = cache_key(
+        model=backend.model_id,
+        messages=messages,
+        response_prefix=response_prefix,
+        sampling=sampling,
+        seed=seed,
+        prompt_version=prompt.version,
+        attempt=attempt,
+    )
+    return Request(key=key, messages=messages, response_prefix=response_prefix)
+
+
+def record_attempt(
+    pending: list[dict], requests: list[Request], generations: dict, attempt: int, results: dict[str, dict]
+) -> list[dict]:
+    """Parse each seed's generation into `results` (a later attempt's replaces an earlier one's); return the seeds
+    whose output did not parse, for the next attempt."""
+    still_failing = []
+    for record, request in zip(pending, requests):
+        generation = generations[request.key]
+        question, answer, status = parse_question_answer(generation["text"])
+        results[record["id"]] = {
+            "question": question,
+            "answer": answer,
+            "status": status,
+            "attempts": attempt + 1,
+            "generation": generation,
+            "key": request.key,
+        }
+        if status != "ok":
+            still_failing.append(record)
+    return still_failing
+
+
+def instruction_record(record: dict, result: dict, chunk: str, provenance: dict, settings: dict) -> dict:
+    """The output record of one seed: its last attempt's question and answer, the chunk they were written from."""
+    generation = result["generation"]
+    return {
+        "id": record["id"],
+        "task": record["task"],
+        "instruction": result["question"],
+        "answer": result["answer"],
+        "context": chunk,
+        "parse_status": result["status"],
+        "attempts": result["attempts"],
+        "raw_output": generation["text"],
+        "finish_reason": generation["finish_reason"],
+        "generated_tokens": generation["generated_tokens"],
+        "words": count_words(chunk),
+        "seed_instruction": record["instruction"],
+        "seed_answer": record["answer"],
+        "provenance": {
+            **provenance,
+            "cache_key": stored_key(result["key"], settings),
+            **batch_provenance(generation),
+        },
+    }
