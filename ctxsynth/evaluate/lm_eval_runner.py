@@ -91,8 +91,6 @@ def attention_implementation(model) -> str | None:
     return getattr(base.config, "_attn_implementation", None)
 
 
-
-
 def vllm_model_args(
     model_dir: Path, adapter_dir: Path | None, *, dtype: str, batch_size: int, max_model_len: int
 ) -> dict:
