@@ -63,9 +63,10 @@ vllm-env:
 	$(VLLM_VENV)/bin/pip install "$(VLLM)"
 	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm-env: vllm', vllm.__version__)"
 
+# No PATH change: the stages find the venv's interpreter themselves (stages/python), as a plain `.venv/bin/dvc repro`.
 repro: $(INSTALLED)
-	$(RUN) $(BIN)/ctxsynth preflight
-	$(RUN) $(BIN)/dvc repro
+	$(BIN)/ctxsynth preflight
+	$(BIN)/dvc repro
 
 test: $(INSTALLED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest

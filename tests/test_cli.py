@@ -93,11 +93,12 @@ def test_preflight_warns_about_mismatched_chat_formats_and_unpinned_hub_models(t
 
 
 def test_the_preflight_stage_stops_a_row_before_anything_expensive(tmp_path):
-    """In dvc.yaml, everything that downloads, generates or trains runs after the preflight stage; a row naming a
-    LongBench copy that is not there fails that stage, with its key, and writes no report."""
+    """In dvc.yaml, every stage runs after the preflight stage (it depends on its own verdict there); a row naming
+    a LongBench copy that is not there fails that stage, with its key, and writes no report."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    for stage in ("fetch_model", "synthesize"):
-        assert "metrics/preflight.json" in stages[stage]["deps"], stage
+    for name, stage in stages.items():
+        if name != "preflight":
+            assert f"data/preflight/{name}.json" in stage["deps"], name
     project = project_copy(tmp_path)
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     params["evaluate"].update(longbench_dir="inputs/longbench/LongBench", tasks=[])
@@ -114,6 +115,8 @@ def test_the_preflight_stage_stops_a_row_before_anything_expensive(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads((project / "metrics" / "preflight.json").read_text())["sections"] == 9
+    verdicts = sorted(path.stem for path in (project / "data" / "preflight").glob("*.json"))
+    assert verdicts == sorted(name for name in stages if name != "preflight")
 
 
 def test_preflight_accepts_a_named_file_that_an_earlier_stage_builds(tmp_path):

@@ -59,11 +59,35 @@ def stage_main(*expected: Any) -> Callable:
     def decorate(main: Callable[..., Any]) -> Callable[..., int]:
         @functools.wraps(main)
         def wrapper(*args: Any, **kwargs: Any) -> int:
-            return run_reporting_errors(lambda: main(*args, **kwargs), *expected)
+            try:
+                code = run_reporting_errors(lambda: main(*args, **kwargs), *expected)
+            except BaseException:
+                put_back_outputs()
+                raise
+            if code != 0:
+                put_back_outputs()
+            return code
 
         return wrapper
 
     return decorate
+
+
+def put_back_outputs() -> None:
+    """Under `dvc repro`, a failed stage's outputs as its last good run left them (ctxsynth/core/dvc_outputs.py);
+    silent when all are back, one line naming the commands for what is not."""
+    from ctxsynth.core.dvc_outputs import restore_outputs, running_stage
+
+    stage = running_stage(sys.argv)
+    if stage is None:  # not a dvc.yaml stage command (a test, a library call): DVC removed nothing
+        return
+    _, lost = restore_outputs(stage)
+    if lost:
+        print(
+            f"note: {', '.join(lost)} could not be restored from the DVC cache here: `dvc checkout {stage}` or "
+            f"`dvc pull {stage}` brings back what a remote holds",
+            file=sys.stderr,
+        )
 
 
 def _is_error_class(value: Any) -> bool:

@@ -444,7 +444,8 @@ def worker_environment(jobs: int, cpus: int | None = None) -> dict[str, str]:
     weights (float sums in another order); the data artifacts do not depend on it.
     """
     env = dict(os.environ)
-    # The workers start `dvc` and the stages start `python` by name: both must be this interpreter's, venv or not.
+    # The workers start `dvc` by name, and stages/python falls back to python3 on PATH in a queue's temporary
+    # workspace (no .venv there): both must be this interpreter's, venv or not.
     bin_dir = str(Path(sys.executable).parent)
     others = [entry for entry in env.get("PATH", "").split(os.pathsep) if entry and entry != bin_dir]
     env["PATH"] = os.pathsep.join([bin_dir, *others])

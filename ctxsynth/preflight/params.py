@@ -16,18 +16,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ctxsynth.core.dvc_deps import require_tracked
+from ctxsynth.core.dvc_deps import producing_stage, require_tracked
 from ctxsynth.core.errors import error_line
 from ctxsynth.core.hub import is_local
-from ctxsynth.core.io import InputError, read_yaml
+from ctxsynth.core.io import InputError, read_jsonl_numbered, read_yaml
 from ctxsynth.core.settings import load_settings
 from ctxsynth.evaluate.run import find_sources
 from ctxsynth.evaluate.settings import EvalSettings
 from ctxsynth.finetune.settings import FinetuneSettings
 from ctxsynth.mix.general_source import LOCAL_SUFFIXES as GENERAL_SUFFIXES
+from ctxsynth.mix.general_source import load_general
 from ctxsynth.mix.long_sft import LOCAL_SUFFIXES as LONG_SFT_SUFFIXES
+from ctxsynth.mix.long_sft import load_long_sft
 from ctxsynth.mix.settings import PRIOR_LONG, MixSettings
+from ctxsynth.prepare.seeds import load_source
 from ctxsynth.prepare.settings import BenchmarkSettings, FetchSettings, GeneralSettings, SeedSettings
+from ctxsynth.synthesis.release_files import load_release
 from ctxsynth.synthesis.settings import LengthsSettings, SynthesizeSettings
 
 SECTIONS: dict[str, type] = {
@@ -69,6 +73,29 @@ def named_inputs(settings: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     # evaluate.longbench_dir and its task files: checked by the evaluate stage's own find_sources (below)
 
 
+def content_checks(settings: dict[str, Any]) -> Iterator[Callable[[], object]]:
+    """The stages' own loaders over every user file a parameter names, so that a malformed line, a non-UTF-8 byte or
+    an unknown task stops the pipeline here, before any stage removes its outputs. Files a stage of the pipeline
+    builds (data/general/train.jsonl) are read by that stage, not here."""
+    for index, source in enumerate(settings["seed"].sources):
+        if source.type in ("paper", "jsonl"):  # squad, hotpotqa: the registry data, checked by its sha256
+            yield lambda source=source, index=index: load_source(source, Path("data/raw"), f"seed.sources[{index}]")
+    mix = settings["mix"]
+    general = mix.general.source
+    if general and is_local(general, GENERAL_SUFFIXES) and not producing_stage(general):
+        yield lambda: load_general(mix.general, 0, mix.seed)
+    if mix.variant == PRIOR_LONG and mix.long_source.source and is_local(mix.long_source.source, LONG_SFT_SUFFIXES):
+        yield lambda: load_long_sft(mix.long_source, mix.seed)
+    synthesize = settings["synthesize"]
+    if synthesize.backend == "released" and is_local(synthesize.released.source):
+        yield lambda: load_release(synthesize.released)
+    evaluate = settings["evaluate"]
+    if evaluate.longbench_dir:
+        for task, path in find_sources(Path("data/benchmark"), evaluate):
+            if task in evaluate.longbench_tasks:
+                yield lambda path=path: read_jsonl_numbered(path)
+
+
 def collect_problems(params_path: Path) -> tuple[list[str], int]:
     """(one line per problem, how many named files were checked)."""
     problems: list[str] = []
@@ -106,7 +133,23 @@ def collect_problems(params_path: Path) -> tuple[list[str], int]:
         if settings["evaluate"].longbench_dir:  # the directory, its place in dvc.yaml and every task file
             checked += 1
             attempt(lambda: find_sources(Path("data/benchmark"), settings["evaluate"]))
+        if not problems:  # every named file is there and tracked: now what is in it
+            for check in content_checks(settings):
+                attempt(check)
     return problems, checked
+
+
+def inputs_by_stage(params_path: Path, pipeline: Path = Path("dvc.yaml")) -> dict[str, list[str]]:
+    """The files and directories the settings name, by the stage that reads them; every stage of `pipeline` (the
+    preflight aside) is listed, with no inputs where it reads none named by a parameter. Valid params only."""
+    settings = {name: load_settings(cls, name, source=params_path) for name, cls in SECTIONS.items()}
+    stages = read_yaml(pipeline).get("stages", {}) if pipeline.is_file() else {}
+    found: dict[str, set[str]] = {name: set() for name in stages if name != "preflight"}
+    for stage, _, path in named_inputs(settings):
+        found.setdefault(stage, set()).add(path)
+    if settings["evaluate"].longbench_dir:
+        found.setdefault("evaluate", set()).add(settings["evaluate"].longbench_dir)
+    return {stage: sorted(paths) for stage, paths in sorted(found.items())}
 
 
 def warnings(params_path: Path) -> list[str]:
