@@ -76,22 +76,6 @@ def test_retry_after_accepts_seconds_and_http_dates():
     assert retry_after_seconds("soon") is None
 
 
-def test_a_key_goes_only_where_its_variable_is_named(monkeypatch):
-    """An unset api_key_env must not fall back to OPENAI_API_KEY: that key would go to whatever base_urls names."""
-    from ctxsynth.generation import api_key, make_backend
-
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key")
-    monkeypatch.delenv("CTXSYNTH_LOCAL_KEY", raising=False)
-    assert api_key("CTXSYNTH_LOCAL_KEY") is None
-    monkeypatch.setenv("CTXSYNTH_LOCAL_KEY", "local")
-    assert api_key("CTXSYNTH_LOCAL_KEY") == "local"
-    assert api_key("OPENAI_API_KEY") == "sk-real-openai-key"  # named: sent
-    local = OpenAISettings(base_urls=["http://127.0.0.1:9/v1"], model="m", model_id="m@1", api_key_env="CTXSYNTH_X")
-    monkeypatch.delenv("CTXSYNTH_X", raising=False)
-    built = make_backend("openai", "unused", batch_size=1, device="cpu", dtype="float32", openai=local)
-    assert built.api_key == "EMPTY"  # the unset variable it names, not OPENAI_API_KEY
-
-
 def test_the_synthesize_metrics_count_the_retries(tmp_path, tiny_model_dir):
     from ctxsynth.core.settings import load_settings
     from ctxsynth.synthesis.run import run_synthesis

@@ -4,7 +4,7 @@ from ctxsynth.generation.base import Request
 from ctxsynth.generation.openai_batch import OpenAIBatchBackend
 from ctxsynth.generation.openai_chat import OpenAIBackend
 from ctxsynth.generation.settings import OpenAIBatchSettings, OpenAISettings
-from ctxsynth.rehearsal.fake_openai import rehearsal_servers
+from ctxsynth.rehearsal.fake_openai import REHEARSAL_KEY, rehearsal_servers
 from ctxsynth.synthesis.contexts import parse_context
 from ctxsynth.synthesis.instructions import parse_question_answer
 from ctxsynth.synthesis.prompts import get_prompt
@@ -31,7 +31,7 @@ def test_context_synthesis_through_the_fake_batch_api_parses_and_states_the_answ
         settings = OpenAIBatchSettings(
             base_url=batch_url, model="gpt-4o-mini-2024-07-18", poll_interval=0.01, state_dir=str(tmp_path)
         )
-        backend = OpenAIBatchBackend(settings, api_key="any", verbose=False)
+        backend = OpenAIBatchBackend(settings, api_key=REHEARSAL_KEY, verbose=False)
         texts = _generate(backend, requests)
     for i, (_, answer) in enumerate(PAIRS):
         context, status = parse_context(texts[f"k{i}"], prompt.marker)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ctxsynth.core.hub import model_identity
+from ctxsynth.core.io import InputError
 from ctxsynth.generation.base import Backend
 from ctxsynth.generation.settings import OpenAIBatchSettings, OpenAISettings, VllmSettings
 
@@ -16,10 +17,20 @@ from ctxsynth.generation.settings import OpenAIBatchSettings, OpenAISettings, Vl
 BACKENDS = ("transformers", "vllm", "openai", "openai-batch", "released")
 
 
-def api_key(variable: str | None) -> str | None:
-    """The key in the variable the settings' `api_key_env` names, and no other: falling back to OPENAI_API_KEY would
-    send that key to whatever server base_urls names (a local vLLM, a colleague's endpoint)."""
-    return os.environ.get(variable) if variable else None
+def api_key(variable: str | None, key: str) -> str | None:
+    """The key in the variable the settings' `api_key_env` (params key `key`) names, and no other: falling back to
+    OPENAI_API_KEY would send that key to whatever server base_urls names (a local vLLM, a colleague's endpoint).
+    None: the server needs no key. A named variable that is unset stops here, before anything is sent or paid."""
+    if not variable:
+        return None
+    if not os.environ.get(variable):
+        raise InputError(
+            "params.yaml",
+            f"names ${variable}, which is not set in this environment: export it, or name the variable that holds "
+            "this server's key (null: a server that needs none)",
+            field=key,
+        )
+    return os.environ[variable]
 
 
 def make_backend(
@@ -49,13 +60,17 @@ def make_backend(
         openai = openai or OpenAISettings()
         # By default the served model is taken to be the pipeline's base model, so cache entries are shared.
         base_model = None if openai.model_id else model_identity(model_dir)
-        return OpenAIBackend(openai, default_model_id=base_model, api_key=api_key(openai.api_key_env))
+        return OpenAIBackend(
+            openai, default_model_id=base_model, api_key=api_key(openai.api_key_env, "synthesize.openai.api_key_env")
+        )
     if name == "openai-batch":
         from ctxsynth.generation.openai_batch import OpenAIBatchBackend
 
         openai_batch = openai_batch or OpenAIBatchSettings()
         # A hosted model is not the pipeline's base model: its cache identity is the served model's name.
-        return OpenAIBatchBackend(openai_batch, api_key=api_key(openai_batch.api_key_env))
+        return OpenAIBatchBackend(
+            openai_batch, api_key=api_key(openai_batch.api_key_env, "synthesize.openai_batch.api_key_env")
+        )
     if name == "released":
         raise ValueError("synthesize.backend released runs no model: ctxsynth.synthesis.released reads the release")
     raise ValueError(f"unknown synthesize.backend {name!r}; available: {', '.join(BACKENDS)}")

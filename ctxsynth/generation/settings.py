@@ -57,7 +57,8 @@ class OpenAISettings:
     base_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])  # used round-robin
     model: str = "SmolLM2-135M-Instruct"  # the model name the server serves
     model_id: str | None = None  # cache identity; null = the pipeline's base model (shares cache with transformers)
-    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the API key
+    # The environment variable holding the server's key; null: a server that needs none (a local `vllm serve`).
+    api_key_env: str | None = None
     concurrency: int = 8  # requests in flight
     timeout: float = 120  # seconds per request
     max_retries: int = 6  # per request, with exponential backoff
@@ -77,7 +78,7 @@ class OpenAIBatchSettings:
     base_url: str = "https://api.openai.com/v1"  # the Batch API server
     model: str = "gpt-4o-mini-2024-07-18"  # pin a dated snapshot: the cache key is the name
     model_id: str | None = None  # cache identity; null = the model name
-    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the API key
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the API key (OpenAI's, by default)
     completion_window: str = "24h"  # the Batch API's completion window
     poll_interval: float = 30  # seconds between status polls
     max_polls: int | None = None  # null = wait until the batch ends; a killed run resumes the same batch

@@ -463,6 +463,15 @@ def _servers_for(scale: str):
     return rehearsal_servers()
 
 
+def _rehearsal_key(scale: str) -> dict[str, str]:
+    """The variable the rehearsal rows name as their Batch API key, for the queue workers (the fake server's key)."""
+    if scale != REHEARSAL:
+        return {}
+    from ctxsynth.rehearsal.fake_openai import REHEARSAL_KEY, REHEARSAL_KEY_ENV
+
+    return {REHEARSAL_KEY_ENV: REHEARSAL_KEY}
+
+
 def parse_arguments(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("list", "queue", "run", "preflight"))
@@ -521,7 +530,7 @@ def run_queued(names: list[str], args: argparse.Namespace) -> int:
     """Start the queue's workers, wait for the group's runs, record them; the failed ones' log tails are printed."""
     started = time.time()
     with _servers_for(args.scale):
-        environment = worker_environment(args.jobs)
+        environment = {**worker_environment(args.jobs), **_rehearsal_key(args.scale)}
         subprocess.run([*DVC, "queue", "start", "-j", str(args.jobs)], check=True, env=environment)
         outcome = wait_for(names, args.poll)
     record_run(args.group, args.scale, started, outcome, environment=environment, jobs=args.jobs)

@@ -24,6 +24,7 @@ from ctxsynth.core.settings import load_settings
 from ctxsynth.evaluate.run import find_sources
 from ctxsynth.evaluate.settings import EvalSettings
 from ctxsynth.finetune.settings import FinetuneSettings
+from ctxsynth.generation import api_key
 from ctxsynth.mix.general_source import LOCAL_SUFFIXES as GENERAL_SUFFIXES
 from ctxsynth.mix.general_source import load_general
 from ctxsynth.mix.long_sft import LOCAL_SUFFIXES as LONG_SFT_SUFFIXES
@@ -96,8 +97,19 @@ def content_checks(settings: dict[str, Any]) -> Iterator[Callable[[], object]]:
                 yield lambda path=path: read_jsonl_numbered(path)
 
 
-def collect_problems(params_path: Path) -> tuple[list[str], int]:
-    """(one line per problem, how many named files were checked)."""
+def environment_checks(settings: dict[str, Any]) -> Iterator[Callable[[], object]]:
+    """What the chosen backend needs from this machine's environment: the API key variable its settings name."""
+    synthesize = settings["synthesize"]
+    if synthesize.backend == "openai":
+        yield lambda: api_key(synthesize.openai.api_key_env, "synthesize.openai.api_key_env")
+    if synthesize.backend == "openai-batch":
+        yield lambda: api_key(synthesize.openai_batch.api_key_env, "synthesize.openai_batch.api_key_env")
+
+
+def collect_problems(params_path: Path, check_environment: bool = True) -> tuple[list[str], int]:
+    """(one line per problem, how many named files were checked). `check_environment`: also what this machine's
+    environment must hold for the run (off where the run happens elsewhere: a row's preflight on a planning
+    machine)."""
     problems: list[str] = []
 
     def attempt(check: Callable[[], Any]) -> Any:
@@ -136,6 +148,8 @@ def collect_problems(params_path: Path) -> tuple[list[str], int]:
         if not problems:  # every named file is there and tracked: now what is in it
             for check in content_checks(settings):
                 attempt(check)
+        for check in environment_checks(settings) if check_environment else ():
+            attempt(check)
     return problems, checked
 
 

@@ -32,6 +32,7 @@ class ChatServer(LocalServer):
         self.faults, self.fail_matching, self.slow_seconds = list(faults or []), fail_matching, slow_seconds
         self.lock = threading.Lock()
         self.received: list[str] = []
+        self.authorizations: list[str | None] = []  # each request's Authorization header: which key was sent
         self._listen(functools.partial(ChatRequestHandler, fake=self), port)
 
     def next_fault(self, question: str) -> str | None:
@@ -78,6 +79,7 @@ class ChatRequestHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.fake.authorizations.append(self.headers.get("Authorization"))
         lines = body["messages"][-1]["content"].split("\n")
         question = lines[1] if len(lines) > 1 else lines[0]
         content = self.fake.reply(body)

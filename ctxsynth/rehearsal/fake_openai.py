@@ -27,6 +27,9 @@ from ctxsynth.rehearsal.chat_server import ChatServer
 
 BATCH_PORT = 18431  # synthesize.openai_batch.base_url of the rehearsal rows
 CHAT_PORT = 18432  # synthesize.openai.base_urls of the rehearsal rows
+# The rehearsal rows' synthesize.openai_batch.api_key_env, set by the experiment runner for its queue workers: the
+# fake Batch API refuses any other key, so a rehearsal proves the key named by the settings is the one sent.
+REHEARSAL_KEY_ENV, REHEARSAL_KEY = "CTXSYNTH_REHEARSAL_KEY", "rehearsal-key"
 FILLER = (
     "The account was kept in the town ledger for many years.",
     "Neighbours still talk about it at the market on Saturdays.",
@@ -71,7 +74,7 @@ def rehearsal_reply(body: dict) -> str:
 @contextlib.contextmanager
 def rehearsal_servers(batch_port: int = BATCH_PORT, chat_port: int = CHAT_PORT) -> Iterator[tuple[str, str]]:
     """Both servers, answered at once (no polling delay), for as long as the block runs: (batch url, chat url)."""
-    batch = BatchServer(in_progress_polls=0, reply=rehearsal_reply, api_key=None, port=batch_port)
+    batch = BatchServer(in_progress_polls=0, reply=rehearsal_reply, api_key=REHEARSAL_KEY, port=batch_port)
     chat = ChatServer(reply=rehearsal_reply, port=chat_port)
     with batch, chat:
         yield batch.url, chat.url
