@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
@@ -27,8 +27,15 @@ class LiveLog:
 
     def __init__(self, directory: os.PathLike | str):
         self.plots = Path(directory) / "plots" / "metrics"
-        shutil.rmtree(self.plots, ignore_errors=True)  # a fresh run, as dvclive does without resume
+        # A fresh log: a resumed run replays the rows its checkpoint recorded, so rows a killed run logged after
+        # that checkpoint (the resumed run computes those steps again) are not written twice.
+        shutil.rmtree(self.plots, ignore_errors=True)
         self.plots.mkdir(parents=True)
+
+    def replay(self, rows: Iterable[Mapping[str, float]]) -> None:
+        """Rows logged before, each {"step": step, name: value, ...}, written as `log` wrote them."""
+        for row in rows:
+            self.log(int(row["step"]), {name: value for name, value in row.items() if name != "step"})
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
         for name, value in values.items():

@@ -4,7 +4,8 @@ transformers' Trainer runs the loop (AdamW, schedule, gradient accumulation, gra
 FSDP / DeepSpeed through accelerate). Settings come from a recipe (ctxsynth/finetune/settings.py). Checkpoints go to
 <checkpoint_dir>/<run key>, the key hashing the resolved params, the base model and the training data, so a rerun
 after a kill resumes the same run and never a stale one. Per-step loss, learning rate, throughput and peak memory go
-to dvclive-format logs (`dvc plots`); a summary goes to a JSON file.
+to dvclive-format logs (`dvc plots`); a summary goes to a JSON file. Both cover the whole run when it resumed: each
+checkpoint keeps the rows logged and the counters so far (run_record.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ctxsynth.finetune.errors import FinetuneError
 from ctxsynth.finetune.live_log import LiveLog, peak_memory_mb
 from ctxsynth.finetune.loss import answer_only_loss
 from ctxsynth.finetune.packing import Pack, PackedCollator, pack_examples
+from ctxsynth.finetune.run_record import RunRecord
 from ctxsynth.finetune.settings import FinetuneSettings
 
 if TYPE_CHECKING:  # transformers' Trainer takes seconds to import: a run imports it (trainer.py) when it starts
@@ -99,10 +101,12 @@ class TrainingRun:
 
     trainer: CountingTrainer
     output: TrainOutput
-    losses: list[float]
+    losses: list[float]  # every logged step's, a resumed run's from its checkpoint's record too
     train_time: float  # seconds in trainer.train()
     trainable_params: int
     total_params: int
+    start_step: int = 0  # the step this trainer.train() began at (a resumed run's checkpoint)
+    start_tokens: int = 0  # the input tokens seen by then
 
 
 def load_tokenizer(model_dir: os.PathLike | str, chat_template: str = MODEL_TEMPLATE) -> tuple[Any, str]:
@@ -217,10 +221,21 @@ def _replace_dir(tmp_dir: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+TRAINER_STATE = "trainer_state.json"  # transformers.trainer.TRAINER_STATE_NAME, the last file a checkpoint gets
 
-    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+
+def _last_checkpoint(run_dir: Path) -> str | None:
+    """The newest complete checkpoint: one a kill cut short while it was written has no trainer_state.json yet."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not run_dir.is_dir():
+        return None
+    steps = {
+        int(path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")): path
+        for path in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit() and (path / TRAINER_STATE).is_file()
+    }
+    return str(steps[max(steps)]) if steps else None
 
 
 def _save_output(trainer, tokenizer, params: FinetuneSettings, adapter_dir: Path, provenance: dict) -> None:
@@ -444,9 +459,10 @@ def fit(
     checkpoints, when None) and resuming from `resume_from`."""
     from transformers import PrinterCallback
 
-    from ctxsynth.finetune.trainer import CountingTrainer, StepLogger, StopEarly
+    from ctxsynth.finetune.trainer import CountingTrainer, RestoreRun, StepLogger, StopEarly
 
-    step_logger = StepLogger(LiveLog(live_dir) if live_dir is not None else None)
+    record = resume_record(resume_from)
+    step_logger = StepLogger(LiveLog(live_dir) if live_dir is not None else None, record.rows if record else ())
     callbacks: list[TrainerCallback] = [step_logger]
     if stop_after_steps is not None:
         callbacks.append(StopEarly(stop_after_steps))
@@ -461,30 +477,49 @@ def fit(
         model=model, args=args, train_dataset=data.dataset, data_collator=data.collator, callbacks=callbacks
     )
     trainer.answer_logits_only = params.answer_logits_only
+    trainer.logged_rows = step_logger.history  # each checkpoint keeps them
+    if record is not None:
+        trainer.add_callback(RestoreRun(trainer, record))
     trainer.remove_callback(PrinterCallback)  # StepLogger logs each step once, through logging
     train_started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
     train_time = time.perf_counter() - train_started
     losses = [row["loss"] for row in step_logger.history]
-    return TrainingRun(trainer, output, losses, train_time, int(trainable), int(total))
+    start = (step_logger.start_step, step_logger.start_tokens)
+    return TrainingRun(trainer, output, losses, train_time, int(trainable), int(total), *start)
+
+
+def resume_record(resume_from: str | None) -> RunRecord | None:
+    """The run record of the checkpoint a run resumes from (None for a fresh run, or a checkpoint without one)."""
+    if resume_from is None:
+        return None
+    record = RunRecord.load(resume_from)
+    if record is None:
+        log.warning("%s has no run record: the metrics and plots cover only the steps after it", resume_from)
+    return record
 
 
 def run_summary(run: TrainingRun, params: FinetuneSettings, runtime: Runtime, resume_from: str | None) -> dict:
-    """The metrics summary of a run, less the sample counts and the wall time."""
+    """The metrics summary of a run, less the sample counts and the wall time.
+
+    A resumed run's losses, counts and tokens cover the whole run (its checkpoint's record gave the steps before it);
+    its timings (tokens/s, seconds per step, train time, peak memory) are this process's, over the steps it ran.
+    """
     trainer, output = run.trainer, run.output
     trained_tokens = int(trainer.state.num_input_tokens_seen)
+    steps_run = int(output.global_step) - run.start_step
     return {
         "final_loss": run.losses[-1] if run.losses else None,
         "first_loss": run.losses[0] if run.losses else None,
-        "mean_loss": float(output.training_loss),
+        "mean_loss": trainer.mean_loss(output.training_loss),
         "steps": int(output.global_step),
         "resumed_from_step": int(Path(resume_from).name.split("-")[-1]) if resume_from else 0,
         "epochs": float(trainer.state.epoch or 0.0),
         "samples_seen": trainer.samples_seen,
         "trained_tokens": trained_tokens,
         "target_tokens": trainer.target_tokens,
-        "tokens_per_second": trained_tokens / run.train_time if run.train_time else 0.0,
-        "seconds_per_step": run.train_time / max(int(output.global_step), 1),
+        "tokens_per_second": (trained_tokens - run.start_tokens) / run.train_time if run.train_time else 0.0,
+        "seconds_per_step": run.train_time / max(steps_run, 1),
         "train_time_s": run.train_time,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         "peak_cuda_mb": peak_memory_mb() if runtime.device == "cuda" else None,
