@@ -130,6 +130,25 @@ def test_a_bad_setting_stops_at_the_preflight_with_one_line(project, name):
     assert snapshot(project) == before
 
 
+def test_a_stage_run_alone_refuses_an_unknown_section_and_keeps_its_outputs(project):
+    """`dvc repro -s` skips the preflight: the stage itself names the unknown section, and puts its outputs back."""
+    before = snapshot(project)
+
+    def change(params: dict) -> None:
+        unknown_section(params)
+        params["seed"]["seed"] += 1  # so that DVC runs the stage at all
+
+    previous = with_params(project, change)
+    try:
+        result = dvc(project, "repro", "-s", "seed")
+    finally:
+        (project / "params.yaml").write_text(previous, encoding="utf-8")
+    assert result.returncode != 0 and "failed to reproduce 'seed'" in result.stderr
+    (line,) = error_lines(result)
+    assert "field 'mixx': unknown section (did you mean 'mix'?" in line
+    assert snapshot(project) == before
+
+
 BROKEN_YAML = {"syntax": "seed: {seed: 1\n", "duplicate": "seed: {seed: 1}\nseed: {seed: 2}\n"}
 
 

@@ -5,6 +5,7 @@ Errors name the file, the line and the field so a user can fix bad input without
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -193,9 +194,20 @@ def read_yaml(path: os.PathLike | str) -> Any:
         raise InputError(path, f"not valid YAML: {problem}", line=mark.line + 1 if mark else None) from None
 
 
+# The sections of params.yaml, one per stage's settings (ctxsynth/preflight/params.py maps each to its class; a test
+# keeps the two equal). A stage refuses an unknown one too: `dvc repro -s <stage>` skips the preflight.
+SECTION_NAMES = ("fetch", "benchmark", "seed", "general", "synthesize", "lengths", "mix", "finetune", "evaluate")
+
+
 def load_params(section: str, path: os.PathLike | str = "params.yaml") -> dict:
-    """One stage's section of params.yaml (stages read only their own knobs)."""
+    """One stage's section of params.yaml (stages read only their own knobs); an unknown section anywhere in the file
+    is an error, with a did-you-mean, since its keys would silently change nothing."""
     params = read_yaml(path) or {}
+    for name in params if isinstance(params, dict) else ():
+        if name not in SECTION_NAMES:
+            close = difflib.get_close_matches(str(name), SECTION_NAMES, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise InputError(path, f"unknown section ({hint}known: {', '.join(SECTION_NAMES)})", field=str(name))
     if section not in params:
         raise InputError(path, "missing params section", field=section)
     return params[section]

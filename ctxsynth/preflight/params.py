@@ -8,7 +8,6 @@ Unlike a stage, which stops at its first bad input, preflight lists every proble
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import re
 import sys
@@ -119,15 +118,8 @@ def collect_problems(params_path: Path, check_environment: bool = True) -> tuple
             problems.append(error_line(error))
             return None
 
-    params = attempt(lambda: read_yaml(params_path) or {})
-    if params is None:  # unreadable or not YAML: said once
+    if attempt(lambda: read_yaml(params_path) or {}) is None:  # unreadable or not YAML: said once
         return problems, 0
-    for section in params if isinstance(params, dict) else ():
-        if section not in SECTIONS:
-            close = difflib.get_close_matches(str(section), list(SECTIONS), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            unknown = InputError(params_path, f"unknown section ({hint}known: {', '.join(SECTIONS)})", field=section)
-            problems.append(error_line(unknown))
     settings = {
         name: attempt(lambda name=name, cls=cls: load_settings(cls, name, source=params_path))
         for name, cls in SECTIONS.items()
@@ -150,7 +142,7 @@ def collect_problems(params_path: Path, check_environment: bool = True) -> tuple
                 attempt(check)
         for check in environment_checks(settings) if check_environment else ():
             attempt(check)
-    return problems, checked
+    return list(dict.fromkeys(problems)), checked  # a file-wide problem (an unknown section) is said once
 
 
 def inputs_by_stage(params_path: Path, pipeline: Path = Path("dvc.yaml")) -> dict[str, list[str]]:
