@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
@@ -32,6 +32,14 @@ class InputError(ValueError):
             where += f", field '{field}'"
         super().__init__(f"{where}: {message}")
         self.path, self.line, self.field = str(path), line, field
+
+
+class SkippedRecord(TypedDict):
+    """A source record skipped for an InputError, as a report lists it: where it is and why."""
+
+    line: int | None
+    field: str | None
+    reason: str
 
 
 def read_jsonl_numbered(

@@ -153,7 +153,7 @@ def models_to_score(
 ) -> list[tuple[str, Path, Path | None]]:
     """(variant, model, adapter) to score: the base model (score_base) and the fine-tuned one, a LoRA adapter on the
     base model or a fully fine-tuned model; an InputError where that leaves nothing."""
-    finetuned = None  # (model, adapter)
+    finetuned: tuple[Path, Path | None] | None = None  # (model, adapter)
     if adapter_dir is not None and (Path(adapter_dir) / "adapter_config.json").is_file():
         finetuned = (model_dir, Path(adapter_dir))
     elif adapter_dir is not None and (Path(adapter_dir) / "config.json").is_file():

@@ -8,12 +8,14 @@ Each field's default is the one place that default lives; params.yaml repeats ev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from ctxsynth.core.settings import Invalid, load_settings
 from ctxsynth.core.tasks import get_task
 
-BACKENDS = ("hf", "vllm")  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model (ctxsynth/evaluate/lm_eval_runner.py)
+# hf: transformers (+ PEFT); vllm: lm-eval's vllm model (ctxsynth/evaluate/lm_eval_runner.py)
+BackendName = Literal["hf", "vllm"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
 
 # LongBench's English tasks the paper reports (THUDM's file names).
 PAPER_TASKS = ("narrativeqa", "qasper", "hotpotqa", "2wikimqa", "musique", "gov_report", "qmsum", "multi_news")
@@ -41,7 +43,7 @@ class EvalSettings:
     chat_template: str = "model"
     longbench_dir: str | None = None  # THUDM layout: <dir>/data/<task>.jsonl (or <dir>/<task>.jsonl)
     longbench_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))  # read when longbench_dir is set
-    backend: Literal[BACKENDS] = "hf"  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter
+    backend: BackendName = "hf"  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter
     device: str = "auto"  # hf backend: auto | cpu | cuda[:n]
     dtype: str = "auto"  # auto: float32 on CPU, the checkpoint's dtype on GPU
     # hf backend: fold the LoRA adapter into the weights before generating, 1.2x faster evaluation on CPU; the float

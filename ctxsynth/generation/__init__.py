@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
 from ctxsynth.core.hub import model_identity
 from ctxsynth.core.io import InputError
@@ -14,7 +15,8 @@ from ctxsynth.generation.base import Backend
 from ctxsynth.generation.settings import OpenAIBatchSettings, OpenAISettings, VllmSettings
 
 # "released" generates nothing: the synthesize stage reads the paper's own contexts (ctxsynth/synthesis/released.py).
-BACKENDS = ("transformers", "vllm", "openai", "openai-batch", "released")
+BackendName = Literal["transformers", "vllm", "openai", "openai-batch", "released"]
+BACKENDS: tuple[str, ...] = get_args(BackendName)
 
 
 def api_key(variable: str | None, key: str) -> str | None:

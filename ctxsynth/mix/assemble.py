@@ -75,7 +75,8 @@ def apply_filter(pool: list[dict], thresholds: FilterSettings | Mapping) -> tupl
     from ctxsynth.synthesis.verify import passes
 
     thresholds = coerce(FilterSettings, thresholds, "mix.filter")
-    kept, report = [], {}
+    kept: list[dict] = []
+    report: dict[str, dict[str, int]] = {}
     for record in pool:
         ok = passes(record, thresholds.min_support, thresholds.max_leakage, thresholds.min_answerability)
         entry = report.setdefault(record["task"], {"kept": 0, "dropped": 0})

@@ -14,7 +14,7 @@ from pathlib import Path
 from ctxsynth.core.chat import general_chat_sample, validate_messages
 from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.hub import is_local, resolve_revision
-from ctxsynth.core.io import InputError, read_jsonl_numbered
+from ctxsynth.core.io import InputError, SkippedRecord, read_jsonl_numbered
 from ctxsynth.core.settings import coerce
 from ctxsynth.core.text import stable_int
 from ctxsynth.mix.settings import GeneralSourceSettings
@@ -67,7 +67,7 @@ def require_general_source(options: GeneralSourceSettings) -> None:
 
 def _read_rows(
     source: str, split: str, pinned: str | None = None, data_files: str | None = None
-) -> tuple[list[tuple[int | None, dict]], str | None]:
+) -> tuple[list[tuple[int, dict]], str | None]:
     """(line, row) pairs of `source`, and the commit sha a hub dataset was read at (None for a local file)."""
     path = Path(source)
     if is_local(source, LOCAL_SUFFIXES):
@@ -104,7 +104,8 @@ def load_general(
         return [], {}
     count, ratio = options.count, options.ratio
     rows, revision = _read_rows(str(source), options.split or "train", options.revision, options.data_files)
-    samples, skipped, trimmed = [], [], 0
+    samples, trimmed = [], 0
+    skipped: list[SkippedRecord] = []
     for line, record in rows:
         # Real chat dumps (ShareGPT above all) hold broken conversations: as LongAlign does, a trailing unanswered
         # user turn is dropped, and a conversation that still breaks the schema is skipped and counted, not fatal.

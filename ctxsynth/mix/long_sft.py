@@ -35,7 +35,7 @@ import yaml
 from ctxsynth.core.chat import validate_messages
 from ctxsynth.core.dvc_deps import require_tracked
 from ctxsynth.core.hub import is_local, resolve_revision
-from ctxsynth.core.io import InputError, read_jsonl_numbered, read_text_utf8, sha256_file
+from ctxsynth.core.io import InputError, SkippedRecord, read_jsonl_numbered, read_text_utf8, sha256_file
 from ctxsynth.core.settings import coerce
 from ctxsynth.core.text import stable_int
 from ctxsynth.mix.settings import PRIOR_LONG, LongSourceSettings
@@ -195,7 +195,8 @@ def load_long_sft(options: LongSourceSettings | Mapping | None, seed: int) -> tu
     source, layout = str(options.source), str(options.format)
     convert = CONVERTERS[layout]
     rows, identity = read_records(options)
-    kept, skipped = [], []
+    kept = []
+    skipped: list[SkippedRecord] = []
     for line, record in rows:
         try:
             if not isinstance(record, dict):

@@ -36,7 +36,7 @@ def long_samples(
     seeds = read_seed_dir(seeds_dir)
     synthesized = read_jsonl(contexts_path, required=("id", "task", "parse_status"))
     pool = pool_for_variant(variant, seeds, synthesized)
-    filter_report = {}
+    filter_report: dict[str, dict[str, int]] = {}
     if variant == "context_synthesis" and settings.filter.active:
         require_filter_scores(pool, settings.filter, contexts_path)
         pool, filter_report = apply_filter(pool, settings.filter)

@@ -7,10 +7,10 @@ Each field's default is the one place that default lives; params.yaml repeats ev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from ctxsynth.core.settings import Invalid
-from ctxsynth.prepare.niah import SUBTASKS
+from ctxsynth.prepare.niah import SUBTASKS, Subtask
 
 # --- mix.general (read by ctxsynth.mix.general_source.load_general) -------------------------------------------
 
@@ -39,7 +39,8 @@ class GeneralSourceSettings:
 
 # --- mix.long_source (read by ctxsynth.mix.long_sft.load_long_sft) ----------------------------------------------
 
-LONG_SFT_FORMATS = ("longalpaca", "longalign", "longmit")  # the layouts ctxsynth/mix/long_sft.yaml describes
+LongSftFormat = Literal["longalpaca", "longalign", "longmit"]  # the layouts ctxsynth/mix/long_sft.yaml describes
+LONG_SFT_FORMATS: tuple[str, ...] = get_args(LongSftFormat)
 PRIOR_LONG = "prior_long"  # the mix.variant whose long samples come from mix.long_source
 
 
@@ -49,7 +50,7 @@ class LongSourceSettings:
     LongAlpaca-12k, LongAlign-10k and LongMIT rows) in place of the seeds and synthesized contexts."""
 
     # longalpaca (Yukang/LongAlpaca-12k) | longalign (THUDM/LongAlign-10k) | longmit (donmaclean/LongMIT-128K)
-    format: Literal[LONG_SFT_FORMATS] | None = None
+    format: LongSftFormat | None = None
     # A hub dataset id (online) or a .json / .jsonl / .parquet file under inputs/long_sft; null = none.
     source: str | None = None
     split: str = "train"  # hub datasets only
@@ -62,14 +63,21 @@ class LongSourceSettings:
 
 
 # Long samples from the seeds or the synthesized records (ctxsynth.mix.assemble).
-VARIANTS = ("context_synthesis", "human_context", "context_free", "synthesized_context_free")
+LongVariant = Literal["context_synthesis", "human_context", "context_free", "synthesized_context_free"]
+VARIANTS: tuple[str, ...] = get_args(LongVariant)
 GENERAL_ONLY = "none"  # no long samples: the general data alone (the paper's "general data only" row)
 # The pilot study's training needles (ctxsynth.mix.niah_training): variant -> the `mix.niah` key holding its
 # haystack length in words (needles only: no haystack).
-NIAH_VARIANTS = {"niah_needle_only": None, "niah_short": "short_words", "niah_long": "long_words"}
+NiahVariant = Literal["niah_needle_only", "niah_short", "niah_long"]
+NIAH_VARIANTS: dict[str, str | None] = {
+    "niah_needle_only": None,
+    "niah_short": "short_words",
+    "niah_long": "long_words",
+}
 # prior_long: the long samples are a prior long-context SFT dataset, `mix.long_source` (ctxsynth.mix.long_sft).
-# Every mix.variant.
-ALL_VARIANTS = (GENERAL_ONLY,) + VARIANTS + tuple(NIAH_VARIANTS) + (PRIOR_LONG,)
+# Every mix.variant: GENERAL_ONLY, VARIANTS, NIAH_VARIANTS, PRIOR_LONG.
+Variant = Literal["none", LongVariant, NiahVariant, "prior_long"]
+ALL_VARIANTS: tuple[str, ...] = get_args(Variant)
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ class NiahTrainingSettings:
     """`mix.niah`: variants niah_*: training needles, keys disjoint from the test keys."""
 
     # single | multikey | multiquery | multivalue: training needles of these subtasks
-    subtasks: list[Annotated[Literal[SUBTASKS], "NIAH subtask"]] = field(default_factory=lambda: list(SUBTASKS))
+    subtasks: list[Annotated[Subtask, "NIAH subtask"]] = field(default_factory=lambda: list(SUBTASKS))
     per_subtask: int = 8  # samples per subtask (the paper: 200)
     short_words: int = 300  # niah_short haystack words (the paper: about 1K tokens)
     long_words: int = 1000  # niah_long haystack words (the paper: about 64K tokens)
@@ -110,7 +118,7 @@ class MixSettings:
     # context_synthesis | human_context | context_free | synthesized_context_free | none (general data only)
     # | niah_needle_only | niah_short | niah_long (the pilot study's training needles)
     # | prior_long (a prior long SFT dataset, `long_source`: the paper's LongAlpaca / LongAlign / LongMIT rows)
-    variant: Literal[ALL_VARIANTS] = "context_synthesis"
+    variant: Variant = "context_synthesis"
     num_contexts: int = 3  # the relevant context plus n-1 from other seeds of the same task (paper: 10)
     seed: int = 42  # draws the distractor contexts, the general and long_source subsets and the training needles
     summarization_distractors: bool = True  # the paper hides summarization documents among others too

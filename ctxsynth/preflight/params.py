@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def content_checks(settings: dict[str, Any]) -> Iterator[Callable[[], object]]:
     builds (data/general/train.jsonl) are read by that stage, not here."""
     for index, source in enumerate(settings["seed"].sources):
         if source.type in ("paper", "jsonl"):  # squad, hotpotqa: the registry data, checked by its sha256
-            yield lambda source=source, index=index: load_source(source, Path("data/raw"), f"seed.sources[{index}]")
+            yield partial(load_source, source, Path("data/raw"), f"seed.sources[{index}]")
     mix = settings["mix"]
     general = mix.general.source
     if general and is_local(general, GENERAL_SUFFIXES) and not producing_stage(general):
@@ -93,7 +94,7 @@ def content_checks(settings: dict[str, Any]) -> Iterator[Callable[[], object]]:
     if evaluate.longbench_dir:
         for task, path in find_sources(Path("data/benchmark"), evaluate):
             if task in evaluate.longbench_tasks:
-                yield lambda path=path: read_jsonl_numbered(path)
+                yield partial(read_jsonl_numbered, path)
 
 
 def environment_checks(settings: dict[str, Any]) -> Iterator[Callable[[], object]]:
@@ -120,20 +121,13 @@ def collect_problems(params_path: Path, check_environment: bool = True) -> tuple
 
     if attempt(lambda: read_yaml(params_path) or {}) is None:  # unreadable or not YAML: said once
         return problems, 0
-    settings = {
-        name: attempt(lambda name=name, cls=cls: load_settings(cls, name, source=params_path))
-        for name, cls in SECTIONS.items()
-    }
+    settings = {name: attempt(partial(load_settings, cls, name, source=params_path)) for name, cls in SECTIONS.items()}
     checked = 0
     if all(value is not None for value in settings.values()):
         for stage, key, path in named_inputs(settings):
             checked += 1
             # A pipeline output (data/general/train.jsonl) is built later in the same `dvc repro`: not there yet.
-            attempt(
-                lambda stage=stage, key=key, path=path: require_tracked(
-                    path, stage, key, str(params_path), built_by_pipeline=True
-                )
-            )
+            attempt(partial(require_tracked, path, stage, key, str(params_path), built_by_pipeline=True))
         if settings["evaluate"].longbench_dir:  # the directory, its place in dvc.yaml and every task file
             checked += 1
             attempt(lambda: find_sources(Path("data/benchmark"), settings["evaluate"]))
@@ -148,7 +142,7 @@ def collect_problems(params_path: Path, check_environment: bool = True) -> tuple
 def inputs_by_stage(params_path: Path, pipeline: Path = Path("dvc.yaml")) -> dict[str, list[str]]:
     """The files and directories the settings name, by the stage that reads them; every stage of `pipeline` (the
     preflight aside) is listed, with no inputs where it reads none named by a parameter. Valid params only."""
-    settings = {name: load_settings(cls, name, source=params_path) for name, cls in SECTIONS.items()}
+    settings: dict[str, Any] = {name: load_settings(cls, name, source=params_path) for name, cls in SECTIONS.items()}
     stages = read_yaml(pipeline).get("stages", {}) if pipeline.is_file() else {}
     found: dict[str, set[str]] = {name: set() for name in stages if name != "preflight"}
     for stage, _, path in named_inputs(settings):

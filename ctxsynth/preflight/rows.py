@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import yaml
 
@@ -211,7 +212,9 @@ def _check_settings_and_inputs(row: RowCheck, params: dict) -> tuple[dict | None
         problems, checked = collect_problems(path, check_environment=False)  # the row runs elsewhere, maybe
         row.problems += [f"{row.name}: {_located(line, str(path))}" for line in problems]
         try:
-            settings = {section: load_settings(cls, section, source=path) for section, cls in SECTIONS.items()}
+            settings: dict[str, Any] = {
+                section: load_settings(cls, section, source=path) for section, cls in SECTIONS.items()
+            }
         except InputError:  # collect_problems has named the key
             return None, len(problems), checked
         skip = "warning: finetune.chat_template"  # a disagreement is a problem here (_check_chat)

@@ -21,10 +21,12 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 from importlib import resources
+from typing import Literal, get_args
 
 import yaml
 
-SUBTASKS = ("single", "multikey", "multiquery", "multivalue")
+Subtask = Literal["single", "multikey", "multiquery", "multivalue"]
+SUBTASKS: tuple[Subtask, ...] = get_args(Subtask)
 VALUE_RANGE = (1_000_000, 9_999_999)  # 7 digits, as RULER's numbers
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ctxsynth.core.io import read_jsonl
 from ctxsynth.core.text import count_words
-from ctxsynth.generation.base import Request
+from ctxsynth.generation.base import GenerationError, Request
 from ctxsynth.generation.cache import GenerationCache, batch_provenance, cache_key, generation_settings, stored_key
 from ctxsynth.synthesis.prompts import PromptSpec
 
@@ -83,6 +83,10 @@ def generate_cached(
                 speed = generated_tokens / max(time.perf_counter() - started, 1e-9)
                 progress.update(task, advance=len(batch), stats=f"{speed:,.1f} tok/s")
     seconds = time.perf_counter() - started
+    done = {key: generation for key, generation in generations.items() if generation is not None}
+    for request in requests:  # a backend yields every request it is given: none is left without a generation
+        if request.key not in done:
+            raise GenerationError(f"{request.name}: the {backend.name} backend returned no generation")
     stats = {
         "generated": len(missing),
         "from_cache": len(requests) - len(missing),
@@ -90,7 +94,7 @@ def generate_cached(
         "generated_tokens": generated_tokens,
         "tokens_per_second": round(generated_tokens / seconds, 2) if missing and seconds > 0 else None,
     }
-    return generations, stats
+    return done, stats
 
 
 def run_provenance(backend, prompt: PromptSpec, sampling: dict, seed: int, **extra) -> dict:

@@ -69,10 +69,10 @@ def released_record(seed: dict, released: ReleasedRecord | None, release: Releas
     """One contexts.jsonl record: the seed's pair, the released context and where it came from."""
     context = released.context if released and released.context else None
     status = PARSE_NOT_RELEASED if released is None else (PARSE_OK if context else PARSE_EMPTY)
-    provenance = {"model": f"released:{release.source}", "backend": "released"}
-    provenance["release"] = {"source": release.source, "revision": release.resolved_revision}
+    origin: dict[str, object] = {"source": release.source, "revision": release.resolved_revision}
     if released is not None:
-        provenance["release"].update(file=released.file, sha256=release.files[released.file], line=released.line)
+        origin.update(file=released.file, sha256=release.files[released.file], line=released.line)
+    provenance = {"model": f"released:{release.source}", "backend": "released", "release": origin}
     return {
         "id": seed["id"],
         "task": seed["task"],

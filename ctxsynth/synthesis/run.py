@@ -142,8 +142,9 @@ def run_synthesis(
     if not seeds:  # e.g. the pilot, which trains on needles and general data: no generator is loaded or paid
         return [], {"total": 0, "method": settings.method, "run": {"generated": 0, "from_cache": 0}}
     if settings.backend == "released":
-        if settings.verify.answerability:  # the settings require a judge model for it
-            _model_dir_param(settings.verify.judge_model, "synthesize.verify.judge_model")
+        judge_model = settings.verify.judge_model
+        if settings.verify.answerability and judge_model:  # answerability: the settings require a judge model
+            _model_dir_param(judge_model, "synthesize.verify.judge_model")
         records, release = released_contexts(seeds, settings.released)
         verify(records, None, generation_cache(settings), settings)
         run = {"generated": 0, "from_cache": 0, "released": release["matched"]}

@@ -9,15 +9,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from ctxsynth.core.settings import Invalid
 from ctxsynth.core.tasks import get_task
-from ctxsynth.generation import BACKENDS
+from ctxsynth.generation import BackendName
 from ctxsynth.generation.settings import OpenAIBatchSettings, OpenAISettings, VllmSettings
 from ctxsynth.synthesis.release_files import layout_names
 
-METHODS = ("context_synthesis", "instruction_synthesis")
+Method = Literal["context_synthesis", "instruction_synthesis"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,9 @@ class SynthesizeSettings:
     """`synthesize`: the generator writes a context for every seed (or, as the paper's baseline, an instruction for
     every human context); cached by content hash, resumable."""
 
-    method: Literal[METHODS] = "context_synthesis"  # instruction_synthesis: the paper's baseline
+    method: Method = "context_synthesis"  # instruction_synthesis: the paper's baseline
     generator: str | None = None  # a local HF model directory writing the contexts; null = the base model
-    backend: Literal[BACKENDS] = "transformers"  # transformers | vllm | openai | openai-batch | released
+    backend: BackendName = "transformers"  # transformers | vllm | openai | openai-batch | released
     target_words: int = 150  # the prompt's {length}; the paper asks for 2000
     # Opens the generator's answer (the paper's prompt asks it to start with "Context:"); "" = the paper's protocol.
     response_prefix: str = "Context:"
