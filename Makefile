@@ -29,7 +29,7 @@ FLASH_ATTN ?= flash-attn==2.8.3.post2
 VLLM ?= vllm==0.34.0
 VLLM_VENV := .venv-vllm
 
-.PHONY: repro test lint format install lock dag clean-venv report gpu-env vllm-env $(PAPER_GROUPS)
+.PHONY: repro test lint format install lock dag clean-venv report gpu-env vllm-env doctor gpu-check $(PAPER_GROUPS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,19 @@ vllm-env:
 	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm-env: vllm', vllm.__version__)"
 
 # No PATH change: the stages find the venv's interpreter themselves (stages/python), as a plain `.venv/bin/dvc repro`.
+# Every CUDA path checked in minutes on small random-weight models; on CPU, the checks with a CPU form.
+doctor: $(INSTALLED)
+	$(BIN)/ctxsynth doctor
+
+# The prepared run for a short GPU window (docs/paper-scale.md): on a bare CUDA machine with torch, transformers,
+# peft and accelerate and no network, the wheels carried in .whl/ (bitsandbytes) go to /tmp/site, and the doctor and
+# the GPU benchmark run from the checkout itself; their results land in metrics/ to be committed.
+GPU_PYTHON ?= python3
+gpu-check:
+	if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; fi
+	PYTHONPATH="/tmp/site:$(CURDIR)" $(GPU_PYTHON) -m ctxsynth.cli doctor --out metrics/doctor.json
+	PYTHONPATH="/tmp/site:$(CURDIR)" $(GPU_PYTHON) benchmarks/gpu_throughput.py --json metrics/gpu_throughput.json | tee metrics/gpu_throughput.txt
+
 repro: $(INSTALLED)
 	$(BIN)/ctxsynth preflight
 	$(BIN)/dvc repro

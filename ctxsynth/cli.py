@@ -6,6 +6,7 @@ ctxsynth inputs seeds DIR --revision REV    # the paper's seeds (or LongBench) a
 ctxsynth experiments list                   # the paper's experiment groups and their rows
 ctxsynth experiments run main --scale cpu   # queue a group as DVC experiments, run it, wait
 ctxsynth report [--from-results]            # collect the rows and render metrics/report.md
+ctxsynth doctor [--only packing]            # every CUDA path checked in minutes (metrics/doctor.json)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COMMANDS = {
     "params": ("ctxsynth.params", "every knob with its value in params.yaml, its default and what it means"),
     "inputs": ("ctxsynth.inputs", "check the paper's seeds or LongBench and add them as DVC-tracked inputs"),
     "experiments": ("ctxsynth.paper.experiments", "list, queue and run the paper's experiment groups"),
+    "doctor": ("ctxsynth.doctor.run", "check every CUDA path (and its CPU form) on small models, in minutes"),
     "report": ("ctxsynth.paper.report", "collect the experiments' results and render metrics/report.md"),
 }
 

@@ -25,6 +25,7 @@ ORDER = [
     "finetune",
     "evaluate",
     "rehearsal",
+    "doctor",  # after rehearsal: its small model takes the rehearsal's tokenizer
     "preflight",  # before paper: a row's preflight (preflight/rows.py) runs the params-wide one
     "paper",
     "params",

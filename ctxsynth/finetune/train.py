@@ -17,6 +17,7 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -331,12 +332,14 @@ def train(
     live_dir: os.PathLike | str | None = None,
     checkpoint_dir: os.PathLike | str | None = None,
     stop_after_steps: int | None = None,
+    on_trained: Callable[[Any], None] | None = None,
 ) -> dict:
     """Fine-tune; write the adapter or model (with provenance.json), the metrics summary and the live logs.
 
     With `checkpoint_dir` and save_steps > 0, a checkpoint is kept every save_steps steps and an unfinished run with
     the same key resumes from its last one. `stop_after_steps` ends the run early without writing outputs, as a kill
-    would (for tests).
+    would (for tests). `on_trained(trainer)` sees the trained model before it is saved (`ctxsynth doctor` compares
+    its logits with the saved output's).
     """
     started = time.perf_counter()
     model_dir, train_path, adapter_dir = Path(model_dir), Path(train_path), Path(adapter_dir)
@@ -367,6 +370,8 @@ def train(
             "device": runtime.device,
             "versions": training_versions(),
         }
+        if on_trained is not None:
+            on_trained(run.trainer)
         _save_output(run.trainer, tokenizer, params, adapter_dir, provenance)
         if run_dir is not None and run.trainer.is_world_process_zero():
             _remove_checkpoints(run_dir.parent)  # finished: its checkpoints and abandoned runs' go
