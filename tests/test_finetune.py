@@ -329,9 +329,9 @@ def test_stage_stops_on_bad_input_before_loading_the_model(tmp_path, tiny_model_
 def test_stage_runs_from_params_file(tmp_path, tiny_model_dir, capsys):
     train_path = write_jsonl(tmp_path / "train.jsonl", [GOOD, {**GOOD, "id": "ok2"}])
     params = tmp_path / "params.yaml"
-    params.write_text(
-        "other: {x: 1}\nfinetune:\n  max_steps: 2\n  batch_size: 1\n  grad_accum: 1\n  lora_r: 2\n", encoding="utf-8"
-    )
+    # Another stage's section, invalid for that stage: the finetune stage reads its own only.
+    other = "mix: {variant: not-a-variant}\n"
+    params.write_text(other + "finetune:\n  max_steps: 2\n  batch_size: 1\n  grad_accum: 1\n  lora_r: 2\n")
     out = tmp_path / "out"
     code = _stage_main()(
         [
