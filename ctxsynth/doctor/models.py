@@ -50,7 +50,7 @@ def tiny_model_dir(workdir: Path) -> Path:
     return directory
 
 
-def load_tiny(workdir: Path, dtype: str = "float32", attn_implementation: str = "sdpa"):
+def load_tiny(workdir: Path, dtype: str, attn_implementation: str = "sdpa"):
     """The tiny model on this machine's device in `dtype`, with larger random weights: its own init gives near-uniform
     logits, under which a leaking mask or a wrong cache position would change almost nothing a check could see."""
     import torch
