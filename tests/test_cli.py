@@ -132,3 +132,23 @@ def test_preflight_accepts_a_named_file_that_an_earlier_stage_builds(tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     result = ctxsynth("preflight", cwd=project)
     assert result.returncode == 2 and "mix.general.source" in result.stderr and "does not exist" in result.stderr
+
+
+def test_preflight_reads_a_named_model_directory_config(tmp_path):
+    """A model directory a parameter names is read as the stage will read it: a broken config.json is one line
+    naming the file, before any stage runs."""
+    project = project_copy(tmp_path)
+    model = project / "inputs" / "models" / "mine"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "llama", "hidden_size": 64,\n', encoding="utf-8")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["fetch"]["model"].update(source="path", path="inputs/models/mine")
+    (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    result = ctxsynth("preflight", cwd=project)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: inputs/models/mine/config.json, line 2: malformed JSON"), result.stderr
+    (model / "config.json").write_text('{"hidden_size": 64}\n', encoding="utf-8")
+    result = ctxsynth("preflight", cwd=project)
+    assert "field 'fetch.model.path': no model_type" in result.stderr and result.returncode == 2
+    (model / "config.json").write_text('{"model_type": "llama", "hidden_size": 64}\n', encoding="utf-8")
+    assert ctxsynth("preflight", cwd=project).returncode == 0

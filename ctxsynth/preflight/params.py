@@ -19,7 +19,7 @@ from typing import Any
 from ctxsynth.core.dvc_deps import producing_stage, require_tracked
 from ctxsynth.core.errors import error_line
 from ctxsynth.core.hub import is_local
-from ctxsynth.core.io import InputError, read_jsonl_numbered, read_yaml
+from ctxsynth.core.io import InputError, read_json, read_jsonl_numbered, read_yaml
 from ctxsynth.core.settings import load_settings
 from ctxsynth.evaluate.run import find_sources
 from ctxsynth.evaluate.settings import EvalSettings
@@ -95,6 +95,29 @@ def content_checks(settings: dict[str, Any]) -> Iterator[Callable[[], object]]:
         for task, path in find_sources(Path("data/benchmark"), evaluate):
             if task in evaluate.longbench_tasks:
                 yield partial(read_jsonl_numbered, path)
+    for key, directory in model_directories(settings):
+        yield partial(read_model_config, directory, key)
+
+
+def model_directories(settings: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(params key, directory) of every local model a parameter names."""
+    model = settings["fetch"].model
+    if model.source == "path" and model.path:
+        yield "fetch.model.path", model.path
+    synthesize = settings["synthesize"]
+    if synthesize.generator:
+        yield "synthesize.generator", synthesize.generator
+    if synthesize.verify.judge_model:
+        yield "synthesize.verify.judge_model", synthesize.verify.judge_model
+
+
+def read_model_config(directory: str, key: str) -> None:
+    """A local model's config.json read as transformers will read it: a missing, broken or unknown one stops here,
+    in one line, not in a traceback hours into a run. The weights are read by the stage that loads them."""
+    config = Path(directory) / "config.json"
+    data = read_json(config)  # missing or malformed: InputError naming the file and line
+    if not isinstance(data, dict) or not data.get("model_type"):
+        raise InputError(config, "no model_type: not a Hugging Face model config", field=key)
 
 
 def environment_checks(settings: dict[str, Any]) -> Iterator[Callable[[], object]]:
