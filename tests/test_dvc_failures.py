@@ -183,3 +183,29 @@ def test_an_unchanged_checkout_is_up_to_date_and_a_mix_change_touches_mix_only(p
     assert {name for name in after if after[name] != verdicts[name]} == {"mix.json"}
     assert json.loads(after["mix.json"])["named_inputs"] == [general]
     assert status == {}  # the preflight reran; seed, benchmark and their verdicts did not change
+
+
+def test_a_restore_that_breaks_never_hides_the_stage_error(monkeypatch, capsys):
+    """Putting outputs back is a courtesy after the stage's own error: if it breaks (no dvc, a damaged cache), the
+    stage still fails with its own message, plus one note saying how to restore by hand."""
+    from ctxsynth.core import dvc_outputs
+    from ctxsynth.core.errors import stage_main
+    from ctxsynth.core.io import InputError
+
+    monkeypatch.chdir(ROOT)
+    command = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["seed"]["cmd"].split()[1:]
+    monkeypatch.setattr(sys, "argv", command)
+
+    def broken(stage):
+        raise RuntimeError("cache unreadable")
+
+    monkeypatch.setattr(dvc_outputs, "restore_outputs", broken)
+
+    @stage_main
+    def failing_stage():
+        raise InputError("seeds.jsonl", "malformed JSON", line=3)
+
+    assert failing_stage() == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "error: seeds.jsonl, line 3: malformed JSON"
+    assert lines[1].startswith("note: outputs not restored (RuntimeError: cache unreadable): `dvc checkout seed`")

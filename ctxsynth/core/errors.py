@@ -78,10 +78,18 @@ def put_back_outputs() -> None:
     silent when all are back, one line naming the commands for what is not."""
     from ctxsynth.core.dvc_outputs import restore_outputs, running_stage
 
-    stage = running_stage(sys.argv)
-    if stage is None:  # not a dvc.yaml stage command (a test, a library call): DVC removed nothing
+    stage = None
+    try:
+        stage = running_stage(sys.argv)
+        if stage is None:  # not a dvc.yaml stage command (a test, a library call): DVC removed nothing
+            return
+        _, lost = restore_outputs(stage)
+    except Exception as error:  # noqa: BLE001 - the stage's own failure, already reported, is what matters
+        where = f"`dvc checkout {stage}`" if stage else "`dvc checkout`"
+        print(
+            f"note: outputs not restored ({type(error).__name__}: {error}): {where} brings them back", file=sys.stderr
+        )
         return
-    _, lost = restore_outputs(stage)
     if lost:
         print(
             f"note: {', '.join(lost)} could not be restored from the DVC cache here: `dvc checkout {stage}` or "
