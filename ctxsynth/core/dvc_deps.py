@@ -25,6 +25,11 @@ def _stages(pipeline: Path, mtime: float) -> dict[str, dict]:
     return (yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}).get("stages", {})
 
 
+def pipeline_stages(pipeline: Path = PIPELINE) -> dict[str, dict]:
+    """The stages of dvc.yaml by name ({} where there is no pipeline: a library call, a test)."""
+    return _stages(pipeline.resolve(), pipeline.stat().st_mtime) if pipeline.is_file() else {}
+
+
 def _declared_deps(pipeline: Path, mtime: float) -> dict[str, list[Path]]:
     root = pipeline.resolve().parent
     return {name: [root / dep for dep in stage.get("deps", [])] for name, stage in _stages(pipeline, mtime).items()}

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import yaml
 
-PIPELINE, LOCK = Path("dvc.yaml"), Path("dvc.lock")
+from ctxsynth.core.dvc_deps import PIPELINE, pipeline_stages
+
+LOCK = Path("dvc.lock")
 
 
 def running_stage(argv: list[str], pipeline: Path = PIPELINE) -> str | None:
     """The stage of dvc.yaml whose command this process runs (`stages/python <script> <args>`: argv is the rest)."""
-    if not pipeline.is_file():
-        return None
-    stages = (yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}).get("stages", {})
+    stages = pipeline_stages(pipeline)
     return next((name for name, stage in stages.items() if str(stage.get("cmd", "")).split()[1:] == argv), None)
 
 

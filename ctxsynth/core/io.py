@@ -202,6 +202,12 @@ def read_yaml(path: os.PathLike | str) -> Any:
         raise InputError(path, f"not valid YAML: {problem}", line=mark.line + 1 if mark else None) from None
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """ "did you mean 'x'? " for the known name closest to a misspelt one, else ""."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
 # The sections of params.yaml, one per stage's settings (ctxsynth/preflight/params.py maps each to its class; a test
 # keeps the two equal). A stage refuses an unknown one too: `dvc repro -s <stage>` skips the preflight.
 SECTION_NAMES = ("fetch", "benchmark", "seed", "general", "synthesize", "lengths", "mix", "finetune", "evaluate")
@@ -213,8 +219,7 @@ def load_params(section: str, path: os.PathLike | str = "params.yaml") -> dict:
     params = read_yaml(path) or {}
     for name in params if isinstance(params, dict) else ():
         if name not in SECTION_NAMES:
-            close = difflib.get_close_matches(str(name), SECTION_NAMES, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
+            hint = did_you_mean(str(name), SECTION_NAMES)
             raise InputError(path, f"unknown section ({hint}known: {', '.join(SECTION_NAMES)})", field=str(name))
     if section not in params:
         raise InputError(path, "missing params section", field=section)

@@ -21,13 +21,12 @@ Hooks a settings class may define:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from ctxsynth.core.io import InputError, load_params
+from ctxsynth.core.io import InputError, did_you_mean, load_params
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -70,8 +69,8 @@ def from_mapping(cls: type[T], data: Any, path: str, source: os.PathLike | str =
     fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(str(key), fields).rstrip()
+            hint = f"; {hint}" if hint else ""
             raise InputError(source, f"unknown key{hint} (known: {', '.join(fields)})", field=join(path, str(key)))
     hints = get_type_hints(cls, include_extras=True)
     values = {}

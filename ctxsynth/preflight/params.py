@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ctxsynth.core.dvc_deps import producing_stage, require_tracked
+from ctxsynth.core.dvc_deps import pipeline_stages, producing_stage, require_tracked
 from ctxsynth.core.errors import error_line
 from ctxsynth.core.hub import is_local
 from ctxsynth.core.io import InputError, read_json, read_jsonl_numbered, read_yaml
@@ -74,6 +74,10 @@ def named_inputs(settings: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     # evaluate.longbench_dir and its task files: checked by the evaluate stage's own find_sources (below)
 
 
+# The keys whose named input is a local model directory (named_inputs yields them with the others).
+MODEL_KEYS = ("fetch.model.path", "synthesize.generator", "synthesize.verify.judge_model")
+
+
 def content_checks(settings: dict[str, Any]) -> Iterator[Callable[[], object]]:
     """The stages' own loaders over every user file a parameter names, so that a malformed line, a non-UTF-8 byte or
     an unknown task stops the pipeline here, before any stage removes its outputs. Files a stage of the pipeline
@@ -95,20 +99,9 @@ def content_checks(settings: dict[str, Any]) -> Iterator[Callable[[], object]]:
         for task, path in find_sources(Path("data/benchmark"), evaluate):
             if task in evaluate.longbench_tasks:
                 yield partial(read_jsonl_numbered, path)
-    for key, directory in model_directories(settings):
-        yield partial(read_model_config, directory, key)
-
-
-def model_directories(settings: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(params key, directory) of every local model a parameter names."""
-    model = settings["fetch"].model
-    if model.source == "path" and model.path:
-        yield "fetch.model.path", model.path
-    synthesize = settings["synthesize"]
-    if synthesize.generator:
-        yield "synthesize.generator", synthesize.generator
-    if synthesize.verify.judge_model:
-        yield "synthesize.verify.judge_model", synthesize.verify.judge_model
+    for _, key, directory in named_inputs(settings):
+        if key in MODEL_KEYS:
+            yield partial(read_model_config, directory, key)
 
 
 def read_model_config(directory: str, key: str) -> None:
@@ -166,8 +159,7 @@ def inputs_by_stage(params_path: Path, pipeline: Path = Path("dvc.yaml")) -> dic
     """The files and directories the settings name, by the stage that reads them; every stage of `pipeline` (the
     preflight aside) is listed, with no inputs where it reads none named by a parameter. Valid params only."""
     settings: dict[str, Any] = {name: load_settings(cls, name, source=params_path) for name, cls in SECTIONS.items()}
-    stages = read_yaml(pipeline).get("stages", {}) if pipeline.is_file() else {}
-    found: dict[str, set[str]] = {name: set() for name in stages if name != "preflight"}
+    found: dict[str, set[str]] = {name: set() for name in pipeline_stages(pipeline) if name != "preflight"}
     for stage, _, path in named_inputs(settings):
         found.setdefault(stage, set()).add(path)
     if settings["evaluate"].longbench_dir:
