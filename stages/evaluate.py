@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = load_settings(EvalSettings, "evaluate")
+    settings = load_settings(EvalSettings, "evaluate").resolved()
     report = evaluate(
         args.model,
         args.adapter,

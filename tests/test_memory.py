@@ -104,3 +104,28 @@ def test_the_logits_term_covers_the_loss_paths_peak(path):
     )
     measured = float(result.stdout.strip().splitlines()[-1])
     assert LOGIT_BYTES * 0.6 < measured <= LOGIT_BYTES * 1.05, measured
+
+
+# Unsloth's README ("Llama 3.1 (8B) max. context length", github.com/unslothai/unsloth): the longest padded row that
+# Hugging Face + FA2 fits in QLoRA of LLaMA-3.1-8B, every linear layer at rank 32, batch size 1, per GPU memory.
+PUBLISHED_HF_QLORA_8B = {24: 5_789, 40: 12_264, 48: 15_502, 80: 28_454}
+
+
+@pytest.mark.parametrize("gib", sorted(PUBLISHED_HF_QLORA_8B))
+def test_the_qlora_estimate_matches_a_published_figure(gib):
+    """The longest row the formula fits is within 15 % of the published one, and never shorter (the residual is the
+    extra fp32 copy of the logits transformers' own loss keeps, which loss.py does not: memory.py's docstring)."""
+    from dataclasses import replace
+
+    from ctxsynth.finetune.settings import FinetuneSettings
+    from ctxsynth.preflight.memory import memory_estimate
+    from ctxsynth.preflight.rows import model_facts, shape_facts
+
+    facts = shape_facts(model_facts()["meta-llama/Llama-3.1-8B"])
+    qlora = FinetuneSettings(recipe="qlora", lora_r=32, answer_logits_only=False, gradient_checkpointing=True)
+    assert qlora.quantization == "nf4" and qlora.method == "lora"
+    tokens = 256
+    while memory_estimate(facts, replace(qlora, max_tokens=tokens + 256), 1, False).gib <= gib:
+        tokens += 256
+    published = PUBLISHED_HF_QLORA_8B[gib]
+    assert published * 0.98 <= tokens <= published * 1.15, (tokens, published)

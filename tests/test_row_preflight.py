@@ -76,7 +76,7 @@ def local_model(project: Path, name: str, **config) -> dict:
     return {"fetch.model.source": "path", "fetch.model.path": f"inputs/models/{name}"}
 
 
-@pytest.mark.parametrize("scale", ["gpu", "rehearsal"])
+@pytest.mark.parametrize("scale", ["gpu", "rehearsal", "qlora", "qlora-rehearsal"])
 def test_every_row_of_the_plan_parses(tmp_path, scale):
     plan, params = load_plan(ROOT / "experiments/paper.yaml"), yaml.safe_load((ROOT / "params.yaml").read_text())
     entries = [entry for group in plan["groups"] for entry in planned_entries(plan, group, scale)]

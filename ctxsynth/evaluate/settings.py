@@ -13,8 +13,9 @@ from typing import Literal, get_args
 from ctxsynth.core.settings import Invalid, load_settings
 from ctxsynth.core.tasks import get_task
 
-# hf: transformers (+ PEFT); vllm: lm-eval's vllm model (ctxsynth/evaluate/lm_eval_runner.py)
-BackendName = Literal["hf", "vllm"]
+# hf: transformers (+ PEFT); vllm: lm-eval's vllm model (ctxsynth/evaluate/lm_eval_runner.py); auto: vllm where it
+# imports and a CUDA device is there, hf elsewhere (a row that runs on a GPU machine and rehearses on a CPU one).
+BackendName = Literal["hf", "vllm", "auto"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 
 # LongBench's English tasks the paper reports (THUDM's file names).
@@ -43,7 +44,7 @@ class EvalSettings:
     chat_template: str = "model"
     longbench_dir: str | None = None  # THUDM layout: <dir>/data/<task>.jsonl (or <dir>/<task>.jsonl)
     longbench_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))  # read when longbench_dir is set
-    backend: BackendName = "hf"  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter
+    backend: BackendName = "hf"  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter; auto
     device: str = "auto"  # hf backend: auto | cpu | cuda[:n]
     dtype: str = "auto"  # auto: float32 on CPU, the checkpoint's dtype on GPU
     # hf backend: fold the LoRA adapter into the weights before generating, 1.2x faster evaluation on CPU; the float
@@ -53,6 +54,14 @@ class EvalSettings:
     # Reuse greedy generations per (model, adapter) content: experiments that leave the adapter unchanged, and every
     # base-model row, are not paid twice (~/.cache/ctxsynth/lm_eval).
     cache: bool = True
+
+    def resolved(self) -> EvalSettings:
+        """These settings with `backend: auto` replaced by the backend this machine runs (the stage records which)."""
+        if self.backend != "auto":
+            return self
+        from dataclasses import replace
+
+        return replace(self, backend="vllm" if vllm_runs_here() else "hf")
 
     @classmethod
     def from_params(cls, params: dict | None, source: str = "params.yaml") -> EvalSettings:
@@ -73,3 +82,13 @@ class EvalSettings:
                     get_task(name)
                 except KeyError as error:
                     raise Invalid(f"{key}[{index}]", error.args[0]) from None
+
+
+def vllm_runs_here() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()

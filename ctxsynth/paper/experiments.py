@@ -6,6 +6,7 @@
     ctxsynth experiments run main --rows context-synthesis human-context   # only these rows
     ctxsynth experiments run main --scale rehearsal      # the gpu rows with tiny stand-ins, on this CPU
     ctxsynth experiments preflight main --scale gpu --gpu-memory-gib 80   # every row checked, nothing queued
+    ctxsynth experiments budget main --scale qlora   # GPU hours per row and expected half-widths (paper/budget.py)
 
 A row runs as `dvc exp run --queue -n <scale>-<group>-<row> -S key=value ...` (the group's overrides for the scale,
 then the row's), so every row is an ordinary DVC experiment: `dvc exp show`, `dvc metrics diff`, `dvc exp push`.
@@ -37,8 +38,16 @@ from ctxsynth.core.io import InputError
 PLAN = Path("experiments/paper.yaml")
 RUNS_LOG = Path("metrics/paper_runs.json")
 RESULTS = Path("metrics/results.json")
-SCALES = ("cpu", "gpu", "rehearsal")
-REHEARSAL = "rehearsal"  # the gpu rows with stand-ins: derived from them, never written out in full
+SCALES = ("cpu", "gpu", "rehearsal", "qlora", "qlora-rehearsal")
+# Derived scales, never written out in full: a scale's row is its base scale's row with the group's and the row's
+# layers of these names applied in order (later wins). `qlora` is the paper's setting on one GPU, `rehearsal` and
+# `qlora-rehearsal` their twins with stand-ins; a row the base scale lacks, the derived scale lacks too.
+DERIVED = {
+    "rehearsal": ("gpu", ("rehearsal",)),
+    "qlora": ("gpu", ("qlora",)),
+    "qlora-rehearsal": ("qlora", ("rehearsal", "qlora-rehearsal")),
+}
+REHEARSALS = ("rehearsal", "qlora-rehearsal")  # twins: they may differ from their base only in substitutable keys
 _BARE = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
 _FINISHED = {"success", "failed"}
 
@@ -67,30 +76,42 @@ def row_overrides(row: dict, scale: str) -> dict | None:
     return dict(row or {})
 
 
-def rehearsal_overrides(spec: dict, row: dict) -> dict | None:
-    """A gpu row with its stand-ins: the group's gpu overrides, the row's gpu overrides, then the group's and the
-    row's rehearsal substitutions (later wins: a stand-in replaces whatever the row's gpu value was). No gpu row, no
-    rehearsal row. Substitutions may only touch the plan's `rehearsal_substitutable` keys (sizes, model ids, where
-    inputs and servers are): checked by check_substitutions."""
-    gpu_row = row_overrides(row, "gpu")
-    if gpu_row is None:
+def derived_overrides(spec: dict, row: dict, scale: str) -> dict | None:
+    """A derived scale's row (DERIVED): its base scale's row, then the group's and the row's layers in order (later
+    wins: a stand-in replaces whatever the base row's value was). A row split by scale without an entry for a layer
+    takes nothing from it; a flat row is the same at every scale. Rehearsal layers may only touch the plan's
+    `rehearsal_substitutable` keys (sizes, model ids, where inputs and servers are): checked by check_substitutions."""
+    base, layers = DERIVED[scale]
+    if base in DERIVED:
+        merged = derived_overrides(spec, row, base)
+    else:
+        own = row_overrides(row, base)
+        merged = None if own is None else {**((spec["overrides"] or {}).get(base) or {}), **own}
+    if merged is None:
         return None
-    overrides = spec["overrides"] or {}
     split_by_scale = bool(row) and set(row) <= set(SCALES)
-    own = (row.get(REHEARSAL) or {}) if split_by_scale else {}
-    return {**(overrides.get("gpu") or {}), **gpu_row, **(overrides.get(REHEARSAL) or {}), **own}
+    for layer in layers:
+        merged.update((spec["overrides"] or {}).get(layer) or {})
+        merged.update((row.get(layer) or {}) if split_by_scale else {})
+    return merged
 
 
 def check_substitutions(plan: dict, group: str) -> list[str]:
-    """Keys in which a rehearsal row differs from its gpu row although they are not substitutable: one line each."""
+    """Keys in which a twin's row (REHEARSALS) differs from its base scale's row although they are not substitutable:
+    one line each."""
     allowed = set(plan.get("rehearsal_substitutable") or [])
-    gpu = {entry["row"]: entry["overrides"] for entry in planned_entries(plan, group, "gpu")}
     problems = []
-    for entry in planned_entries(plan, group, REHEARSAL):
-        before = gpu[entry["row"]]
-        for key in sorted(set(before) | set(entry["overrides"])):
-            if before.get(key) != entry["overrides"].get(key) and key not in allowed:
-                problems.append(f"{entry['name']}: {key} differs from the gpu row and is not rehearsal_substitutable")
+    for twin in REHEARSALS:
+        base = DERIVED[twin][0]
+        before_rows = {entry["row"]: entry["overrides"] for entry in planned_entries(plan, group, base)}
+        for entry in planned_entries(plan, group, twin):
+            before = before_rows[entry["row"]]
+            for key in sorted(set(before) | set(entry["overrides"])):
+                if key in SEED_KEYS or key in allowed or before.get(key) == entry["overrides"].get(key):
+                    continue
+                problems.append(
+                    f"{entry['name']}: {key} differs from the {base} row and is not rehearsal_substitutable"
+                )
     return problems
 
 
@@ -117,8 +138,8 @@ def planned_entries(plan: dict, group: str, scale: str) -> list[dict]:
     common = (spec["overrides"] or {}).get(scale) or {}
     entries = []
     for row, overrides in spec["rows"].items():
-        if scale == REHEARSAL:
-            merged = rehearsal_overrides(spec, overrides)
+        if scale in DERIVED:
+            merged = derived_overrides(spec, overrides, scale)
             if merged is None:
                 continue
         else:
@@ -456,7 +477,7 @@ def worker_environment(jobs: int, cpus: int | None = None) -> dict[str, str]:
 
 def _servers_for(scale: str):
     """The rehearsal's fake OpenAI servers while its rows run (they call them from the queue's worker)."""
-    if scale != REHEARSAL:
+    if scale not in REHEARSALS:
         return contextlib.nullcontext()
     from ctxsynth.rehearsal.fake_openai import rehearsal_servers
 
@@ -465,7 +486,7 @@ def _servers_for(scale: str):
 
 def _rehearsal_key(scale: str) -> dict[str, str]:
     """The variable the rehearsal rows name as their Batch API key, for the queue workers (the fake server's key)."""
-    if scale != REHEARSAL:
+    if scale not in REHEARSALS:
         return {}
     from ctxsynth.rehearsal.fake_openai import REHEARSAL_KEY, REHEARSAL_KEY_ENV
 
@@ -474,7 +495,7 @@ def _rehearsal_key(scale: str) -> dict[str, str]:
 
 def parse_arguments(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("list", "queue", "run", "preflight"))
+    parser.add_argument("action", choices=("list", "queue", "run", "preflight", "budget"))
     parser.add_argument("group", nargs="?")
     parser.add_argument("--scale", choices=SCALES, default="cpu")
     parser.add_argument("--rows", nargs="+", help="only these rows of the group (default: all)")
@@ -507,7 +528,7 @@ def list_groups(plan: dict) -> None:
 def check_runnable(plan: dict, args: argparse.Namespace) -> None:
     """Before anything is queued: rehearsal substitutions, rows at this scale, and (for `run`) the DVC cache that
     queued rows start from."""
-    if args.scale == REHEARSAL:
+    if args.scale in REHEARSALS:
         problems = check_substitutions(plan, args.group)
         if problems:
             raise InputError(args.plan, problems[0], field="rehearsal_substitutable")
@@ -551,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("name a group: " + ", ".join(plan["groups"]))
     if args.action == "preflight":
         return preflight_group(plan, args.group, args.scale, args.params, args.gpu_memory_gib, args.rows, args.gpus)
+    if args.action == "budget":
+        from ctxsynth.paper.budget import budget_main
+
+        return budget_main(planned_entries(plan, args.group, args.scale), args.group, args.params)
     check_runnable(plan, args)
     names = queue_group(plan, args.group, args.scale, args.dry_run, args.rows, args.keep_finished)
     if args.action == "queue" or args.dry_run:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ctxsynth.core.io import write_json
 from ctxsynth.paper import figures, stats, templates
-from ctxsynth.paper.experiments import run_history
+from ctxsynth.paper.experiments import SCALES, run_history
 from ctxsynth.paper.findings import evaluate_all
 from ctxsynth.paper.rows import per_document, rows_of
 from ctxsynth.paper.sections import (
@@ -40,6 +40,11 @@ FINDINGS = Path("metrics/findings.json")
 FIGURES = Path("metrics/figures")
 README = Path("README.md")
 TABLE_START, TABLE_END = "<!-- findings:start -->", "<!-- findings:end -->"
+
+
+def _scale_order(scale: str) -> int:
+    """The plan's order of scales, also when rendered from the file (written with sorted keys)."""
+    return SCALES.index(scale) if scale in SCALES else len(SCALES)
 
 
 def section_of(results: dict, group: str, meta: dict, figures_dir: Path) -> dict:
@@ -75,7 +80,7 @@ def render_report(results: dict, findings: list[dict], figures_dir: Path = FIGUR
     return templates.render(
         "report.md.j2",
         source=paper_reference()["source"],
-        scales=results["scales"],
+        scales=dict(sorted(results["scales"].items(), key=lambda item: _scale_order(item[0]))),
         without=sorted({e["group"] for e in results["experiments"].values() if not per_document(e)}),
         sections=sections,
         context_lengths=histogram.name if histogram else None,

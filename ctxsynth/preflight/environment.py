@@ -64,6 +64,8 @@ def missing_engines(settings: dict, configs_dir: Path = Path("configs/accelerate
             missing.append(("finetune.accelerate_config", "DeepSpeed does not import here (`make gpu-env`)"))
     if synthesize.backend == "vllm" and not _importable("vllm"):
         missing.append(("synthesize.backend", "vllm does not import here: serve it from .venv-vllm instead"))
+    if settings["evaluate"].backend == "vllm" and not _importable("vllm"):
+        missing.append(("evaluate.backend", "vllm does not import here (`pip install vllm`; auto falls back to hf)"))
     command = synthesize.openai.serve.command if synthesize.backend == "openai" else None
     if command and command[0] != "{python}" and not _executable(command[0]):
         missing.append(("synthesize.openai.serve.command", f"{command[0]} is not installed here (`make vllm-env`)"))

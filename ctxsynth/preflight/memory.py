@@ -21,6 +21,12 @@ settings and measured coefficients (bf16 training, gradient checkpointing per de
                          records the fraction each mix really has, in its `answer_fraction`).
     overhead             3 GiB: CUDA context, NCCL buffers, allocator fragmentation.
 
+Checked against a published QLoRA figure (tests/test_memory.py): Unsloth's README ("Llama 3.1 (8B) max. context
+length", github.com/unslothai/unsloth, 2024-12) gives the longest padded row that Hugging Face + FA2 fits in QLoRA of
+LLaMA-3.1-8B on all linear layers at rank 32, batch size 1: 5,789 / 12,264 / 15,502 / 28,454 tokens on 24 / 40 / 48
+/ 80 GB. The formula (every position's logits, as there) fits 2 % / 9 % / 11 % / 14 % more: transformers' own loss
+keeps one more copy of the logits than loss.py's, 4 B a position, which is the gap's growth with length.
+
 Disk per checkpoint: full fine-tuning saves the optimizer's fp32 master weights and both moments (12 B x P, over all
 shards) and bf16 weights (2 B x P); LoRA saves the adapter and its optimizer state (16 B per LoRA parameter).
 """
@@ -117,4 +123,17 @@ def fitting_max_tokens(
         if memory_estimate(facts, trial, devices, sharded, offload_optimizer).gib > gpu_memory_gib:
             break
         best, tokens = tokens, tokens + 1024
+    return best
+
+
+def fitting_lora_r(facts: dict, finetune, devices: int, sharded: bool, gpu_memory_gib: float) -> int | None:
+    """The largest LoRA rank below the row's, a power of two from 8, that fits with everything else unchanged."""
+    from dataclasses import replace
+
+    rank = 8
+    best = None
+    while rank < finetune.lora_r:
+        if memory_estimate(facts, replace(finetune, lora_r=rank), devices, sharded).gib <= gpu_memory_gib:
+            best = rank
+        rank *= 2
     return best

@@ -33,7 +33,7 @@ from ctxsynth.evaluate.run import CHAT_MARGIN, chat_overhead, model_window
 from ctxsynth.finetune.settings import accelerate_config_file
 from ctxsynth.preflight.environment import cuda_available, missing_engines
 from ctxsynth.preflight.eval_cost import evaluation_hours
-from ctxsynth.preflight.memory import checkpoint_disk_gb, fitting_max_tokens, memory_estimate
+from ctxsynth.preflight.memory import checkpoint_disk_gb, fitting_lora_r, fitting_max_tokens, memory_estimate
 from ctxsynth.preflight.params import SECTIONS, collect_problems, warnings
 
 FACTS = Path(__file__).with_name("model_facts.yaml")
@@ -341,6 +341,9 @@ def _check_launcher(row: RowCheck, facts: dict, finetune, gpu_memory_gib: float,
         fitting = fitting_max_tokens(facts, finetune, devices, sharded, offloaded, gpu_memory_gib)
         lower = f"lower finetune.max_tokens to {fitting:,}" if fitting else "lower finetune.max_tokens"
         remedies = f"{lower}, shard over more devices (finetune.accelerate_config)"
+        if finetune.method == "lora":
+            rank = fitting_lora_r(facts, finetune, devices, sharded, gpu_memory_gib)
+            remedies = f"{lower}" + (f", or lower finetune.lora_r to {rank}" if rank else "")
         if sharded and finetune.method == "full" and not offloaded:
             with_offload = memory_estimate(facts, finetune, devices, sharded, offload_optimizer=True).gib
             if with_offload <= gpu_memory_gib:
@@ -348,11 +351,12 @@ def _check_launcher(row: RowCheck, facts: dict, finetune, gpu_memory_gib: float,
                     f"{lower}, or offload the optimizer to CPU memory as LongAlign does "
                     f"(finetune.accelerate_config: {OFFLOAD_CONFIG}, about {with_offload:.1f} GiB)"
                 )
+        method = "qlora" if finetune.quantization == "nf4" else finetune.method
+        alternative = ", or train with LoRA / QLoRA" if finetune.method == "full" else ""
         row.problem(
             "finetune.max_tokens",
-            f"about {estimate.gib:.1f} GiB per device (an estimate: {finetune.method}, {spread}; "
-            f"{estimate.explain()}) exceeds {gpu_memory_gib:g} GiB (--gpu-memory-gib): {remedies}, or train with "
-            "LoRA / QLoRA",
+            f"about {estimate.gib:.1f} GiB per device (an estimate: {method}, {spread}; {estimate.explain()}) "
+            f"exceeds {gpu_memory_gib:g} GiB (--gpu-memory-gib): {remedies}{alternative}",
         )
 
 
