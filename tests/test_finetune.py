@@ -636,3 +636,18 @@ def test_base_model_trains_in_the_longalign_format(tmp_path, base_model_dir):
     train(base_model_dir, train_path, tmp_path / "adapter", None, tiny_params(max_steps=1, chat_template="longalign"))
     provenance = json.loads((tmp_path / "adapter" / "provenance.json").read_text())
     assert provenance["chat_template"] == "longalign@v1" and provenance["params"]["chat_template"] == "longalign"
+
+
+def test_only_the_main_process_clears_and_writes_the_live_log(tmp_path, monkeypatch):
+    """Every rank building the log cleared its directory while another recreated it: rank 1 died with FileExistsError
+    (CI of 0fb2cb3, the pilot's distributed rehearsal row). Other ranks open none."""
+    from ctxsynth.finetune.train import main_process_live_log
+
+    earlier = tmp_path / "live" / "plots" / "metrics" / "loss.tsv"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("step\tloss\n0\t1.0\n", encoding="utf-8")
+    monkeypatch.setenv("RANK", "1")
+    assert main_process_live_log(tmp_path / "live") is None and earlier.exists()
+    monkeypatch.setenv("RANK", "0")
+    assert main_process_live_log(tmp_path / "live") is not None and not earlier.exists()
+    assert main_process_live_log(None) is None

@@ -790,3 +790,17 @@ def test_the_report_from_the_results_file_has_the_plans_section_order(tmp_path):
     assert render(from_file, tmp_path) == text
     headings = [line for line in text.splitlines() if line.startswith("## F")]
     assert headings[0].startswith("## F1: Pilot") and headings[1].startswith("## F2, F5: Main comparison")
+
+
+def test_a_failed_runs_report_shows_the_failing_ranks_traceback_before_the_launchers_summary():
+    """A distributed row's log ends in torchrun's summary, which says which rank failed but not why."""
+    log = "\n".join(
+        ["step"] * 60
+        + ["[rank1]: Traceback (most recent call last):", '[rank1]:   File "train.py", line 9, in fit']
+        + ["[rank1]: FileExistsError: [Errno 17] File exists: 'metrics/train_live/plots/metrics'", "after"]
+        + ["summary"] * 30
+    )
+    excerpt = experiments.failure_excerpt(log).splitlines()
+    assert excerpt[0].endswith("Traceback (most recent call last):") and "FileExistsError" in excerpt[2]
+    assert excerpt[3] == "..." and excerpt[-25:] == ["summary"] * 25 and "after" not in excerpt[:4]
+    assert experiments.failure_excerpt("a\nb") == "a\nb"  # no traceback: the tail alone

@@ -30,7 +30,7 @@ class LiveLog:
         # A fresh log: a resumed run replays the rows its checkpoint recorded, so rows a killed run logged after
         # that checkpoint (the resumed run computes those steps again) are not written twice.
         shutil.rmtree(self.plots, ignore_errors=True)
-        self.plots.mkdir(parents=True)
+        self.plots.mkdir(parents=True, exist_ok=True)
 
     def replay(self, rows: Iterable[Mapping[str, float]]) -> None:
         """Rows logged before, each {"step": step, name: value, ...}, written as `log` wrote them."""

@@ -449,6 +449,15 @@ def checkpoint_location(
     return run_dir, resume_from
 
 
+def main_process_live_log(live_dir: os.PathLike | str | None) -> LiveLog | None:
+    """The per-step log, opened by the main process only: LiveLog starts by clearing its directory, and a second
+    rank doing so while the first recreates it failed the distributed run (FileExistsError on rank 1, CI of 0fb2cb3).
+    The trainer's state is not built yet, so the rank comes from the launcher's environment."""
+    if live_dir is None or int(os.environ.get("RANK", "0")) != 0:
+        return None
+    return LiveLog(live_dir)
+
+
 def fit(
     model_dir: Path,
     params: FinetuneSettings,
@@ -467,7 +476,7 @@ def fit(
     from ctxsynth.finetune.trainer import CountingTrainer, RestoreRun, StepLogger, StopEarly
 
     record = resume_record(resume_from)
-    step_logger = StepLogger(LiveLog(live_dir) if live_dir is not None else None, record.rows if record else ())
+    step_logger = StepLogger(main_process_live_log(live_dir), record.rows if record else ())
     callbacks: list[TrainerCallback] = [step_logger]
     if stop_after_steps is not None:
         callbacks.append(StopEarly(stop_after_steps))

@@ -557,9 +557,23 @@ def run_queued(names: list[str], args: argparse.Namespace) -> int:
     record_run(args.group, args.scale, started, outcome, environment=environment, jobs=args.jobs)
     failed = [name for name, status in outcome.items() if status != "success"]
     for name in failed:
-        print(f"--- {name}: {outcome[name]}; last lines of `dvc queue logs {name}`:")
-        print("\n".join(_dvc("queue", "logs", name, check=False).stdout.splitlines()[-25:]))
+        print(f"--- {name}: {outcome[name]}; from `dvc queue logs {name}`:")
+        print(failure_excerpt(_dvc("queue", "logs", name, check=False).stdout))
     return 1 if failed else 0
+
+
+def failure_excerpt(log: str, tail: int = 25) -> str:
+    """The log's first traceback (where a distributed run's failing rank says why; the launcher's summary at the end
+    does not), up to its exception line, then the log's last lines."""
+    lines = log.splitlines()
+    start = next((i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), None)
+    if start is None or start >= len(lines) - tail:
+        return "\n".join(lines[-tail:])
+    end = next((i + 1 for i in range(start + 1, len(lines)) if _EXCEPTION_LINE.match(lines[i])), len(lines))
+    return "\n".join([*lines[start : min(end, start + 40)], "...", *lines[-tail:]])
+
+
+_EXCEPTION_LINE = re.compile(r"^(\[rank\d+\]:\s*)?[A-Za-z_.]*(Error|Exception|Interrupt)\b")
 
 
 def main(argv: list[str] | None = None) -> int:
