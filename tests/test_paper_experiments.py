@@ -18,6 +18,7 @@ from ctxsynth.paper.collect import (
 )
 from ctxsynth.paper.experiments import (
     check_substitutions,
+    failure_excerpt,
     hydra_value,
     load_plan,
     planned_entries,
@@ -800,7 +801,7 @@ def test_a_failed_runs_report_shows_the_failing_ranks_traceback_before_the_launc
         + ["[rank1]: FileExistsError: [Errno 17] File exists: 'metrics/train_live/plots/metrics'", "after"]
         + ["summary"] * 30
     )
-    excerpt = experiments.failure_excerpt(log).splitlines()
+    excerpt = failure_excerpt(log).splitlines()
     assert excerpt[0].endswith("Traceback (most recent call last):") and "FileExistsError" in excerpt[2]
     assert excerpt[3] == "..." and excerpt[-25:] == ["summary"] * 25 and "after" not in excerpt[:4]
-    assert experiments.failure_excerpt("a\nb") == "a\nb"  # no traceback: the tail alone
+    assert failure_excerpt("a\nb") == "a\nb"  # no traceback: the tail alone
