@@ -10,7 +10,8 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= pipeline,eval,quant,test
 
 # The paper's findings as DVC experiment groups (experiments/paper.yaml): `make paper-main`, SCALE=gpu for the
-# paper-scale rows, JOBS=N parallel queue workers, ROWS="a b" only those rows of the group.
+# paper-scale rows (qlora: on one GPU; rehearsal, qlora-rehearsal: their CPU twins), JOBS=N parallel queue workers,
+# ROWS="a b" only those rows of the group.
 SCALE ?= cpu
 # CPU scale: 2 queue workers with 1 thread each ran the same rows 1.3x faster than 1 worker with both cores
 # (benchmarks/cpu_budget.py); gpu and rehearsal rows take the whole machine each.
