@@ -6,9 +6,12 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from ctxsynth.core.chat_encoding import TemplateError
 from ctxsynth.core.errors import stage_main
@@ -22,14 +25,29 @@ ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
 LAUNCHED = "CTXSYNTH_FINETUNE_LAUNCHED"  # set in the processes `accelerate launch` starts: do not relaunch
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def relaunch_with_accelerate(settings: FinetuneSettings, argv: list[str], source: str) -> int:
-    """This script again, under `accelerate launch` with the config `finetune.accelerate_config` names."""
+    """This script again, under `accelerate launch` with the config `finetune.accelerate_config` names.
+
+    On one machine, the process group gets a free port unless the config names one: accelerate's default, 29500, is
+    taken by the first of two rows that run side by side on one node (two Slurm jobs, two queue workers)."""
+    config_path = accelerate_config_file(settings.accelerate_config, ACCELERATE_CONFIGS, source)
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    port = []
+    if int(config.get("num_machines") or 1) == 1 and not config.get("main_process_port"):
+        port = ["--main_process_port", str(free_port())]
     command = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(accelerate_config_file(settings.accelerate_config, ACCELERATE_CONFIGS, source)),
+        str(config_path),
+        *port,
         str(Path(__file__).resolve()),
         *argv,
     ]

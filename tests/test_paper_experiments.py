@@ -18,7 +18,6 @@ from ctxsynth.paper.collect import (
 )
 from ctxsynth.paper.experiments import (
     check_substitutions,
-    failure_excerpt,
     hydra_value,
     load_plan,
     planned_entries,
@@ -30,6 +29,7 @@ from ctxsynth.paper.experiments import (
     select_rows,
     worker_environment,
 )
+from ctxsynth.paper.logs import failure_excerpt
 from ctxsynth.paper.report import render, rows_of
 from ctxsynth.rehearsal.fake_openai import BATCH_PORT, CHAT_PORT
 
@@ -713,7 +713,7 @@ def test_a_resumed_group_keeps_its_finished_experiments(monkeypatch, capsys):
     monkeypatch.setattr(experiments, "check_committed", lambda: None)
     monkeypatch.setattr(experiments, "finished_experiments", lambda: {"cpu-main-general-only-s0"})
     monkeypatch.setattr(experiments, "collected_experiments", lambda plan: set())
-    monkeypatch.setattr(experiments, "_dvc", lambda *args, check=True: None)
+    monkeypatch.setattr(experiments, "dvc_command", lambda *args, check=True: None)
     monkeypatch.setattr(
         experiments.subprocess, "run", lambda command, check: queued.append(command[command.index("-n") + 1])
     )
@@ -747,7 +747,7 @@ def test_a_resume_on_a_fresh_clone_skips_runs_collected_with_the_same_overrides(
     monkeypatch.setattr(experiments, "RESULTS", results)
     monkeypatch.setattr(experiments, "check_committed", lambda: None)
     monkeypatch.setattr(experiments, "finished_experiments", lambda: set())
-    monkeypatch.setattr(experiments, "_dvc", lambda *args, check=True: None)
+    monkeypatch.setattr(experiments, "dvc_command", lambda *args, check=True: None)
     monkeypatch.setattr(
         experiments.subprocess, "run", lambda command, check: queued.append(command[command.index("-n") + 1])
     )
@@ -771,7 +771,7 @@ def test_a_fresh_clone_is_told_to_build_the_pipeline_before_queueing(tmp_path, m
     )
     cache = tmp_path / "cache"
     monkeypatch.setattr(
-        experiments, "_dvc", lambda *args, check=True: subprocess.CompletedProcess(args, 0, f"{cache}\n", "")
+        experiments, "dvc_command", lambda *args, check=True: subprocess.CompletedProcess(args, 0, f"{cache}\n", "")
     )
     assert experiments.missing_cached_outputs(lock) == ["data/benchmark (benchmark)"]  # data/seed: nothing inside it
     listing = cache / "files" / "md5" / "87" / "5789ec86724d32fc9fbc744ee30555.dir"

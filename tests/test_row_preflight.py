@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ctxsynth.core.settings import load_settings
-from ctxsynth.paper import experiments
+from ctxsynth.paper import commands
 from ctxsynth.paper.experiments import load_plan, planned_entries
 from ctxsynth.preflight.params import SECTIONS
 from ctxsynth.preflight.rows import chat_tokens, check_row, model_facts, render, shape_facts, with_overrides
@@ -260,7 +260,7 @@ def test_model_facts_parameter_counts_match_their_shapes():
 def test_the_command_prints_a_table_and_one_line_per_problem(project, capsys):
     plan = write_plan(project, {"finetune.launcher": "none"})
     argv = ["preflight", "g", "--scale", "gpu", "--plan", str(plan), "--gpus", "8"]
-    assert experiments.main(argv) == 2
+    assert commands.main(argv) == 2
     out, err = capsys.readouterr()
     assert out.splitlines()[2].startswith(f"{ROW} ") and "FAIL (2)" in out
     assert err.splitlines()[0] == (
@@ -272,7 +272,7 @@ def test_the_command_prints_a_table_and_one_line_per_problem(project, capsys):
         f"{ROW}: finetune.max_tokens: about 178.4 GiB per device"
     )  # 16 B x 8B + activations
     write_plan(project, {})
-    assert experiments.main(argv) == 0 and "| ok" in capsys.readouterr().out
+    assert commands.main(argv) == 0 and "| ok" in capsys.readouterr().out
 
 
 def test_on_a_terminal_the_table_is_rich(project):

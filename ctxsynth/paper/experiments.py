@@ -20,8 +20,6 @@ groups them back into one row.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
 import re
@@ -206,14 +204,14 @@ def queue_command(name: str, overrides: dict) -> list[str]:
     return command
 
 
-def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def dvc_command(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([*DVC, *args], check=check, text=True, capture_output=True)
 
 
 def queue_status() -> dict[str, str]:
     """Experiment name -> lower-case status, from `dvc queue status`."""
     statuses = {}
-    for line in _dvc("queue", "status").stdout.splitlines():
+    for line in dvc_command("queue", "status").stdout.splitlines():
         fields = line.split()
         if len(fields) >= 4 and fields[-1].lower() in {"queued", "running", "success", "failed"}:
             statuses[fields[1]] = fields[-1].lower()
@@ -266,7 +264,7 @@ def select_rows(plan: dict, group: str, scale: str, rows: list[str] | None) -> l
 def finished_experiments() -> set[str]:
     """Names of the experiments that ran to the end and are kept as refs, on any commit (`dvc exp list -A`): a commit
     made while a group runs must not make its finished rows look missing."""
-    return set(_dvc("exp", "list", "--all-commits", "--name-only", check=False).stdout.split())
+    return set(dvc_command("exp", "list", "--all-commits", "--name-only", check=False).stdout.split())
 
 
 def planned_names(plan: dict) -> dict[str, dict]:
@@ -312,7 +310,7 @@ def missing_cached_outputs(lock: Path = Path("dvc.lock")) -> list[str]:
         return []
     stages = yaml.safe_load(lock.read_text(encoding="utf-8")).get("stages") or {}
     deps = {dep["path"] for stage in stages.values() for dep in stage.get("deps") or []}
-    cache = Path(_dvc("cache", "dir", check=False).stdout.strip() or ".dvc/cache") / "files" / "md5"
+    cache = Path(dvc_command("cache", "dir", check=False).stdout.strip() or ".dvc/cache") / "files" / "md5"
     missing = []
     for name, stage in stages.items():
         for out in stage.get("outs") or []:
@@ -345,7 +343,7 @@ def queue_group(
         print(" ".join(command))
         if not dry_run:
             # A finished experiment of the same name would make the queue refuse the new one: replace it.
-            _dvc("exp", "remove", name, check=False)
+            dvc_command("exp", "remove", name, check=False)
             subprocess.run(command, check=True)
         names.append(name)
     return names
@@ -387,6 +385,7 @@ def record_run(
     path: Path = RUNS_LOG,
     environment: dict[str, str] | None = None,
     jobs: int = 1,
+    note: str | None = None,
 ) -> None:
     """How long each run of a group took here, and how it ran (queue workers, threads each: on 2 cores they changed the
     wall time by 1.3x), for the report, the README and benchmarks/cpu_budget.py (metrics/paper_runs.json)."""
@@ -401,11 +400,11 @@ def record_run(
             "wall_seconds": round(time.time() - started),
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "rows": sorted(outcome),
-            "note": f"{jobs} queue worker{'s' if jobs > 1 else ''}, "
-            + f"OMP_NUM_THREADS={(environment or {}).get('OMP_NUM_THREADS', 'unset (all cores)')}",
+            "note": (note or f"{jobs} queue worker{'s' if jobs > 1 else ''}")
+            + f", OMP_NUM_THREADS={(environment or {}).get('OMP_NUM_THREADS', 'unset (all cores)')}",
         }
     )
-    runs[group] = {"statuses": {**entry.get("statuses", {}), **outcome}, "history": history}
+    runs[group] = {**entry, "statuses": {**entry.get("statuses", {}), **outcome}, "history": history}
     write_json(path, runs)
 
 
@@ -473,129 +472,3 @@ def worker_environment(jobs: int, cpus: int | None = None) -> dict[str, str]:
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (cpus or os.cpu_count() or 1) // jobs))
     return env
-
-
-def _servers_for(scale: str):
-    """The rehearsal's fake OpenAI servers while its rows run (they call them from the queue's worker)."""
-    if scale not in REHEARSALS:
-        return contextlib.nullcontext()
-    from ctxsynth.rehearsal.fake_openai import rehearsal_servers
-
-    return rehearsal_servers()
-
-
-def _rehearsal_key(scale: str) -> dict[str, str]:
-    """The variable the rehearsal rows name as their Batch API key, for the queue workers (the fake server's key)."""
-    if scale not in REHEARSALS:
-        return {}
-    from ctxsynth.rehearsal.fake_openai import REHEARSAL_KEY, REHEARSAL_KEY_ENV
-
-    return {REHEARSAL_KEY_ENV: REHEARSAL_KEY}
-
-
-def parse_arguments(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("list", "queue", "run", "preflight", "budget"))
-    parser.add_argument("group", nargs="?")
-    parser.add_argument("--scale", choices=SCALES, default="cpu")
-    parser.add_argument("--rows", nargs="+", help="only these rows of the group (default: all)")
-    parser.add_argument("--jobs", type=int, default=1, help="parallel queue workers (dvc queue start -j)")
-    parser.add_argument("--poll", type=float, default=20.0)
-    parser.add_argument("--plan", type=Path, default=PLAN)
-    parser.add_argument("--dry-run", action="store_true", help="print the dvc commands only")
-    parser.add_argument(
-        "--keep-finished", action="store_true", help="do not rerun experiments that already finished (resume a group)"
-    )
-    parser.add_argument("--gpu-memory-gib", type=float, default=80.0, help="preflight: memory of one device")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="preflight: the base params")
-    parser.add_argument("--gpus", type=int, help="preflight: GPUs per machine (default: the launcher config's)")
-    return parser, parser.parse_args(argv)
-
-
-def list_groups(plan: dict) -> None:
-    numbers = reference_numbers()
-    for group, spec in plan["groups"].items():
-        print(f"{group} ({spec.get('finding', '')}): {spec.get('title', '')}")
-        for scale in SCALES:
-            for entry in planned_entries(plan, group, scale):
-                produces = numbers.get((group, entry["row"])) if scale == "gpu" else None
-                print(
-                    f"  {entry['name']}: {len(entry['overrides'])} overrides"
-                    + (f"; paper: {', '.join(produces)}" if produces else "")
-                )
-
-
-def check_runnable(plan: dict, args: argparse.Namespace) -> None:
-    """Before anything is queued: rehearsal substitutions, rows at this scale, and (for `run`) the DVC cache that
-    queued rows start from."""
-    if args.scale in REHEARSALS:
-        problems = check_substitutions(plan, args.group)
-        if problems:
-            raise InputError(args.plan, problems[0], field="rehearsal_substitutable")
-    if not planned_entries(plan, args.group, args.scale):
-        raise InputError(
-            args.plan, f"group {args.group!r} has no rows at the {args.scale} scale", field=f"groups.{args.group}"
-        )
-    if args.action == "run" and not args.dry_run:
-        missing = missing_cached_outputs()
-        if missing:
-            raise InputError(
-                "dvc.lock",
-                f"the DVC cache lacks {', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''}: run "
-                "`make repro` (or `dvc repro`) once first; queued rows start from the committed pipeline's outputs",
-                field="outs",
-            )
-
-
-def run_queued(names: list[str], args: argparse.Namespace) -> int:
-    """Start the queue's workers, wait for the group's runs, record them; the failed ones' log tails are printed."""
-    started = time.time()
-    with _servers_for(args.scale):
-        environment = {**worker_environment(args.jobs), **_rehearsal_key(args.scale)}
-        subprocess.run([*DVC, "queue", "start", "-j", str(args.jobs)], check=True, env=environment)
-        outcome = wait_for(names, args.poll)
-    record_run(args.group, args.scale, started, outcome, environment=environment, jobs=args.jobs)
-    failed = [name for name, status in outcome.items() if status != "success"]
-    for name in failed:
-        print(f"--- {name}: {outcome[name]}; from `dvc queue logs {name}`:")
-        print(failure_excerpt(_dvc("queue", "logs", name, check=False).stdout))
-    return 1 if failed else 0
-
-
-def failure_excerpt(log: str, tail: int = 25) -> str:
-    """The log's first traceback (where a distributed run's failing rank says why; the launcher's summary at the end
-    does not), up to its exception line, then the log's last lines."""
-    lines = log.splitlines()
-    start = next((i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), None)
-    if start is None or start >= len(lines) - tail:
-        return "\n".join(lines[-tail:])
-    end = next((i + 1 for i in range(start + 1, len(lines)) if _EXCEPTION_LINE.match(lines[i])), len(lines))
-    return "\n".join([*lines[start : min(end, start + 40)], "...", *lines[-tail:]])
-
-
-_EXCEPTION_LINE = re.compile(r"^(\[rank\d+\]:\s*)?[A-Za-z_.]*(Error|Exception|Interrupt)\b")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser, args = parse_arguments(argv)
-    plan = load_plan(args.plan)
-    if args.action == "list":
-        list_groups(plan)
-        return 0
-    if not args.group:
-        parser.error("name a group: " + ", ".join(plan["groups"]))
-    if args.action == "preflight":
-        return preflight_group(plan, args.group, args.scale, args.params, args.gpu_memory_gib, args.rows, args.gpus)
-    if args.action == "budget":
-        from ctxsynth.paper.budget import budget_main
-
-        return budget_main(planned_entries(plan, args.group, args.scale), args.group, args.params)
-    check_runnable(plan, args)
-    names = queue_group(plan, args.group, args.scale, args.dry_run, args.rows, args.keep_finished)
-    if args.action == "queue" or args.dry_run:
-        return 0
-    return run_queued(names, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Experiment rows as Slurm jobs, side by side across a cluster:
+
+    ctxsynth experiments run contexts --scale gpu --executor slurm [--slurm-arg=--account=x] [--slurm-origin URL]
+    ctxsynth experiments status contexts      # pending, running, failed (with the log's last lines), done
+    ctxsynth experiments cancel contexts
+
+DVC's own way to run experiments away from the workspace is a copy of the repository that runs `dvc exp run` and
+shares the result through git and DVC remotes (`dvc exp push` / `dvc exp pull`). Each planned run (row x seed) is one
+job doing exactly that, in its own clone at <slurm dir>/work/<experiment> (the job script: job_script below):
+
+    shared filesystem (default)  the clone's origin is this repository and its DVC cache is this repository's, so
+                                 the job pushes only the experiment's git ref (`dvc exp push --no-cache origin`)
+                                 and `dvc exp show`, `dvc metrics diff` and `ctxsynth report` see it here at once.
+    no shared filesystem         `--slurm-origin URL`: the job clones that git remote, pulls the committed outputs
+    (--slurm-origin)             from the default DVC remote, and pushes the experiment with its outputs and run
+                                 cache to both; `dvc exp pull` brings each finished one here.
+
+The clone is kept when a job dies (scancel, a node failure): a resubmitted job runs in the same workspace, where the
+persistent checkpoints of the finetune stage make it resume, and finished stages are not run again.
+
+Shared work is paid once by ordering, not by luck: runs whose synthesis is the same (the same fetch, seed,
+benchmark and synthesize settings) would generate, and for the Batch API pay, the same contexts. The first of them is
+submitted alone and the others wait for it (`--dependency=afterok`); when they start, DVC restores the synthesize
+stage's outputs from the run cache the first one filled (shared through the cache directory or the DVC remote). The
+generation cache is also safe under concurrent writers (each entry is one file, renamed into place atomically:
+tests/test_slurm.py), but two jobs that start together would both miss it and both pay.
+
+Job ids and log paths are recorded in metrics/paper_runs.json (under the group's `slurm`), which status, cancel and a
+rerun read: a rerun submits only the runs that are neither finished nor pending or running.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ctxsynth.core.io import InputError
+
+SLURM_DIR = Path("slurm-runs")  # job scripts, logs and workspaces (git- and DVC-ignored)
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}
+ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
+# What decides a row's synthesis: the stages up to synthesize read only these sections (dvc.yaml).
+SYNTHESIS_SECTIONS = ("fetch.", "seed.", "benchmark.", "synthesize.")
+
+
+@dataclass
+class JobSpec:
+    name: str
+    overrides: dict
+    settings: list[str]  # `key=value` as `dvc exp run -S` takes them
+    resources: dict
+    after: str | None = None  # the experiment whose job this one waits for
+    job_id: str | None = None
+    log: str | None = None
+    extra: list[str] = field(default_factory=list)
+
+
+def resources_for(plan: dict, scale: str, overrides: dict, params: dict) -> dict:
+    """The plan's `slurm` section for the scale, with `gpus: accelerate` resolved from the row's finetune launcher:
+    its accelerate config's processes (none when the config runs on CPU), or one GPU without a launcher."""
+    section = dict((plan.get("slurm") or {}).get(scale) or {})
+    if not section:
+        raise InputError("experiments/paper.yaml", f"no slurm resources for scale {scale}", field=f"slurm.{scale}")
+    if section.get("gpus") == "accelerate":
+        from ctxsynth.preflight.rows import with_overrides
+
+        finetune = with_overrides(params, overrides).get("finetune") or {}
+        section["gpus"] = 1
+        if finetune.get("launcher") == "accelerate":
+            from ctxsynth.finetune.settings import accelerate_config_file
+
+            config_path = accelerate_config_file(
+                finetune.get("accelerate_config") or "single_gpu", Path("configs/accelerate")
+            )
+            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+            section["gpus"] = 0 if config.get("use_cpu") else int(config.get("num_processes") or 1)
+    return section
+
+
+def synthesis_key(overrides: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in overrides.items() if k.startswith(SYNTHESIS_SECTIONS)))
+
+
+def order_by_synthesis(specs: list[JobSpec], running: dict[tuple, str] | None = None) -> list[JobSpec]:
+    """The first run of each synthesis goes alone; the others name it in `after` (submitted with afterok).
+    `running`: synthesis key -> a run of an earlier submission still pending or running, which goes first."""
+    first: dict[tuple, str] = dict(running or {})
+    for spec in specs:
+        key = synthesis_key(spec.overrides)
+        if key in first:
+            spec.after = first[key]
+        else:
+            first[key] = spec.name
+    return specs
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where the jobs run from: the repository's root and commit, the interpreter and DVC they call, the directory of
+    scripts, logs and workspaces, and the git remote to clone when the cluster shares no filesystem with this one."""
+
+    root: Path
+    commit: str
+    python: str
+    dvc: str
+    slurm_dir: Path
+    origin: str | None = None  # None: a shared filesystem (clone this repository, share its DVC cache)
+
+    @property
+    def shared(self) -> bool:
+        return self.origin is None
+
+
+def job_script(site: Site, name: str, settings: list[str]) -> str:
+    """The job: its clone (kept across attempts), the submitted commit, `dvc exp run -S <settings>`, `dvc exp push`."""
+    quote = shlex.quote
+    work = site.slurm_dir / "work" / name
+    settings_args = " ".join(f"-S {quote(setting)}" for setting in settings)
+    origin = str(site.root) if site.shared else site.origin
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# {name}: one planned run, submitted from {site.root} at {site.commit} (ctxsynth/paper/slurm.py).",
+        "set -euo pipefail",
+        f"export CTXSYNTH_PYTHON={quote(site.python)}",
+        f"dvc={quote(site.dvc)}",
+        f"work={quote(str(work))}",
+        "# The clone is kept: a resubmitted job resumes in it (persistent checkpoints, finished stages).",
+        f'[ -d "$work/.git" ] || git clone -q --no-checkout {quote(str(origin))} "$work"',
+        'cd "$work"',
+        "git fetch -q origin",
+        f"git checkout -q --detach {site.commit}",
+    ]
+    if site.shared:
+        lines.append(f'"$dvc" cache dir --local {quote(str(site.root / ".dvc" / "cache"))}')
+    else:  # the committed outputs and the run cache other jobs pushed (a synthesis paid once)
+        lines.append('"$dvc" pull -q --run-cache || echo "dvc pull: some outputs are not in the remote (yet)" >&2')
+    lines += [
+        f'"$dvc" exp remove {quote(name)} >/dev/null 2>&1 || true',
+        f'"$dvc" exp run -n {quote(name)} {settings_args}',
+        f'"$dvc" exp push --no-cache origin {quote(name)}'
+        if site.shared
+        else f'"$dvc" exp push --run-cache origin {quote(name)}',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sbatch_command(spec: JobSpec, script: Path, log: Path, dependency: str | None) -> list[str]:
+    resources = spec.resources
+    command = ["sbatch", "--parsable", f"--job-name={spec.name}", f"--output={log}", f"--chdir={script.parent}"]
+    if resources.get("partition"):
+        command.append(f"--partition={resources['partition']}")
+    for key, flag in (("time", "--time"), ("cpus_per_task", "--cpus-per-task"), ("mem", "--mem")):
+        if resources.get(key) not in (None, ""):
+            command.append(f"{flag}={resources[key]}")
+    if int(resources.get("gpus") or 0):
+        command.append(f"--gres=gpu:{int(resources['gpus'])}")
+    if dependency:
+        command += [f"--dependency=afterok:{dependency}", "--kill-on-invalid-dep=yes"]
+    return [*command, *spec.extra, str(script)]
+
+
+def submit(
+    site: Site, specs: list[JobSpec], active: dict[str, str], env: dict[str, str] | None = None
+) -> list[JobSpec]:
+    """sbatch each spec in order (a dependency is submitted before its dependents); `active` names the jobs of
+    earlier submissions still pending or running, which a dependent may wait for too."""
+    scripts = site.slurm_dir / "jobs"
+    scripts.mkdir(parents=True, exist_ok=True)
+    (site.slurm_dir / "logs").mkdir(parents=True, exist_ok=True)
+    ids = dict(active)
+    for spec in specs:
+        script = scripts / f"{spec.name}.sh"
+        script.write_text(job_script(site, spec.name, spec.settings), encoding="utf-8")
+        script.chmod(0o755)
+        log = (site.slurm_dir / "logs" / f"{spec.name}-%j.log").resolve()
+        command = sbatch_command(spec, script.resolve(), log, ids.get(spec.after) if spec.after else None)
+        result = subprocess.run(command, text=True, capture_output=True, env=env)  # the job inherits this environment
+        if result.returncode != 0:
+            raise SystemExit(f"sbatch {spec.name}: {result.stderr.strip() or result.stdout.strip()}")
+        spec.job_id = result.stdout.strip().split(";")[0]
+        spec.log = str(log).replace("%j", spec.job_id)
+        ids[spec.name] = spec.job_id
+        waits = f", after {spec.after} ({ids[spec.after]})" if spec.after in ids else ""
+        print(f"{spec.name}: job {spec.job_id}{waits}, log {spec.log}", flush=True)
+    return specs
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, text=True, capture_output=True)
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """Job id -> Slurm state (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, ...): squeue for the live ones, then
+    sacct (where accounting is on), then scontrol (finished jobs it still holds, MinJobAge); UNKNOWN otherwise."""
+    states: dict[str, str] = {}
+    wanted = set(job_ids)
+    for line in _run(["squeue", "-h", "-o", "%i|%T"]).stdout.splitlines():
+        job, _, state = line.partition("|")
+        if job in wanted:
+            states[job] = state.strip()
+    rest = [job for job in job_ids if job not in states]
+    if rest:
+        sacct = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(rest)])
+        for line in sacct.stdout.splitlines() if sacct.returncode == 0 else []:
+            job, _, state = line.partition("|")
+            if job in wanted and state:
+                states[job] = state.split()[0]  # "CANCELLED by 0" -> CANCELLED
+    for job in [job for job in job_ids if job not in states]:
+        shown = _run(["scontrol", "show", "job", "-o", job]).stdout
+        state = next((part.split("=", 1)[1] for part in shown.split() if part.startswith("JobState=")), None)
+        states[job] = state or "UNKNOWN"
+    return states
+
+
+def log_tail(path: str | None, lines: int = 25) -> str:
+    from ctxsynth.paper.logs import failure_excerpt
+
+    if not path or not Path(path).is_file():
+        return f"(no log at {path})"
+    return failure_excerpt(Path(path).read_text(encoding="utf-8", errors="replace"), tail=lines)
+
+
+def wait_for_jobs(jobs: dict[str, str], poll_seconds: float) -> dict[str, str]:
+    """Experiment name -> final Slurm state, polling until every job is in a terminal state."""
+    last = None
+    while True:
+        states = job_states(list(jobs.values()))
+        mine = {name: states.get(job, "UNKNOWN") for name, job in jobs.items()}
+        summary = ", ".join(f"{name}: {state.lower()}" for name, state in mine.items())
+        if summary != last:
+            print(time.strftime("%H:%M:%S"), summary, flush=True)
+            last = summary
+        if all(state in TERMINAL or state == "UNKNOWN" for state in mine.values()):
+            return mine
+        time.sleep(poll_seconds)
+
+
+def recorded_jobs(group: str, runs_log: Path) -> dict[str, dict]:
+    """Experiment name -> {job, log, scale, submitted} of the group's Slurm submissions (the latest per run)."""
+    import json
+
+    if not runs_log.is_file():
+        return {}
+    return dict((json.loads(runs_log.read_text(encoding="utf-8")).get(group) or {}).get("slurm") or {})
+
+
+def record_jobs(group: str, scale: str, specs: list[JobSpec], runs_log: Path) -> None:
+    import json
+
+    from ctxsynth.core.io import write_json
+
+    runs = json.loads(runs_log.read_text(encoding="utf-8")) if runs_log.is_file() else {}
+    entry = runs.setdefault(group, {})
+    jobs = entry.setdefault("slurm", {})
+    submitted = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for spec in specs:
+        jobs[spec.name] = {"job": spec.job_id, "log": spec.log, "scale": scale, "submitted": submitted}
+    write_json(runs_log, runs)
+
+
+def run_group(
+    site: Site,
+    planned: list[JobSpec],
+    finished: set[str],
+    group: str,
+    scale: str,
+    runs_log: Path,
+    poll_seconds: float = 20.0,
+    env: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Submit the planned runs that are neither finished nor pending or running, wait for them (and for those of an
+    earlier submission still going), bring the experiments here without a shared filesystem; name -> final state."""
+    recorded = recorded_jobs(group, runs_log)
+    states = job_states([entry["job"] for entry in recorded.values()]) if recorded else {}
+    active = {name: entry["job"] for name, entry in recorded.items() if states.get(entry["job"]) in ACTIVE}
+    keys = {spec.name: synthesis_key(spec.overrides) for spec in planned}
+    todo = []
+    for spec in planned:
+        if spec.name in finished:
+            print(f"{spec.name}: finished earlier, kept")
+        elif spec.name in active:
+            print(f"{spec.name}: job {active[spec.name]} is {states[active[spec.name]].lower()}, left alone")
+        else:
+            todo.append(spec)
+    running = {keys[name]: name for name in active if name in keys}
+    submitted = submit(site, order_by_synthesis(todo, running), active, env)
+    record_jobs(group, scale, submitted, runs_log)
+    jobs = {**{name: job for name, job in active.items() if name in keys}, **{s.name: str(s.job_id) for s in submitted}}
+    outcome = wait_for_jobs(jobs, poll_seconds) if jobs else {}
+    if not site.shared:
+        for name in [name for name, state in outcome.items() if state == "COMPLETED"]:
+            pulled = _run([site.dvc, "exp", "pull", str(site.origin), name])
+            if pulled.returncode != 0:
+                outcome[name] = "NOT PULLED"
+                print(f"{name}: dvc exp pull {site.origin} {name}: {pulled.stderr.strip()}")
+    return outcome
+
+
+def status_lines(group: str, runs_log: Path, finished: set[str]) -> list[str]:
+    """One line per recorded run of the group: done, pending, running, or failed with its log's last lines."""
+    recorded = recorded_jobs(group, runs_log)
+    states = job_states([entry["job"] for entry in recorded.values()]) if recorded else {}
+    lines = []
+    for name, entry in recorded.items():
+        state = states.get(entry["job"], "UNKNOWN")
+        if name in finished:
+            lines.append(f"{name}: done (job {entry['job']})")
+        elif state in ACTIVE:
+            lines.append(f"{name}: {state.lower()} (job {entry['job']}, log {entry['log']})")
+        elif state == "COMPLETED":
+            lines.append(f"{name}: completed, but no experiment here yet (job {entry['job']}): dvc exp pull it")
+        else:
+            lines.append(f"{name}: {state.lower()} (job {entry['job']}); the end of {entry['log']}:")
+            lines += ["    " + line for line in log_tail(entry["log"]).splitlines()]
+    return lines
+
+
+def cancel(group: str, runs_log: Path) -> list[str]:
+    """scancel the group's pending and running jobs; their names."""
+    recorded = recorded_jobs(group, runs_log)
+    states = job_states([entry["job"] for entry in recorded.values()]) if recorded else {}
+    active = {name: entry["job"] for name, entry in recorded.items() if states.get(entry["job"]) in ACTIVE}
+    if active:
+        subprocess.run(["scancel", *active.values()], check=True)
+    return sorted(active)
