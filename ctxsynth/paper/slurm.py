@@ -11,12 +11,15 @@ job doing exactly that, in its own clone at <slurm dir>/work/<experiment> (the j
     shared filesystem (default)  the clone's origin is this repository and its DVC cache is this repository's, so
                                  the job pushes only the experiment's git ref (`dvc exp push --no-cache origin`)
                                  and `dvc exp show`, `dvc metrics diff` and `ctxsynth report` see it here at once.
-    no shared filesystem         `--slurm-origin URL`: the job clones that git remote, pulls the committed outputs
-    (--slurm-origin)             from the default DVC remote, and pushes the experiment with its outputs and run
-                                 cache to both; `dvc exp pull` brings each finished one here.
+    no shared filesystem         `--slurm-origin URL`: the job clones that git remote, fetches the run cache and
+    (--slurm-origin)             pulls what it needs from the default DVC remote (`dvc exp run --pull`), and pushes
+                                 the experiment with its outputs and run cache to both; `dvc exp pull` brings each
+                                 finished one here.
 
-The clone is kept when a job dies (scancel, a node failure): a resubmitted job runs in the same workspace, where the
-persistent checkpoints of the finetune stage make it resume, and finished stages are not run again.
+The clone is kept when a job dies (scancel, a node failure): a resubmitted job goes on in the same workspace with
+`dvc repro`, which keeps the finetune stage's persistent checkpoints (it resumes from the last) and does not rerun
+finished stages, then records the experiment with `dvc exp save` (`dvc exp run` would first reset the outputs to the
+commit's).
 
 Shared work is paid once by ordering, not by luck: runs whose synthesis is the same (the same fetch, seed,
 benchmark and synthesize settings) would generate, and for the Batch API pay, the same contexts. The first of them is
@@ -137,11 +140,21 @@ def job_script(site: Site, name: str, settings: list[str]) -> str:
     ]
     if site.shared:
         lines.append(f'"$dvc" cache dir --local {quote(str(site.root / ".dvc" / "cache"))}')
-    else:  # the committed outputs and the run cache other jobs pushed (a synthesis paid once)
-        lines.append('"$dvc" pull -q --run-cache || echo "dvc pull: some outputs are not in the remote (yet)" >&2')
+    else:  # the run cache other jobs pushed (a synthesis paid once); `--pull` brings the outputs it restores
+        lines.append('"$dvc" fetch -q --run-cache')
+    pull = "" if site.shared else " --pull"
     lines += [
         f'"$dvc" exp remove {quote(name)} >/dev/null 2>&1 || true',
-        f'"$dvc" exp run -n {quote(name)} {settings_args}',
+        "# A resubmission after a kill: params.yaml holds this run's settings already, and `dvc repro` keeps the",
+        "# persistent outputs (`dvc exp run` would reset them from the commit): resume, then save the experiment.",
+        "if [ -f .git/ctxsynth-attempted ]; then",
+        f'  "$dvc" repro{pull}',
+        "  git add -A  # what `dvc exp run` would commit: metrics kept in git, the outputs' .gitignore entries",
+        f'  "$dvc" exp save -f -n {quote(name)}',
+        "else",
+        "  touch .git/ctxsynth-attempted",
+        f'  "$dvc" exp run{pull} -n {quote(name)} {settings_args}',
+        "fi",
         f'"$dvc" exp push --no-cache origin {quote(name)}'
         if site.shared
         else f'"$dvc" exp push --run-cache origin {quote(name)}',
@@ -196,7 +209,8 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
 
 def job_states(job_ids: list[str]) -> dict[str, str]:
     """Job id -> Slurm state (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, ...): squeue for the live ones, then
-    sacct (where accounting is on), then scontrol (finished jobs it still holds, MinJobAge); UNKNOWN otherwise."""
+    sacct (accounting, or without slurmdbd the completion log), then scontrol (finished jobs it still holds,
+    MinJobAge); UNKNOWN otherwise."""
     states: dict[str, str] = {}
     wanted = set(job_ids)
     for line in _run(["squeue", "-h", "-o", "%i|%T"]).stdout.splitlines():
@@ -205,7 +219,10 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
             states[job] = state.strip()
     rest = [job for job in job_ids if job not in states]
     if rest:
-        sacct = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(rest)])
+        query = ["-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(rest)]
+        sacct = _run(["sacct", *query])
+        if sacct.returncode != 0:  # no slurmdbd: the job completion log (JobCompType=jobcomp/filetxt) still answers
+            sacct = _run(["sacct", "-c", *query])
         for line in sacct.stdout.splitlines() if sacct.returncode == 0 else []:
             job, _, state = line.partition("|")
             if job in wanted and state:

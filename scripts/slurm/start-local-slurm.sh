@@ -47,7 +47,10 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 
 # Stop leftovers from a previous (possibly broken) run so the ports are free.
-"$(dirname "$0")/stop-local-slurm.sh" >/dev/null 2>&1 || true
+STOP=$(dirname "$0")/stop-local-slurm.sh
+"$STOP" >/dev/null 2>&1 || true
+# After a failed start, leave no half-started daemons behind.
+fail() { "$STOP" >/dev/null 2>&1 || true; die "$@"; }
 
 mkdir -p "$DIR"/{state,spool,log}
 NCPU=$(nproc)
@@ -89,8 +92,8 @@ CONF
 
 # Daemonize (no -D) so nothing keeps the caller's $(...) pipe open.
 export SLURM_CONF=$CONF
-slurmctld -f "$CONF" </dev/null >>"$DIR/log/slurmctld.out" 2>&1 || die "slurmctld failed to start (see $DIR/log/)"
-slurmd -f "$CONF" </dev/null >>"$DIR/log/slurmd.out" 2>&1 || die "slurmd failed to start (see $DIR/log/)"
+slurmctld -f "$CONF" </dev/null >>"$DIR/log/slurmctld.out" 2>&1 || fail "slurmctld failed to start (see $DIR/log/)"
+slurmd -f "$CONF" </dev/null >>"$DIR/log/slurmd.out" 2>&1 || fail "slurmd failed to start (see $DIR/log/)"
 
 for ((i = 0; i < TIMEOUT * 2; i++)); do
     st=$(node_state)
@@ -99,7 +102,7 @@ for ((i = 0; i < TIMEOUT * 2; i++)); do
         down*|drain*|drng*|fail*) scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true ;;
     esac
     # A bad config or busy port kills slurmctld right away: fail now, not after TIMEOUT.
-    ((i < 10)) || ctld_alive || die "slurmctld exited (see $DIR/log/slurmctld.log)"
+    ((i < 10)) || ctld_alive || fail "slurmctld exited (see $DIR/log/slurmctld.log)"
     sleep 0.5
 done
-die "node $NODE not idle after ${TIMEOUT}s (state: ${st:-no answer}; see $DIR/log/)"
+fail "node $NODE not idle after ${TIMEOUT}s (state: ${st:-no answer}; see $DIR/log/)"
