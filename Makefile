@@ -17,6 +17,8 @@ SCALE ?= cpu
 # (benchmarks/cpu_budget.py); gpu and rehearsal rows take the whole machine each.
 JOBS ?= $(if $(filter cpu,$(SCALE)),2,1)
 ROWS ?=
+# EXECUTOR=slurm: one Slurm job a run instead of the local DVC queue (ctxsynth/paper/slurm.py, docs/scaling.md).
+EXECUTOR ?= local
 PAPER_GROUPS := paper-pilot paper-main paper-main-llama2 paper-sharegpt paper-contexts paper-generator
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
@@ -97,7 +99,8 @@ format: $(INSTALLED)
 	$(BIN)/ruff format .
 
 $(PAPER_GROUPS): paper-%: $(INSTALLED)
-	$(RUN) $(BIN)/ctxsynth experiments run $* --scale $(SCALE) --jobs $(JOBS) $(if $(ROWS),--rows $(ROWS))
+	$(RUN) $(BIN)/ctxsynth experiments run $* --scale $(SCALE) --jobs $(JOBS) $(if $(ROWS),--rows $(ROWS)) \
+		--executor $(EXECUTOR)
 	$(RUN) $(BIN)/ctxsynth report
 
 report: $(INSTALLED)
