@@ -141,16 +141,23 @@ def cluster():
     yield conf
 
 
-# A DVC project of two stages: `synth` counts its runs in a file outside the repository (the synthesis a group's rows
-# share must run once), `train` keeps a persistent checkpoint and, on its first attempt with `train.hold`, waits to be
-# killed there, so a resubmitted job shows that it resumed.
+# A DVC project of two stages: `synth` generates through the generation cache (GENERATIONS) and counts its runs and
+# its generations in files outside the repository (the synthesis a group's rows share must run once); `train` keeps
+# a persistent checkpoint and, on its first attempt with `train.hold`, waits to be killed there, so a resubmitted job
+# shows that it resumed.
 SYNTH = """
 import os, pathlib, yaml
+from ctxsynth.generation.cache import GenerationCache, cache_key
 params = yaml.safe_load(open("params.yaml"))
-with open(os.environ["SYNTH_RUNS"], "a") as runs:
+with open(os.environ["SYNTH_STAGE_RUNS"], "a") as runs:
     runs.write("run\\n")
+cache, key = GenerationCache(os.environ["GENERATIONS"]), cache_key(words=params["synth"]["words"])
+if cache.get(key) is None:  # a generation: counted, then cached for every other run
+    with open(os.environ["SYNTH_RUNS"], "a") as runs:
+        runs.write("run\\n")
+    cache.put(key, {"text": f"contexts of {params['synth']['words']} words"})
 pathlib.Path("data").mkdir(exist_ok=True)
-pathlib.Path("data/synth.txt").write_text(f"contexts of {params['synth']['words']} words\\n")
+pathlib.Path("data/synth.txt").write_text(cache.get(key)["text"] + "\\n")
 """
 TRAIN = """
 import json, pathlib, time, yaml
@@ -164,6 +171,17 @@ if params["train"]["hold"] and not resumed:
 json.dump({"lr": params["train"]["lr"], "resumed": resumed, "synth": open("data/synth.txt").read().strip()},
           open("metrics.json", "w"))
 """
+
+
+def job_env(tmp_path: Path) -> dict[str, str]:
+    """What the jobs count in: generations, synth stage runs, and the shared generation cache."""
+    paths = {"SYNTH_RUNS": "generations", "SYNTH_STAGE_RUNS": "synth-stage-runs", "GENERATIONS": "generation-cache"}
+    return {**os.environ, **{name: str(tmp_path / leaf) for name, leaf in paths.items()}}
+
+
+def count(env: dict[str, str], name: str) -> int:
+    path = Path(env[name])
+    return path.read_text().count("run") if path.exists() else 0
 
 
 def make_project(path: Path, remote: Path | None = None) -> Path:
@@ -224,16 +242,20 @@ def rows(lr_values: list[int], hold: bool = False) -> list[slurm.JobSpec]:
     ]
 
 
-def test_rows_run_as_jobs_on_a_shared_filesystem_and_share_one_synthesis(cluster, tmp_path, monkeypatch):
+def test_rows_run_as_jobs_on_a_shared_filesystem_and_share_one_generation(cluster, tmp_path, monkeypatch):
+    """Two runs needing the same generation, submitted at once: one generation, one synth stage run (the second
+    waits with afterok and takes the stage from DVC's run cache), a valid cache entry."""
     project = make_project(tmp_path / "project")
     monkeypatch.chdir(project)
-    counter = tmp_path / "synth-runs"
-    env = {**os.environ, "SYNTH_RUNS": str(counter)}
+    env = job_env(tmp_path)
     outcome = slurm.run_group(site_for(project), rows([1, 2]), set(), "g", "cpu", project / "runs.json", 1, env)
     assert outcome == {"row-lr1": "COMPLETED", "row-lr2": "COMPLETED"}
     metrics = experiment_metrics(project)  # ordinary DVC experiments of this repository, seen at once
     assert metrics["row-lr1"]["lr"] == 1 and metrics["row-lr2"]["lr"] == 2
-    assert counter.read_text().count("run") == 1  # the second waited (afterok) and took synth from the run cache
+    assert count(env, "SYNTH_RUNS") == 1 and count(env, "SYNTH_STAGE_RUNS") == 1
+    cache = GenerationCache(env["GENERATIONS"])
+    (entry,) = Path(env["GENERATIONS"]).glob("*/*.json")
+    assert cache.get(entry.stem) == {"text": "contexts of 60 words"} and cache.corrupt == 0
     recorded = slurm.recorded_jobs("g", project / "runs.json")
     assert set(recorded) == {"row-lr1", "row-lr2"} and all(Path(job["log"]).is_file() for job in recorded.values())
     finished = set(metrics)
@@ -251,23 +273,24 @@ def test_rows_run_through_a_git_remote_without_a_shared_filesystem(cluster, tmp_
     origin = tmp_path / "origin.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(project), str(origin)], check=True)
     monkeypatch.chdir(project)
-    counter = tmp_path / "synth-runs"
-    env = {**os.environ, "SYNTH_RUNS": str(counter)}
+    env = job_env(tmp_path)
     site = site_for(project, origin=str(origin))
     outcome = slurm.run_group(site, rows([1, 2]), set(), "g", "cpu", project / "runs.json", 1, env)
     assert outcome == {"row-lr1": "COMPLETED", "row-lr2": "COMPLETED"}
-    assert counter.read_text().count("run") == 1  # the run cache went through the DVC remote
+    assert count(env, "SYNTH_STAGE_RUNS") == 1  # the run cache and the outputs went through the DVC remote
     metrics = experiment_metrics(project)  # pulled here with `dvc exp pull`
     assert metrics["row-lr2"] == {"lr": 2, "resumed": False, "synth": "contexts of 60 words"}
     listed = subprocess.run(["git", "ls-remote", str(origin)], text=True, capture_output=True, check=True).stdout
     assert listed.count("refs/exps/") == 2
 
 
-def test_a_killed_job_resumes_from_its_checkpoint_and_cancel_and_status_say_so(cluster, tmp_path, monkeypatch):
+def test_a_cancelled_job_is_the_one_a_rerun_submits_and_it_resumes(cluster, tmp_path, monkeypatch):
     project = make_project(tmp_path / "project")
     monkeypatch.chdir(project)
-    env = {**os.environ, "SYNTH_RUNS": str(tmp_path / "synth-runs")}
+    env = job_env(tmp_path)
     site, runs_log = site_for(project), project / "runs.json"
+    assert slurm.run_group(site, rows([1]), set(), "g", "cpu", runs_log, 1, env) == {"row-lr1": "COMPLETED"}
+    first = slurm.recorded_jobs("g", runs_log)["row-lr1"]
     (held,) = slurm.submit(site, rows([3], hold=True), {}, env)
     slurm.record_jobs("g", "cpu", [held], runs_log)
     checkpoint = site.slurm_dir / "work" / "row-lr3" / "ckpt" / "step"
@@ -275,14 +298,33 @@ def test_a_killed_job_resumes_from_its_checkpoint_and_cancel_and_status_say_so(c
     while not checkpoint.exists() and time.time() < deadline:
         time.sleep(1)
     assert checkpoint.exists(), slurm.log_tail(held.log)
-    assert slurm.status_lines("g", runs_log, set()) == [f"row-lr3: running (job {held.job_id}, log {held.log})"]
+    assert f"row-lr3: running (job {held.job_id}, log {held.log})" in slurm.status_lines("g", runs_log, {"row-lr1"})
     assert slurm.cancel("g", runs_log) == ["row-lr3"]  # killed mid-run, as a node failure would
     deadline = time.time() + 60
     while slurm.job_states([str(held.job_id)])[str(held.job_id)] not in slurm.TERMINAL and time.time() < deadline:
         time.sleep(1)
-    lines = slurm.status_lines("g", runs_log, set())
-    assert lines[0] == f"row-lr3: cancelled (job {held.job_id}); the end of {held.log}:"
-    outcome = slurm.run_group(site, rows([3], hold=True), set(), "g", "cpu", runs_log, 1, env)
-    assert outcome == {"row-lr3": "COMPLETED"}
+    lines = slurm.status_lines("g", runs_log, {"row-lr1"})
+    assert f"row-lr3: cancelled (job {held.job_id}); the end of {held.log}:" in lines
+    finished = set(experiment_metrics(project))
+    assert finished == {"row-lr1"}
+    outcome = slurm.run_group(site, rows([1]) + rows([3], hold=True), finished, "g", "cpu", runs_log, 1, env)
+    assert outcome == {"row-lr3": "COMPLETED"}  # exactly the cancelled run
     assert experiment_metrics(project)["row-lr3"]["resumed"] is True  # not held again: it went on from its checkpoint
-    assert slurm.recorded_jobs("g", runs_log)["row-lr3"]["job"] != held.job_id
+    recorded = slurm.recorded_jobs("g", runs_log)
+    assert recorded["row-lr3"]["job"] != held.job_id and recorded["row-lr1"] == first
+
+
+def test_bad_cluster_input_is_one_line_before_anything_is_submitted(cluster, monkeypatch, tmp_path):
+    wrong_partition = spec("gpu-main-r", {}, partition="a100", gpus=0)
+    (line,) = slurm.cluster_problems([wrong_partition], "gpu", "experiments/paper.yaml")
+    assert line.startswith("error: experiments/paper.yaml, field 'slurm.gpu.partition': no partition 'a100'")
+    assert "debug" in line
+    (line,) = slurm.cluster_problems([spec("gpu-main-r", {}, partition=None, gpus=8)], "gpu", "experiments/paper.yaml")
+    assert line == (
+        "error: gpu-main-r: asks for 8 GPUs (finetune.accelerate_config), and no node of partition 'debug' has more "
+        "than 0"
+    )
+    assert slurm.cluster_problems([spec("cpu-r", {}, partition="debug", gpus=0)], "cpu", "p.yaml") == []
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    (line,) = slurm.cluster_problems([spec("cpu-r", {}, gpus=0)], "cpu", "p.yaml")
+    assert "`sbatch` is not on PATH" in line

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import subprocess
 import sys
 import time
@@ -153,6 +154,9 @@ def run_on_slurm(plan: dict, args: argparse.Namespace) -> int:
     from ctxsynth.paper import slurm
 
     check_committed()
+    if shutil.which("sbatch") is None:
+        print("experiments: --executor slurm: `sbatch` is not on PATH (run on a login node)", file=sys.stderr)
+        return 2
     if preflight_group(plan, args.group, args.scale, args.params, args.gpu_memory_gib, args.rows, args.gpus):
         print("experiments: the row preflight failed: nothing submitted", file=sys.stderr)
         return 2
@@ -167,6 +171,10 @@ def run_on_slurm(plan: dict, args: argparse.Namespace) -> int:
         )
         for name, overrides in select_rows(plan, args.group, args.scale, args.rows)
     ]
+    problems = slurm.cluster_problems(specs, args.scale, args.plan)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 2
     finished = finished_experiments() | collected_experiments(plan)
     for spec in specs:
         if spec.name not in finished:  # a failed earlier attempt's ref would refuse the job's push

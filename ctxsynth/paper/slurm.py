@@ -34,6 +34,7 @@ rerun read: a rerun submits only the runs that are neither finished nor pending 
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -345,3 +346,47 @@ def cancel(group: str, runs_log: Path) -> list[str]:
     if active:
         subprocess.run(["scancel", *active.values()], check=True)
     return sorted(active)
+
+
+def cluster_problems(specs: list[JobSpec], scale: str, plan_path: os.PathLike | str) -> list[str]:
+    """Before any submission, one line per problem: no `sbatch` here, a partition the cluster does not have, a run
+    asking for more GPUs than any node of its partition holds."""
+    import shutil
+
+    if shutil.which("sbatch") is None:
+        return ["--executor slurm: `sbatch` is not on PATH (run on a Slurm login node, or load its module)"]
+    partitions, nodes = cluster_partitions()
+    problems = []
+    for spec in specs:
+        partition = spec.resources.get("partition") or partitions.get("*")
+        if partition not in partitions:
+            known = ", ".join(sorted(name for name in partitions if name != "*"))
+            problems.append(
+                f"error: {plan_path}, field 'slurm.{scale}.partition': no partition {partition!r} (the cluster has: "
+                f"{known}; null: the default)"
+            )
+            break
+        gpus, most = int(spec.resources.get("gpus") or 0), max(nodes.get(partition, [0]))
+        if gpus > most:
+            problems.append(
+                f"error: {spec.name}: asks for {gpus} GPUs (finetune.accelerate_config), and no node of partition "
+                f"{partition!r} has more than {most}"
+            )
+    return problems
+
+
+def cluster_partitions() -> tuple[dict[str, str], dict[str, list[int]]]:
+    """({partition: partition, and "*": the default one}, {partition: GPUs of each node}) from `sinfo`."""
+    partitions: dict[str, str] = {}
+    nodes: dict[str, list[int]] = {}
+    listing = _run(["sinfo", "-h", "-N", "-o", "%P|%G"]).stdout.splitlines()
+    for line in listing:
+        name, _, gres = line.partition("|")
+        default = name.endswith("*")
+        name = name.rstrip("*")
+        partitions[name] = name
+        if default:
+            partitions["*"] = name
+        gpus = sum(int(part.split(":")[-1].split("(")[0]) for part in gres.split(",") if part.startswith("gpu"))
+        nodes.setdefault(name, []).append(gpus)
+    return partitions, nodes
