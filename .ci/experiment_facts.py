@@ -1,6 +1,7 @@
 """What must not depend on where an experiment ran, as JSON: per named experiment, its scores (metrics/eval.json
-without library versions), its training losses and counts (metrics/train.json without timings) and the md5 of every
-data output in its dvc.lock. Used by .ci/slurm-expectations to compare Slurm runs with the local queue's."""
+without library versions), its training losses and counts (metrics/train.json without timings), the md5 of every
+data output in its dvc.lock, and its row as the report collected it (metrics/results.json: scores per document, the
+mix's counts, NIAH cells). Used by .ci/slurm-expectations to compare Slurm runs with the local queue's."""
 
 import json
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import yaml
 
 TRAINING_FACTS = ("first_loss", "final_loss", "mean_loss", "samples_used", "target_tokens", "steps")
+REPORT_FACTS = ("eval", "per_document", "test_documents", "mix", "niah", "overrides")
 
 
 def ref_of(name: str) -> str:
@@ -36,7 +38,9 @@ def facts(name: str) -> dict:
         for out in stage.get("outs") or []
         if out["path"].startswith("data/") and "checkpoints" not in out["path"]
     }
+    collected = json.load(open("metrics/results.json", encoding="utf-8"))["experiments"].get(name) or {}
     return {
+        "report": {key: collected.get(key) for key in REPORT_FACTS},
         "eval": {key: evaluation[key] for key in ("base", "finetuned", "delta")},
         "train": {key: training.get(key) for key in TRAINING_FACTS},
         "outputs": outputs,

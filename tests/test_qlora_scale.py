@@ -142,3 +142,52 @@ def test_evaluate_backend_auto_is_hf_without_vllm_and_cuda():
     settings = load_settings(EvalSettings, "evaluate", {"backend": "auto"})
     assert settings.resolved().backend == "hf"
     assert load_settings(EvalSettings, "evaluate", {"backend": "hf"}).resolved().backend == "hf"
+
+
+def test_the_rehearsed_student_trains_in_4_bit_and_its_adapter_loads_for_evaluation(tmp_path):
+    """The qlora-rehearsal row's student and finetune settings: while training, every linear layer of the decoder is
+    an nf4 Linear4bit with double quantization (uint8 storage); the saved adapter loads the way the evaluate stage's
+    hf backend loads it (lm-eval's HFLM with `peft`) and changes the model's logits."""
+    import bitsandbytes as bnb
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from peft import PeftModel
+
+    from ctxsynth.core.io import write_jsonl
+    from ctxsynth.finetune.train import train
+    from ctxsynth.prepare.model_convert import materialize_model
+
+    entry = next(e for e in planned_entries(PLAN, "main", "qlora-rehearsal") if e["row"] == "context-synthesis")
+    params = with_overrides(PARAMS, entry["overrides"])
+    finetune = replace(
+        load_settings(FinetuneSettings, "finetune", params["finetune"]), max_steps=3, grad_accum=1, save_steps=0
+    )
+    assert (finetune.recipe, finetune.quantization) == ("qlora", "nf4")
+    model_dir = tmp_path / "model"
+    materialize_model({"source": "stand_in", "stand_in": params["fetch"]["model"]["stand_in"]}, model_dir)
+    messages = [
+        {"role": "user", "content": "Where is the harbour?"},
+        {"role": "assistant", "content": "By the bridge."},
+    ]
+    write_jsonl(tmp_path / "train.jsonl", [{"id": f"s{i}", "messages": messages} for i in range(6)])
+    seen: dict = {}
+
+    def inspect(trainer) -> None:
+        layers = [m for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        seen.update(
+            count=len(layers),
+            types={m.weight.quant_type for m in layers},
+            storage={m.weight.dtype for m in layers},
+            nested={bool(m.weight.quant_state.nested) for m in layers},
+        )
+
+    train(model_dir, tmp_path / "train.jsonl", tmp_path / "adapter", None, finetune, on_trained=inspect)
+    assert seen == {"count": 2 * 7, "types": {"nf4"}, "storage": {torch.uint8}, "nested": {True}}
+    evaluated = HFLM(pretrained=str(model_dir), peft=str(tmp_path / "adapter"), device="cpu", dtype="float32")
+    assert isinstance(evaluated.model, PeftModel)
+    probe = torch.tensor([[128000, 9906, 1917]])
+    with torch.no_grad():
+        adapted = evaluated.model(probe).logits
+        with evaluated.model.disable_adapter():
+            base = evaluated.model(probe).logits
+    assert not torch.allclose(adapted, base)

@@ -175,7 +175,9 @@ def run_on_slurm(plan: dict, args: argparse.Namespace) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
-    finished = finished_experiments() | collected_experiments(plan)
+    # Done: an experiment of that name here; with --keep-finished also a run collected in metrics/results.json
+    # (finished on another clone), as for the local queue.
+    finished = finished_experiments() | (collected_experiments(plan) if args.keep_finished else set())
     for spec in specs:
         if spec.name not in finished:  # a failed earlier attempt's ref would refuse the job's push
             dvc_command("exp", "remove", spec.name, check=False)

@@ -29,7 +29,8 @@ generation cache is also safe under concurrent writers (each entry is one file, 
 tests/test_slurm.py), but two jobs that start together would both miss it and both pay.
 
 Job ids and log paths are recorded in metrics/paper_runs.json (under the group's `slurm`), which status, cancel and a
-rerun read: a rerun submits only the runs that are neither finished nor pending or running.
+rerun read: a rerun submits only the runs that are neither finished (an experiment of that name here; with
+--keep-finished also one collected in metrics/results.json) nor pending or running.
 """
 
 from __future__ import annotations
