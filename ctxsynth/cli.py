@@ -18,7 +18,10 @@ COMMANDS = {
     "preflight": ("ctxsynth.preflight.params", "check params.yaml and the files it names before any expensive work"),
     "params": ("ctxsynth.params", "every knob with its value in params.yaml, its default and what it means"),
     "inputs": ("ctxsynth.inputs", "check the paper's seeds or LongBench and add them as DVC-tracked inputs"),
-    "experiments": ("ctxsynth.paper.commands", "list, queue and run the paper's experiment groups"),
+    "experiments": (
+        "ctxsynth.paper.commands",
+        "list, check, budget and run the paper's experiment groups (locally or on Slurm)",
+    ),
     "doctor": ("ctxsynth.doctor.run", "check every CUDA path (and its CPU form) on small models, in minutes"),
     "report": ("ctxsynth.paper.report", "collect the experiments' results and render metrics/report.md"),
 }

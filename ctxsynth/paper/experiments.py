@@ -1,12 +1,5 @@
-"""The paper's findings as queued DVC experiments, read from experiments/paper.yaml.
-
-    ctxsynth experiments list
-    ctxsynth experiments queue main --scale cpu          # queue the rows, do not run them
-    ctxsynth experiments run main --scale cpu --jobs 1   # queue, run the queue, wait, report failures
-    ctxsynth experiments run main --rows context-synthesis human-context   # only these rows
-    ctxsynth experiments run main --scale rehearsal      # the gpu rows with tiny stand-ins, on this CPU
-    ctxsynth experiments preflight main --scale gpu --gpu-memory-gib 80   # every row checked, nothing queued
-    ctxsynth experiments budget main --scale qlora   # GPU hours per row and expected half-widths (paper/budget.py)
+"""The paper's findings as DVC experiments: the plan (experiments/paper.yaml) resolved into runs per group and scale,
+and the local DVC queue that runs them (`ctxsynth experiments`: paper/commands.py; Slurm: paper/slurm.py).
 
 A row runs as `dvc exp run --queue -n <scale>-<group>-<row> -S key=value ...` (the group's overrides for the scale,
 then the row's), so every row is an ordinary DVC experiment: `dvc exp show`, `dvc metrics diff`, `dvc exp push`.
