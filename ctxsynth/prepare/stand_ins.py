@@ -17,7 +17,7 @@ from ctxsynth.prepare.stand_in_specs import stand_in_names, stand_in_specs
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 CHECKPOINTS = ("sharded_safetensors", "pytorch_model_bin")
-SHARD_BYTES = 4 << 20  # splits a stand-in's few MB of weights into shards, as an 8B checkpoint is split
+SHARD_BYTES = 20 << 20  # splits a stand-in's ~33 MB of weights into two shards, as an 8B checkpoint is split
 
 
 def write_tokenizer(spec: dict, directory: Path, npm_cache: Path | None) -> None:
