@@ -343,17 +343,14 @@ def queue_group(
 
 
 def wait_for(names: list[str], poll_seconds: float) -> dict[str, str]:
-    last = None
-    while True:
+    """Experiment name -> final queue status ("unknown": no longer in the queue)."""
+    from ctxsynth.paper.logs import report_until_finished
+
+    def read() -> dict[str, str]:
         statuses = queue_status()
-        mine = {name: statuses.get(name, "unknown") for name in names}
-        summary = ", ".join(f"{n}: {s}" for n, s in mine.items())
-        if summary != last:
-            print(time.strftime("%H:%M:%S"), summary, flush=True)
-            last = summary
-        if all(status in _FINISHED or status == "unknown" for status in mine.values()):
-            return mine
-        time.sleep(poll_seconds)
+        return {name: statuses.get(name, "unknown") for name in names}
+
+    return report_until_finished(read, lambda status: status in _FINISHED or status == "unknown", poll_seconds)
 
 
 def run_history(entry: dict) -> list[dict]:

@@ -1,8 +1,11 @@
-"""What a failed run's log says, short: the first traceback and the last lines."""
+"""What runs say while and after they run: one status line each time their states change, until every one has
+finished; a failed run's log, short (the first traceback and the last lines)."""
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 
 
 def failure_excerpt(log: str, tail: int = 25) -> str:
@@ -17,3 +20,20 @@ def failure_excerpt(log: str, tail: int = 25) -> str:
 
 
 _EXCEPTION_LINE = re.compile(r"^(\[rank\d+\]:\s*)?[A-Za-z_.]*(Error|Exception|Interrupt)\b")
+
+
+def report_until_finished(
+    read_states: Callable[[], dict[str, str]], finished: Callable[[str], bool], poll_seconds: float
+) -> dict[str, str]:
+    """Name -> final state: polls `read_states`, printing a line whenever a state changes, until every state is
+    `finished`."""
+    last = None
+    while True:
+        states = read_states()
+        summary = ", ".join(f"{name}: {state.lower()}" for name, state in states.items())
+        if summary != last:
+            print(time.strftime("%H:%M:%S"), summary, flush=True)
+            last = summary
+        if all(finished(state) for state in states.values()):
+            return states
+        time.sleep(poll_seconds)

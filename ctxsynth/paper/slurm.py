@@ -246,17 +246,13 @@ def log_tail(path: str | None, lines: int = 25) -> str:
 
 def wait_for_jobs(jobs: dict[str, str], poll_seconds: float) -> dict[str, str]:
     """Experiment name -> final Slurm state, polling until every job is in a terminal state."""
-    last = None
-    while True:
+    from ctxsynth.paper.logs import report_until_finished
+
+    def read() -> dict[str, str]:
         states = job_states(list(jobs.values()))
-        mine = {name: states.get(job, "UNKNOWN") for name, job in jobs.items()}
-        summary = ", ".join(f"{name}: {state.lower()}" for name, state in mine.items())
-        if summary != last:
-            print(time.strftime("%H:%M:%S"), summary, flush=True)
-            last = summary
-        if all(state in TERMINAL or state == "UNKNOWN" for state in mine.values()):
-            return mine
-        time.sleep(poll_seconds)
+        return {name: states.get(job, "UNKNOWN") for name, job in jobs.items()}
+
+    return report_until_finished(read, lambda state: state in TERMINAL or state == "UNKNOWN", poll_seconds)
 
 
 def recorded_jobs(group: str, runs_log: Path) -> dict[str, dict]:
