@@ -11,12 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from ctxsynth.core.chat_encoding import TemplateError
 from ctxsynth.core.errors import stage_main
 from ctxsynth.core.settings import load_settings
-from ctxsynth.finetune.settings import FinetuneSettings, accelerate_config_file
+from ctxsynth.finetune.settings import FinetuneSettings, read_accelerate_config
 from ctxsynth.finetune.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +34,7 @@ def relaunch_with_accelerate(settings: FinetuneSettings, argv: list[str], source
 
     On one machine, the process group gets a free port unless the config names one: accelerate's default, 29500, is
     taken by the first of two rows that run side by side on one node (two Slurm jobs, two queue workers)."""
-    config_path = accelerate_config_file(settings.accelerate_config, ACCELERATE_CONFIGS, source)
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    config_path, config = read_accelerate_config(settings.accelerate_config, ACCELERATE_CONFIGS, source)
     port = []
     if int(config.get("num_machines") or 1) == 1 and not config.get("main_process_port"):
         port = ["--main_process_port", str(free_port())]

@@ -174,3 +174,13 @@ def accelerate_config_file(name: str, configs_dir: Path, source: os.PathLike | s
         known = ", ".join(sorted(p.stem for p in Path(configs_dir).glob("*.yaml")))
         raise InputError(source, f"no accelerate config {path} (shipped: {known})", field="finetune.accelerate_config")
     return path
+
+
+def read_accelerate_config(
+    name: str, configs_dir: Path, source: os.PathLike | str = "params.yaml"
+) -> tuple[Path, dict[str, Any]]:
+    """The accelerate config `finetune.accelerate_config` names: its path and its values ({} for an empty file)."""
+    import yaml
+
+    path = accelerate_config_file(name, configs_dir, source)
+    return path, yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -23,7 +23,6 @@ is inside its margin): what the budget can show, not what the run will.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -32,7 +31,7 @@ import yaml
 
 from ctxsynth.core.io import read_text_utf8
 from ctxsynth.core.settings import load_settings
-from ctxsynth.preflight.eval_cost import evaluation_hours
+from ctxsynth.preflight.eval_cost import evaluation_hours, test_documents
 from ctxsynth.preflight.params import SECTIONS
 from ctxsynth.preflight.rows import model_facts, shape_facts, with_overrides
 
@@ -64,24 +63,21 @@ def budget_figures(path: Path = BUDGET) -> dict:
 
 def row_settings(params: dict) -> dict:
     """Every section's settings of a row's resolved params."""
-    with tempfile.TemporaryDirectory(prefix="ctxsynth-budget-") as scratch:
-        path = Path(scratch) / "params.yaml"
-        path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-        return {section: load_settings(cls, section, source=path) for section, cls in SECTIONS.items()}
+    return {section: load_settings(cls, section, params.get(section) or {}) for section, cls in SECTIONS.items()}
 
 
 def _records(source: str | None, count: int | None, figures: dict) -> int:
     return count if count is not None else int(figures["records_available"].get(source, 0))
 
 
-def _seed_count(seed) -> int:
+def _seed_count(seed, figures: dict) -> int:
     """Seeds a row synthesizes from: `count` per task (the paper's source with tasks: null holds paper_seed_tasks)."""
     total = 0
     for source in seed.sources:
         if source.tasks:
             tasks = len(source.tasks)
         else:
-            tasks = budget_figures()["paper_seed_tasks"] if source.type == "paper" else 1
+            tasks = figures["paper_seed_tasks"] if source.type == "paper" else 1
         total += (source.count or 0) * tasks
     return total
 
@@ -92,10 +88,10 @@ def training_tokens(settings: dict, figures: dict) -> tuple[int, int]:
     cap, per_word = finetune.max_tokens, figures["tokens_per_word"]
     variant = mix.variant
     if variant in ("context_synthesis", "human_context"):
-        long_count = _seed_count(settings["seed"])
+        long_count = _seed_count(settings["seed"], figures)
         long_tokens = min(cap, mix.num_contexts * synthesize.target_words * per_word + ANSWER_TOKENS)
     elif variant in ("context_free", "synthesized_context_free"):
-        long_count, long_tokens = _seed_count(settings["seed"]), CONTEXT_FREE_TOKENS
+        long_count, long_tokens = _seed_count(settings["seed"], figures), CONTEXT_FREE_TOKENS
     elif variant == "prior_long":
         source = mix.long_source.source
         long_count = _records(source, mix.long_source.count, figures)
@@ -113,13 +109,13 @@ def training_tokens(settings: dict, figures: dict) -> tuple[int, int]:
     return long_count, int(long_count * long_tokens + general_count * general_tokens)
 
 
-def synthesis_key(settings: dict) -> tuple | None:
-    """What one generation of the group's contexts is (rows with the same key share the generation cache), or None
-    when the row generates nothing on the GPU (no seeds synthesized, the Batch API, released contexts)."""
+def served_generation(settings: dict, figures: dict) -> tuple | None:
+    """What the row generates on the GPU, behind `vllm serve` (rows with the same value share the generation cache),
+    or None when it generates nothing there (no seeds synthesized, the Batch API, released contexts)."""
     synthesize, mix = settings["synthesize"], settings["mix"]
     if mix.variant not in ("context_synthesis", "synthesized_context_free") or synthesize.backend != "openai":
         return None
-    return (synthesize.openai.model, synthesize.method, synthesize.target_words, _seed_count(settings["seed"]))
+    return (synthesize.openai.model, synthesize.method, synthesize.target_words, _seed_count(settings["seed"], figures))
 
 
 @dataclass
@@ -147,12 +143,8 @@ def row_budget(name: str, row: str, params: dict, seeds: int, figures: dict) -> 
         training["peak_flops"] * training["flops_utilization"] / (6 * facts["parameters"])
     )
     tasks = [*evaluate.tasks, *(evaluate.longbench_tasks if evaluate.longbench_dir else [])]
-    from ctxsynth.preflight.eval_cost import documents
-
-    counted = sum(
-        min(evaluate.limit or documents(t, settings["benchmark"]), documents(t, settings["benchmark"])) for t in tasks
-    )
-    key = synthesis_key(settings)
+    counted = sum(test_documents(task, evaluate, settings["benchmark"]) for task in tasks)
+    key = served_generation(settings, figures)
     output_words = settings["synthesize"].target_words * (key[3] if key else 0)
     return RowBudget(
         name=name,

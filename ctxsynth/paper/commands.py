@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import subprocess
 import sys
 import time
@@ -154,12 +153,6 @@ def run_on_slurm(plan: dict, args: argparse.Namespace) -> int:
     from ctxsynth.paper import slurm
 
     check_committed()
-    if shutil.which("sbatch") is None:
-        print("experiments: --executor slurm: `sbatch` is not on PATH (run on a login node)", file=sys.stderr)
-        return 2
-    if preflight_group(plan, args.group, args.scale, args.params, args.gpu_memory_gib, args.rows, args.gpus):
-        print("experiments: the row preflight failed: nothing submitted", file=sys.stderr)
-        return 2
     params = yaml.safe_load(args.params.read_text(encoding="utf-8"))
     specs = [
         slurm.JobSpec(
@@ -171,9 +164,12 @@ def run_on_slurm(plan: dict, args: argparse.Namespace) -> int:
         )
         for name, overrides in select_rows(plan, args.group, args.scale, args.rows)
     ]
-    problems = slurm.cluster_problems(specs, args.scale, args.plan)
+    problems = slurm.cluster_problems(specs, args.scale, args.plan)  # the cluster first: one sinfo call
     if problems:
         print("\n".join(problems), file=sys.stderr)
+        return 2
+    if preflight_group(plan, args.group, args.scale, args.params, args.gpu_memory_gib, args.rows, args.gpus):
+        print("experiments: the row preflight failed: nothing submitted", file=sys.stderr)
         return 2
     # Done: an experiment of that name here; with --keep-finished also a run collected in metrics/results.json
     # (finished on another clone), as for the local queue.

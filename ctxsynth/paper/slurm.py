@@ -42,8 +42,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ctxsynth.core.io import InputError
 
 SLURM_DIR = Path("slurm-runs")  # job scripts, logs and workspaces (git- and DVC-ignored)
@@ -72,17 +70,14 @@ def resources_for(plan: dict, scale: str, overrides: dict, params: dict) -> dict
     if not section:
         raise InputError("experiments/paper.yaml", f"no slurm resources for scale {scale}", field=f"slurm.{scale}")
     if section.get("gpus") == "accelerate":
-        from ctxsynth.preflight.rows import with_overrides
+        from ctxsynth.core.settings import load_settings
+        from ctxsynth.finetune.settings import FinetuneSettings, read_accelerate_config
+        from ctxsynth.preflight.rows import ACCELERATE_CONFIGS, with_overrides
 
-        finetune = with_overrides(params, overrides).get("finetune") or {}
+        finetune = load_settings(FinetuneSettings, "finetune", with_overrides(params, overrides).get("finetune") or {})
         section["gpus"] = 1
-        if finetune.get("launcher") == "accelerate":
-            from ctxsynth.finetune.settings import accelerate_config_file
-
-            config_path = accelerate_config_file(
-                finetune.get("accelerate_config") or "single_gpu", Path("configs/accelerate")
-            )
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        if finetune.launcher == "accelerate":
+            _, config = read_accelerate_config(finetune.accelerate_config, ACCELERATE_CONFIGS)
             section["gpus"] = 0 if config.get("use_cpu") else int(config.get("num_processes") or 1)
     return section
 
@@ -264,6 +259,15 @@ def recorded_jobs(group: str, runs_log: Path) -> dict[str, dict]:
     return dict((json.loads(runs_log.read_text(encoding="utf-8")).get(group) or {}).get("slurm") or {})
 
 
+def group_jobs(group: str, runs_log: Path) -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
+    """The group's recorded jobs (name -> record), their states (job id -> state) and the pending or running ones
+    (name -> job id)."""
+    recorded = recorded_jobs(group, runs_log)
+    states = job_states([entry["job"] for entry in recorded.values()]) if recorded else {}
+    active = {name: entry["job"] for name, entry in recorded.items() if states.get(entry["job"]) in ACTIVE}
+    return recorded, states, active
+
+
 def record_jobs(group: str, scale: str, specs: list[JobSpec], runs_log: Path) -> None:
     import json
 
@@ -290,9 +294,7 @@ def run_group(
 ) -> dict[str, str]:
     """Submit the planned runs that are neither finished nor pending or running, wait for them (and for those of an
     earlier submission still going), bring the experiments here without a shared filesystem; name -> final state."""
-    recorded = recorded_jobs(group, runs_log)
-    states = job_states([entry["job"] for entry in recorded.values()]) if recorded else {}
-    active = {name: entry["job"] for name, entry in recorded.items() if states.get(entry["job"]) in ACTIVE}
+    recorded, states, active = group_jobs(group, runs_log)
     keys = {spec.name: synthesis_key(spec.overrides) for spec in planned}
     todo = []
     for spec in planned:
@@ -318,8 +320,7 @@ def run_group(
 
 def status_lines(group: str, runs_log: Path, finished: set[str]) -> list[str]:
     """One line per recorded run of the group: done, pending, running, or failed with its log's last lines."""
-    recorded = recorded_jobs(group, runs_log)
-    states = job_states([entry["job"] for entry in recorded.values()]) if recorded else {}
+    recorded, states, _ = group_jobs(group, runs_log)
     lines = []
     for name, entry in recorded.items():
         state = states.get(entry["job"], "UNKNOWN")
@@ -337,9 +338,7 @@ def status_lines(group: str, runs_log: Path, finished: set[str]) -> list[str]:
 
 def cancel(group: str, runs_log: Path) -> list[str]:
     """scancel the group's pending and running jobs; their names."""
-    recorded = recorded_jobs(group, runs_log)
-    states = job_states([entry["job"] for entry in recorded.values()]) if recorded else {}
-    active = {name: entry["job"] for name, entry in recorded.items() if states.get(entry["job"]) in ACTIVE}
+    _, _, active = group_jobs(group, runs_log)
     if active:
         subprocess.run(["scancel", *active.values()], check=True)
     return sorted(active)

@@ -17,9 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
-
-from ctxsynth.finetune.settings import accelerate_config_file
+from ctxsynth.finetune.settings import read_accelerate_config
 
 
 def _importable(module: str) -> bool:
@@ -57,7 +55,7 @@ def missing_engines(settings: dict, configs_dir: Path = Path("configs/accelerate
         missing.append(("finetune.quantization", "bitsandbytes does not import here (`make gpu-env`)"))
     if finetune.launcher == "accelerate":
         try:
-            config = yaml.safe_load(accelerate_config_file(finetune.accelerate_config, configs_dir).read_text()) or {}
+            _, config = read_accelerate_config(finetune.accelerate_config, configs_dir)
         except Exception:  # noqa: BLE001 - the row check names a bad config
             config = {}
         if config.get("distributed_type") == "DEEPSPEED" and not _importable("deepspeed"):

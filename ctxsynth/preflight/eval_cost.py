@@ -32,6 +32,11 @@ def documents(task: str, benchmark) -> int:
     return own.count if own is not None else LONGBENCH_DOCUMENTS
 
 
+def test_documents(task: str, evaluate, benchmark) -> int:
+    """Documents of `task` one pass scores: all of them, or the first evaluate.limit."""
+    return min(evaluate.limit or documents(task, benchmark), documents(task, benchmark))
+
+
 def concurrent_sequences(facts: dict, evaluate, prompt: int) -> int:
     """Sequences decoded together: one with the hf backend; with vLLM as many as the KV cache holds."""
     if getattr(evaluate, "backend", "hf") == "hf":  # auto: the GPU machine the estimate is for runs vLLM
@@ -48,7 +53,7 @@ def evaluation_hours(facts: dict, evaluate, benchmark, tasks: list[str]) -> floa
     batch = concurrent_sequences(facts, evaluate, prompt)
     seconds = 0.0
     for name in tasks:
-        count = min(evaluate.limit or documents(name, benchmark), documents(name, benchmark))
+        count = test_documents(name, evaluate, benchmark)
         budget = get_task(name).max_new_tokens
         flops = 2 * parameters * prompt + 2 * layers * hidden * prompt**2
         prefill = flops / (H100_BF16_FLOPS * PREFILL_UTILIZATION)

@@ -30,7 +30,7 @@ from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import load_settings
 from ctxsynth.core.tasks import get_task
 from ctxsynth.evaluate.run import CHAT_MARGIN, chat_overhead, model_window
-from ctxsynth.finetune.settings import accelerate_config_file
+from ctxsynth.finetune.settings import read_accelerate_config
 from ctxsynth.preflight.environment import cuda_available, missing_engines
 from ctxsynth.preflight.eval_cost import evaluation_hours
 from ctxsynth.preflight.memory import checkpoint_disk_gb, fitting_lora_r, fitting_max_tokens, memory_estimate
@@ -305,11 +305,10 @@ def _check_launcher(row: RowCheck, facts: dict, finetune, gpu_memory_gib: float,
     accelerate, devices, distributed = finetune.launcher == "accelerate", 1, "NO"
     if accelerate:
         try:
-            config_path = accelerate_config_file(finetune.accelerate_config, ACCELERATE_CONFIGS)
+            config_path, config = read_accelerate_config(finetune.accelerate_config, ACCELERATE_CONFIGS)
         except InputError as error:
             row.problem("finetune.accelerate_config", str(error).split("': ", 1)[-1])
             return
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
         devices, distributed = int(config.get("num_processes") or 1), str(config.get("distributed_type") or "NO")
         if gpus and not config.get("use_cpu") and devices > gpus:
             row.problem(
