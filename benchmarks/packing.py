@@ -21,6 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from ctxsynth.core.chat import MODEL_TEMPLATE
 from ctxsynth.core.chat_encoding import end_of_turn_ids
 from ctxsynth.finetune.data import PadCollator, load_chat_records, prepare_examples
 from ctxsynth.finetune.packing import PackedCollator, pack_examples
@@ -49,7 +50,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    tokenizer, _ = load_tokenizer(args.model)
+    tokenizer, _ = load_tokenizer(args.model, MODEL_TEMPLATE)
     examples = prepare_examples(
         load_chat_records(args.train),
         tokenizer,

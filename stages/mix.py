@@ -8,6 +8,7 @@ from ctxsynth.core.chat import configured_chat_template
 from ctxsynth.core.errors import stage_main
 from ctxsynth.core.io import write_json, write_jsonl
 from ctxsynth.core.settings import load_settings
+from ctxsynth.core.versions import library_versions
 from ctxsynth.mix.run import build_mix, mix_metrics
 from ctxsynth.mix.settings import MixSettings
 
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     write_jsonl(args.out, samples + general)
     # Lengths are counted in the format the samples will be trained in (a base model has no template of its own).
     chat_template = configured_chat_template("finetune")
-    write_json(args.metrics, mix_metrics(settings, samples, general, report, args.model, chat_template))
+    metrics = mix_metrics(settings, samples, general, report, args.model, chat_template)
+    write_json(args.metrics, {**metrics, "versions": library_versions()})  # token lengths depend on the tokenizer
     print(f"mix: {len(samples)} long samples ({settings.variant}, n={settings.num_contexts}) + {len(general)} general")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from ctxsynth.core.errors import stage_main
 from ctxsynth.core.io import read_json, write_json, write_jsonl
 from ctxsynth.core.settings import load_settings
+from ctxsynth.core.versions import library_versions
 from ctxsynth.prepare.seeds import seed_metrics, seeds_by_task, select_seeds
 from ctxsynth.prepare.settings import SeedSettings
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     for task, records in by_task.items():
         write_jsonl(args.out / f"{task}.jsonl", records)
     metrics = seed_metrics(seeds, report)
-    write_json(args.metrics, metrics)
+    write_json(args.metrics, {**metrics, "versions": library_versions()})
     print(
         f"seed: {len(seeds)} seeds in {len(by_task)} tasks; removed as reserved for evaluation: "
         f"{metrics['removed_reserved']}"

@@ -355,7 +355,8 @@ def test_stage_runs_from_params_file(tmp_path, tiny_model_dir, capsys):
     assert "finetune (cpu, lora): 2 steps" in capsys.readouterr().out
     assert list((out / "checkpoints").iterdir()) == []  # the persistent output exists, emptied by a finished run
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 2
-    assert json.loads((out / "train.json").read_text())["steps"] == 2
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["steps"] == 2 and {"python", "torch", "transformers", "peft"} <= set(summary["versions"])
     assert (out / "live" / "plots" / "metrics" / "loss.tsv").is_file()
 
 

@@ -125,6 +125,7 @@ def test_mix_stage_builds_general_only_and_pilot_variants(tmp_path, tiny_model_d
         samples = [json.loads(line) for line in (tmp_path / "data/mix/train.jsonl").read_text().splitlines()]
         metrics = json.loads((tmp_path / "metrics/mix.json").read_text())
         counts[variant] = (metrics["long_samples"], metrics["general"]["samples"], len(samples))
+        assert {"python", "tokenizers", "transformers"} <= set(metrics["versions"])  # lengths are the tokenizer's
         assert sum(s["task"] == "general" for s in samples) == 3
     assert counts == {"none": (0, 3, 3), "niah_needle_only": (4, 3, 7), "niah_long": (4, 3, 7)}
     test_keys = json.loads((tmp_path / "data/benchmark/reserved.json").read_text())["niah_keys"]

@@ -151,3 +151,18 @@ def test_no_module_imports_another_modules_private_name():
                 private = [alias.name for alias in node.names if alias.name.startswith("_")]
                 offenders += [f"{path.relative_to(ROOT)}: {node.module}.{name}" for name in private]
     assert not offenders, offenders
+
+
+LONGEST_FUNCTION = 60  # lines: a longer orchestrator is split until it reads as its steps
+
+
+def test_no_library_function_is_longer_than_a_screen():
+    """Each function reads in one sitting; a stage's top-level function is its five or six steps, each a call."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONGEST_FUNCTION:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long, "split these into steps:\n" + "\n".join(long)

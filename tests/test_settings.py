@@ -460,3 +460,16 @@ def test_no_library_module_exits_with_a_message():
         if re.search(r"SystemExit\(\s*f?[\"']", path.read_text(encoding="utf-8"))
     ]
     assert not offenders
+
+
+def test_a_stage_reading_finetunes_chat_template_gets_the_settings_default_and_a_type_check(tmp_path):
+    from ctxsynth.core.chat import configured_chat_template
+
+    params = tmp_path / "params.yaml"
+    params.write_text("finetune:\n  recipe: cpu\n", encoding="utf-8")
+    assert configured_chat_template("finetune", params) == FinetuneSettings().chat_template
+    params.write_text("finetune:\n  chat_template: longalign\n", encoding="utf-8")
+    assert configured_chat_template("finetune", params) == "longalign"
+    params.write_text("finetune:\n  chat_template: 3\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"finetune\.chat_template.*expected"):
+        configured_chat_template("finetune", params)

@@ -106,6 +106,8 @@ def test_stages_give_identical_bytes_under_different_hash_seeds(tmp_path, tiny_m
         for line in (first / f"data/benchmark/{f}.jsonl").read_text().splitlines()
     }
     assert seeds and not seeds & evaluation
+    for metrics in ("seed", "synthesize", "mix"):  # a metrics file says which libraries computed its numbers
+        assert "python" in json.loads((first / f"metrics/{metrics}.json").read_text())["versions"], metrics
 
 
 def test_instruction_synthesis_feeds_the_mix(tmp_path, tiny_model_dir):

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ctxsynth.core.io import InputError, read_yaml
+from ctxsynth.core.settings import convert
 
 MODEL_TEMPLATE = "model"  # the chat template the model's tokenizer ships
 
@@ -76,8 +77,10 @@ def apply_chat_template_choice(tokenizer, name: str, key: str, source: os.PathLi
     return f"{name}@v{spec['version']}"
 
 
-def configured_chat_template(section: str = "finetune", source: os.PathLike | str = "params.yaml") -> str:
-    """`<section>.chat_template` as params.yaml sets it (`model` when unset), for a stage outside that section that
-    must render samples the way it will (mix counts lengths in the format finetune will train in)."""
-    params = read_yaml(source) or {}
-    return (params.get(section) or {}).get("chat_template") or MODEL_TEMPLATE
+def configured_chat_template(section: str, source: os.PathLike | str = "params.yaml") -> str:
+    """`<section>.chat_template` as params.yaml sets it, type-checked, for a stage outside that section that must
+    render samples the way it will (mix counts lengths in the format finetune will train in). The one key is read
+    rather than the section's settings class, which lives in a later stage's package; unset, it is MODEL_TEMPLATE,
+    the default that class names (tests/test_settings.py holds them equal)."""
+    value = ((read_yaml(source) or {}).get(section) or {}).get("chat_template", MODEL_TEMPLATE)
+    return convert(str, value, f"{section}.chat_template", source)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from ctxsynth.core.chat import MODEL_TEMPLATE
 from ctxsynth.core.settings import Invalid, load_settings
 from ctxsynth.core.tasks import get_task
 
@@ -41,7 +42,7 @@ class EvalSettings:
     apply_chat_template: bool = True  # false: raw prompts, no chat format at all
     # model: the tokenizer's own chat template; or a format of core/chat_templates.yaml (longalign) for a base model
     # without one: the same as finetune.chat_template, so the model is asked the way it was trained.
-    chat_template: str = "model"
+    chat_template: str = MODEL_TEMPLATE
     longbench_dir: str | None = None  # THUDM layout: <dir>/data/<task>.jsonl (or <dir>/<task>.jsonl)
     longbench_tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))  # read when longbench_dir is set
     backend: BackendName = "hf"  # hf: transformers (+ PEFT); vllm: lm-eval's vllm model with the LoRA adapter; auto

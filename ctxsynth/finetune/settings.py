@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
+from ctxsynth.core.chat import MODEL_TEMPLATE
 from ctxsynth.core.io import InputError
 from ctxsynth.core.settings import Invalid, check, convert, load_settings
 from ctxsynth.finetune import recipes as finetune_recipes
@@ -81,7 +82,7 @@ class FinetuneSettings:
     accelerate_config: str = "single_gpu"  # single_gpu | multi_gpu_ddp | fsdp | deepspeed_zero3, or a .yaml path
     # model: the tokenizer's own chat template; or a format of core/chat_templates.yaml (longalign) for a base
     # model that has none. Evaluate the result with the same evaluate.chat_template.
-    chat_template: str = "model"
+    chat_template: str = MODEL_TEMPLATE
     seed: int = FROM_RECIPE  # model initialization (LoRA matrices), data order, dropout
     logging_steps: int = FROM_RECIPE  # log loss, learning rate and throughput every N steps
 

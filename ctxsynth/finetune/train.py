@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
+from ctxsynth.core.chat import apply_chat_template_choice
 from ctxsynth.core.chat_encoding import end_of_turn_ids, model_generation_config
 from ctxsynth.core.io import InputError, sha256_file, write_json
+from ctxsynth.core.versions import library_versions
 from ctxsynth.finetune.data import Example, PadCollator, PreparedData, load_chat_records, prepare_examples
 from ctxsynth.finetune.errors import FinetuneError
 from ctxsynth.finetune.live_log import LiveLog, peak_memory_mb
@@ -110,7 +111,7 @@ class TrainingRun:
     start_tokens: int = 0  # the input tokens seen by then
 
 
-def load_tokenizer(model_dir: os.PathLike | str, chat_template: str = MODEL_TEMPLATE) -> tuple[Any, str]:
+def load_tokenizer(model_dir: os.PathLike | str, chat_template: str) -> tuple[Any, str]:
     """(the model's tokenizer with the chat format `finetune.chat_template` names, that format's name@version)."""
     from transformers import AutoTokenizer
 
@@ -376,6 +377,7 @@ def train(
         if run_dir is not None and run.trainer.is_world_process_zero():
             _remove_checkpoints(run_dir.parent)  # finished: its checkpoints and abandoned runs' go
     summary["wall_time_s"] = time.perf_counter() - started
+    summary["versions"] = library_versions()  # the losses and the speed depend on them
     if metrics_path is not None and run.trainer.is_world_process_zero():
         write_json(metrics_path, summary)
     return summary

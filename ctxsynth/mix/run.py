@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ctxsynth.core.chat import MODEL_TEMPLATE, apply_chat_template_choice
+from ctxsynth.core.chat import apply_chat_template_choice
 from ctxsynth.core.chat_encoding import TemplateError, end_of_turn_ids, model_generation_config
 from ctxsynth.core.io import InputError, read_json, read_jsonl
 from ctxsynth.core.tasks import templates_version
@@ -77,7 +77,7 @@ def mix_metrics(
     general: list[dict],
     report: dict,
     model_dir: Path,
-    chat_template: str = MODEL_TEMPLATE,
+    chat_template: str,
 ) -> dict:
     """metrics/mix.json: token lengths in the chat format fine-tuning will use (`finetune.chat_template`: a base model
     has none of its own), the variant and what the samples came from."""
