@@ -468,6 +468,10 @@ def test_a_stage_reading_finetunes_chat_template_gets_the_settings_default_and_a
     params = tmp_path / "params.yaml"
     params.write_text("finetune:\n  recipe: cpu\n", encoding="utf-8")
     assert configured_chat_template("finetune", params) == FinetuneSettings().chat_template
+    params.write_text("finetune:\n  chat_template: null\n", encoding="utf-8")  # null: the default, as params.yaml ships
+    assert configured_chat_template("finetune", params) == FinetuneSettings().chat_template
+    shipped_value = load_settings(FinetuneSettings, "finetune", source=ROOT / "params.yaml").chat_template
+    assert configured_chat_template("finetune", ROOT / "params.yaml") == shipped_value
     params.write_text("finetune:\n  chat_template: longalign\n", encoding="utf-8")
     assert configured_chat_template("finetune", params) == "longalign"
     params.write_text("finetune:\n  chat_template: 3\n", encoding="utf-8")

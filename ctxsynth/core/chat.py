@@ -80,7 +80,7 @@ def apply_chat_template_choice(tokenizer, name: str, key: str, source: os.PathLi
 def configured_chat_template(section: str, source: os.PathLike | str = "params.yaml") -> str:
     """`<section>.chat_template` as params.yaml sets it, type-checked, for a stage outside that section that must
     render samples the way it will (mix counts lengths in the format finetune will train in). The one key is read
-    rather than the section's settings class, which lives in a later stage's package; unset, it is MODEL_TEMPLATE,
-    the default that class names (tests/test_settings.py holds them equal)."""
-    value = ((read_yaml(source) or {}).get(section) or {}).get("chat_template", MODEL_TEMPLATE)
-    return convert(str, value, f"{section}.chat_template", source)
+    rather than the section's settings class, which lives in a later stage's package; unset or null ("the default"),
+    it is MODEL_TEMPLATE, the default that class names (tests/test_settings.py holds them equal)."""
+    value = ((read_yaml(source) or {}).get(section) or {}).get("chat_template")
+    return MODEL_TEMPLATE if value is None else convert(str, value, f"{section}.chat_template", source)
