@@ -87,7 +87,17 @@ def test_a_cut_off_line_is_named_at_its_end(tmp_path):
     with pytest.raises(InputError) as error:
         read_jsonl(path)
     message = str(error.value)
-    assert error.value.line == 2 and "cut off" in message and message.endswith("column 36)"), message
+    assert error.value.line == 2 and message.endswith(
+        "(cut off at the end of the line, column 36: Expecting ',' delimiter)"
+    )
+    for ending, reason in (
+        ("\n", "the line ends inside a string"),
+        ("", "the string opened at column 32 is never closed"),
+    ):
+        path.write_text('{"instruction": "c", "answer": "a long answ' + ending)  # cut inside a string
+        with pytest.raises(InputError) as error:
+            read_jsonl(path)
+        assert str(error.value).endswith(f"(cut off at the end of the line, column 44: {reason})"), str(error.value)
     path.write_text('{"instruction": "c",, "answer": "d"}\n')  # a bad character inside the line: its column
     with pytest.raises(InputError, match=r"line 1: malformed JSON \(Expecting property name .* at column 21\)"):
         read_jsonl(path)
