@@ -76,14 +76,13 @@ def read_jsonl_numbered(
 def malformed_json(error: json.JSONDecodeError, line: str) -> str:
     """What is wrong with one JSON line and where: a line that stops early is said to be cut off, at its end."""
     content = line.rstrip("\r\n")
-    reason = error.msg.removesuffix(" at").removesuffix(" starting")  # json's messages end "... at" (a position)
+    reason = error.msg.removesuffix(" at")  # json's messages end "... at", before the position it reports
     if error.msg.startswith("Unterminated string"):  # json names where the string opened; the line ends inside it
         reason = f"the string opened at column {error.colno} is never closed"
-    elif error.pos >= len(content.rstrip()):
-        if error.msg.startswith("Invalid control character"):  # the line's own newline, inside an open string
-            reason = "the line ends inside a string"
-    else:
+    elif error.pos < len(content.rstrip()):
         return f"malformed JSON ({reason} at column {error.colno})"
+    elif error.msg.startswith("Invalid control character"):  # the line's own newline, inside an open string
+        reason = "the line ends inside a string"
     return f"malformed JSON (cut off at the end of the line, column {len(content) + 1}: {reason})"
 
 

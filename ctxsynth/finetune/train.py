@@ -342,7 +342,7 @@ def train(
     would (for tests). `on_trained(trainer)` sees the trained model before it is saved (`ctxsynth doctor` compares
     its logits with the saved output's).
     """
-    started = time.perf_counter()
+    started, versions = time.perf_counter(), library_versions()
     model_dir, train_path, adapter_dir = Path(model_dir), Path(train_path), Path(adapter_dir)
     records = read_training_records(params, model_dir, train_path)  # every input checked before anything heavy
     runtime = resolve_runtime(params)
@@ -369,7 +369,7 @@ def train(
             "steps": summary["steps"],
             "final_loss": summary["final_loss"],
             "device": runtime.device,
-            "versions": training_versions(),
+            "versions": training_versions(versions),
         }
         if on_trained is not None:
             on_trained(run.trainer)
@@ -377,7 +377,7 @@ def train(
         if run_dir is not None and run.trainer.is_world_process_zero():
             _remove_checkpoints(run_dir.parent)  # finished: its checkpoints and abandoned runs' go
     summary["wall_time_s"] = time.perf_counter() - started
-    summary["versions"] = library_versions()  # the losses and the speed depend on them
+    summary["versions"] = versions  # the losses and the speed depend on them
     if metrics_path is not None and run.trainer.is_world_process_zero():
         write_json(metrics_path, summary)
     return summary
@@ -551,13 +551,9 @@ def run_summary(run: TrainingRun, params: FinetuneSettings, runtime: Runtime, re
     }
 
 
-def training_versions() -> dict[str, str]:
-    """The versions of the libraries that computed the weights, for the provenance."""
-    import peft
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+def training_versions(versions: dict[str, str]) -> dict[str, str]:
+    """Of the installed versions, those of the libraries that computed the weights, for the provenance."""
+    return {name: versions[name] for name in ("torch", "transformers", "peft")}
 
 
 def _remove_checkpoints(checkpoint_dir: Path) -> None:
